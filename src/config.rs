@@ -1,0 +1,443 @@
+//! The configuration file (`coffer.toml`): parsing and validation.
+//!
+//! Every error names the key and its line. Unknown keys are errors (a typo in
+//! a retention rule must not silently keep nothing). Settings are resolved in
+//! one place, `main.rs`, with the precedence CLI flag > environment > file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config file {path}, line {line}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    repository: Option<Spanned<RepositoryConfig>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    sources: Vec<Spanned<SourceConfig>>,
+    hooks: Option<HooksConfig>,
+    retention: Option<Spanned<RetentionConfig>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    pub url: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub passphrase_file: Option<PathBuf>,
+    pub passphrase_command: Option<Vec<String>>,
+    /// zstd level for new archives (1-19); default 3.
+    pub compression: Option<i32>,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Postgres,
+    Mysql,
+    Sqlite,
+    Redis,
+    Directory,
+    Files,
+    Command,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Postgres => "postgres",
+            SourceKind::Mysql => "mysql",
+            SourceKind::Sqlite => "sqlite",
+            SourceKind::Redis => "redis",
+            SourceKind::Directory => "directory",
+            SourceKind::Files => "files",
+            SourceKind::Command => "command",
+        }
+    }
+}
+
+/// One `[[sources]]` table. Keys that do not belong to its type are refused
+/// by [`Config::load`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: SourceKind,
+    pub url: Option<String>,
+    pub path: Option<PathBuf>,
+    pub paths: Option<Vec<PathBuf>>,
+    pub exclude: Option<Vec<String>>,
+    pub dump: Option<Vec<String>>,
+    pub restore: Option<Vec<String>>,
+    pub jobs: Option<u32>,
+    pub globals: Option<bool>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksConfig {
+    pub before_snapshot: Option<Vec<String>>,
+    pub after_snapshot: Option<Vec<String>>,
+    pub before_restore: Option<Vec<String>>,
+    pub after_restore: Option<Vec<String>>,
+    pub on_error: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    pub keep_within: Option<String>,
+    pub keep_tags: Option<Vec<String>>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Default, Clone)]
+pub struct Config {
+    /// The file it came from, if any.
+    pub path: Option<PathBuf>,
+    pub repository: RepositoryConfig,
+    pub labels: BTreeMap<String, String>,
+    pub sources: Vec<SourceConfig>,
+    pub hooks: HooksConfig,
+    pub retention: RetentionConfig,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Source names: `[a-z0-9][a-z0-9_-]*`, so they are safe in paths and URLs.
+pub fn valid_source_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let p = path.display().to_string();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_string();
+            match e.span() {
+                Some(span) => ConfigError::Invalid {
+                    path: p.clone(),
+                    line: line_of(text, span.start),
+                    message,
+                },
+                None => ConfigError::Parse {
+                    path: p.clone(),
+                    message,
+                },
+            }
+        })?;
+        let invalid = |offset: usize, message: String| ConfigError::Invalid {
+            path: p.clone(),
+            line: line_of(text, offset),
+            message,
+        };
+
+        let (repository, repo_at) = match raw.repository {
+            Some(r) => {
+                let at = r.span().start;
+                (r.into_inner(), at)
+            }
+            None => (RepositoryConfig::default(), 0),
+        };
+        let secrets = [
+            repository.key_file.is_some(),
+            repository.passphrase_file.is_some(),
+            repository.passphrase_command.is_some(),
+        ];
+        if secrets.iter().filter(|s| **s).count() > 1 {
+            return Err(invalid(
+                repo_at,
+                "[repository]: set only one of key_file, passphrase_file, passphrase_command"
+                    .into(),
+            ));
+        }
+        if let Some(cmd) = &repository.passphrase_command
+            && cmd.is_empty()
+        {
+            return Err(invalid(
+                repo_at,
+                "[repository].passphrase_command: must name a program".into(),
+            ));
+        }
+        if let Some(level) = repository.compression
+            && !(1..=19).contains(&level)
+        {
+            return Err(invalid(
+                repo_at,
+                format!("[repository].compression: {level} is not a zstd level from 1 to 19"),
+            ));
+        }
+
+        let mut names = HashSet::new();
+        let mut sources = Vec::new();
+        for (i, s) in raw.sources.into_iter().enumerate() {
+            let at = s.span().start;
+            let src = s.into_inner();
+            let here = format!("sources[{i}] ({:?})", src.name);
+            if !valid_source_name(&src.name) {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "{here}: name must match [a-z0-9][a-z0-9_-]* (lowercase letters, digits, '_' and '-')"
+                    ),
+                ));
+            }
+            if !names.insert(src.name.clone()) {
+                return Err(invalid(
+                    at,
+                    format!("{here}: duplicate source name {:?}", src.name),
+                ));
+            }
+            validate_source(&src).map_err(|m| invalid(at, format!("{here}: {m}")))?;
+            sources.push(src);
+        }
+
+        let retention = match raw.retention {
+            Some(r) => {
+                let at = r.span().start;
+                let r = r.into_inner();
+                if let Some(w) = &r.keep_within {
+                    humantime::parse_duration(w).map_err(|e| {
+                        invalid(
+                            at,
+                            format!("[retention].keep_within: {w:?} is not a duration ({e}); write e.g. \"30d\" or \"12h\""),
+                        )
+                    })?;
+                }
+                r
+            }
+            None => RetentionConfig::default(),
+        };
+        let hooks = raw.hooks.unwrap_or_default();
+        for (key, argv) in [
+            ("before_snapshot", &hooks.before_snapshot),
+            ("after_snapshot", &hooks.after_snapshot),
+            ("before_restore", &hooks.before_restore),
+            ("after_restore", &hooks.after_restore),
+            ("on_error", &hooks.on_error),
+        ] {
+            if let Some(a) = argv
+                && a.is_empty()
+            {
+                return Err(ConfigError::Parse {
+                    path: p.clone(),
+                    message: format!("[hooks].{key}: must name a program"),
+                });
+            }
+        }
+
+        Ok(Config {
+            path: Some(path.to_path_buf()),
+            repository,
+            labels: raw.labels,
+            sources,
+            hooks,
+            retention,
+        })
+    }
+
+    pub fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+fn validate_source(s: &SourceConfig) -> Result<(), String> {
+    use SourceKind::*;
+    let present: [(&str, bool); 10] = [
+        ("url", s.url.is_some()),
+        ("path", s.path.is_some()),
+        ("paths", s.paths.is_some()),
+        ("exclude", s.exclude.is_some()),
+        ("dump", s.dump.is_some()),
+        ("restore", s.restore.is_some()),
+        ("jobs", s.jobs.is_some()),
+        ("globals", s.globals.is_some()),
+        ("password_file", s.password_file.is_some()),
+        ("password_env", s.password_env.is_some()),
+    ];
+    let (required, allowed): (&[&str], &[&str]) = match s.kind {
+        Postgres => (
+            &["url"],
+            &["url", "jobs", "globals", "password_file", "password_env"],
+        ),
+        Mysql => (&["url"], &["url", "jobs", "password_file", "password_env"]),
+        Redis => (&["url"], &["url", "password_file", "password_env"]),
+        Sqlite => (&["path"], &["path"]),
+        Directory => (&["path"], &["path", "exclude"]),
+        Files => (&["paths"], &["paths"]),
+        Command => (&["dump"], &["dump", "restore"]),
+    };
+    for key in required {
+        if !present.iter().any(|(k, p)| k == key && *p) {
+            return Err(format!(
+                "missing key `{key}`, required for type {}",
+                s.kind.as_str()
+            ));
+        }
+    }
+    for (key, p) in present {
+        if p && !allowed.contains(&key) {
+            return Err(format!(
+                "key `{key}` does not apply to type {}",
+                s.kind.as_str()
+            ));
+        }
+    }
+    if let Some(path) = &s.path
+        && !path.is_absolute()
+    {
+        return Err(format!(
+            "`path` must be absolute, got {:?}",
+            path.display().to_string()
+        ));
+    }
+    if let Some(paths) = &s.paths {
+        if paths.is_empty() {
+            return Err("`paths` is empty".into());
+        }
+        if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
+            return Err(format!(
+                "`paths` entries must be absolute, got {:?}",
+                p.display().to_string()
+            ));
+        }
+    }
+    for (key, argv) in [("dump", &s.dump), ("restore", &s.restore)] {
+        if let Some(a) = argv
+            && a.is_empty()
+        {
+            return Err(format!("`{key}` must name a program"));
+        }
+    }
+    if let Some(globs) = &s.exclude {
+        for g in globs {
+            globset::Glob::new(g).map_err(|e| format!("exclude pattern {g:?}: {e}"))?;
+        }
+    }
+    if s.jobs == Some(0) {
+        return Err("`jobs` must be at least 1".into());
+    }
+    if let Some(u) = &s.url {
+        let scheme_ok = match s.kind {
+            Postgres => u.starts_with("postgres://") || u.starts_with("postgresql://"),
+            Mysql => u.starts_with("mysql://") || u.starts_with("mariadb://"),
+            Redis => u.starts_with("redis://") || u.starts_with("rediss://"),
+            _ => true,
+        };
+        if !scheme_ok {
+            return Err(format!(
+                "`url` {u:?} does not look like a {} URL",
+                s.kind.as_str()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, Path::new("coffer.toml"))
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = parse("[repository]\nurl = \"/r\"\n\n[retention]\nkeep_dialy = 3\n").unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("line 5") && m.contains("keep_dialy"), "{m}");
+    }
+
+    #[test]
+    fn duplicate_and_missing_keys() {
+        let t = "[[sources]]\nname = \"a\"\ntype = \"directory\"\npath = \"/x\"\n\n[[sources]]\nname = \"a\"\ntype = \"files\"\npaths = [\"/y\"]\n";
+        let m = parse(t).unwrap_err().to_string();
+        assert!(
+            m.contains("duplicate source name") && m.contains("line 6"),
+            "{m}"
+        );
+        let m = parse("[[sources]]\nname = \"db\"\ntype = \"postgres\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("`url`") && m.contains("line 1"), "{m}");
+        let m = parse("[[sources]]\nname = \"Db\"\ntype = \"directory\"\npath = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("[a-z0-9]"), "{m}");
+        let m = parse("[[sources]]\nname = \"d\"\ntype = \"directory\"\npath = \"/x\"\nurl = \"postgres://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("`url` does not apply"), "{m}");
+    }
+
+    #[test]
+    fn bad_values() {
+        let m = parse("[retention]\nkeep_within = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("keep_within") && m.contains("line 1"), "{m}");
+        let m = parse("[retention]\nkeep_last = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("line 2"), "{m}");
+        let m = parse("[[sources]]\nname = \"x\"\ntype = \"nosql\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("nosql") && m.contains("line 3"), "{m}");
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let t = include_str!("../fixtures/config/contract-example.toml");
+        let c = parse(t).unwrap();
+        assert_eq!(c.sources.len(), 7);
+        assert_eq!(c.retention.keep_daily, Some(7));
+    }
+}

@@ -1,0 +1,113 @@
+//! coffer: encrypted, compressed, checksummed backups of a web application's
+//! databases, media and configuration, stored on a filesystem, S3, GCS or
+//! Azure through `object_store`.
+//!
+//! The library holds the domain; `main.rs` parses flags, calls one operation
+//! and prints its result. Every module has its own error type; [`Error`]
+//! gathers them and [`Error::exit_code`] is the one place where a failure
+//! becomes the exit code of the contract (1 operational, 2 usage, 3 integrity).
+
+#![forbid(unsafe_code)]
+
+pub mod archive;
+pub mod config;
+pub mod crypto;
+pub mod manifest;
+pub mod repo;
+pub mod restore;
+pub mod snapshot;
+pub mod source;
+pub mod store;
+pub mod verify;
+
+use crate::repo::RepoError;
+use crate::restore::RestoreError;
+use crate::snapshot::SnapshotError;
+use crate::store::StoreError;
+
+/// Exit codes of the contract.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILURE: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const INTEGRITY: i32 = 3;
+    pub const PARTIAL: i32 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failure(String),
+    #[error("{0}")]
+    Integrity(String),
+}
+
+fn store_code(e: &StoreError) -> i32 {
+    if e.is_usage() {
+        exit::USAGE
+    } else {
+        exit::FAILURE
+    }
+}
+
+fn repo_code(e: &RepoError) -> i32 {
+    match e {
+        RepoError::Store(s) => store_code(s),
+        RepoError::WrongKey { .. }
+        | RepoError::NoKeySlots(_)
+        | RepoError::DamagedManifest { .. }
+        | RepoError::DamagedConfig { .. } => exit::INTEGRITY,
+        RepoError::UnknownSnapshot(_)
+        | RepoError::AmbiguousSnapshot { .. }
+        | RepoError::NoCredential
+        | RepoError::UnknownSlot(_)
+        | RepoError::SlotInUse(..)
+        | RepoError::AlreadyInitialised(_)
+        | RepoError::NotARepository(_) => exit::USAGE,
+        RepoError::NoSnapshots(_)
+        | RepoError::UnsupportedVersion { .. }
+        | RepoError::Credential(_)
+        | RepoError::SnapshotExists(_) => exit::FAILURE,
+    }
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) | Error::Usage(_) => exit::USAGE,
+            Error::Store(s) => store_code(s),
+            Error::Repo(r) => repo_code(r),
+            Error::Snapshot(s) => match s {
+                SnapshotError::Repo(r) => repo_code(r),
+                SnapshotError::AllFailed(_) => exit::FAILURE,
+                SnapshotError::UnknownSource(..)
+                | SnapshotError::NoSources
+                | SnapshotError::BadLabel(_) => exit::USAGE,
+            },
+            Error::Restore(r) => match r {
+                RestoreError::Integrity { .. } | RestoreError::Contained { .. } => exit::INTEGRITY,
+                RestoreError::UnknownSource { .. }
+                | RestoreError::NeedsForce { .. }
+                | RestoreError::BadInclude(..)
+                | RestoreError::NoSuchFile { .. }
+                | RestoreError::Usage(_) => exit::USAGE,
+                RestoreError::Store(s) => store_code(s),
+                RestoreError::SourceFailed { .. } | RestoreError::Io { .. } => exit::FAILURE,
+            },
+            Error::Failure(_) => exit::FAILURE,
+            Error::Integrity(_) => exit::INTEGRITY,
+        }
+    }
+}

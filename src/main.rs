@@ -1,0 +1,948 @@
+//! The `coffer` command: parses flags, resolves settings (CLI > environment >
+//! config file > default), calls one library operation, prints its result,
+//! and turns its error into the contract's exit code.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use coffer::config::Config;
+use coffer::crypto::{self, Credential};
+use coffer::manifest::{Manifest, SnapshotStatus, SourceStatus};
+use coffer::repo::{self, RepoError, Repository};
+use coffer::restore::{self, RestoreOptions};
+use coffer::snapshot::{self, SnapshotError, SnapshotOptions};
+use coffer::store::Store;
+use coffer::verify::{self, Selection};
+use coffer::{Error, exit};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "coffer",
+    version,
+    about = "Encrypted, checksummed backups of a web application's databases, media and config",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Global {
+    /// Config file [default: ./coffer.toml, else /etc/coffer/coffer.toml]
+    #[arg(long, env = "COFFER_CONFIG", global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Repository URL (path, file://, s3://, gs://, az://); overrides [repository].url
+    #[arg(long, env = "COFFER_REPO", global = true, value_name = "URL")]
+    repo: Option<String>,
+    /// Key file; overrides [repository].key_file
+    #[arg(long, env = "COFFER_KEY_FILE", global = true, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// Print one JSON document on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    /// More logging on stderr (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less logging: errors only
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Never draw progress bars
+    #[arg(long, global = true)]
+    no_progress: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Manage keys: generate a key file, add, list or remove a repository's keys
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Create a repository at the configured URL for the configured key
+    Init,
+    /// Take every configured source (or those named) into one snapshot
+    Snapshot {
+        /// Only this source (repeatable)
+        #[arg(long, value_name = "NAME")]
+        only: Vec<String>,
+        /// Tag the snapshot (repeatable)
+        #[arg(long, value_name = "TAG")]
+        tag: Vec<String>,
+        /// Add a label KEY=VALUE (repeatable)
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: Vec<String>,
+        /// Read and report, write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List complete snapshots, oldest first
+    Snapshots {
+        /// Only snapshots with this tag
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only snapshots holding this source
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+        /// Only the newest
+        #[arg(long)]
+        latest: bool,
+    },
+    /// Show one snapshot's manifest
+    Show {
+        /// Snapshot id, unique prefix, or `latest`
+        snapshot: String,
+        /// Also list every file
+        #[arg(long)]
+        files: bool,
+        /// With `latest`: newest with this tag
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Restore sources of a snapshot
+    Restore {
+        /// Snapshot id, unique prefix, or `latest`
+        snapshot: String,
+        /// Only this source (repeatable)
+        #[arg(long, value_name = "NAME")]
+        only: Vec<String>,
+        /// Restore under DIR/<source name>/ instead of the original paths
+        #[arg(long, value_name = "DIR")]
+        target: Option<PathBuf>,
+        /// Restore only paths matching GLOB (repeatable)
+        #[arg(long, value_name = "GLOB")]
+        include: Vec<String>,
+        /// Restore a database source into another database
+        #[arg(long, value_name = "URL")]
+        to_database: Option<String>,
+        /// Replace existing data
+        #[arg(long)]
+        force: bool,
+        /// List what would be written and where
+        #[arg(long)]
+        dry_run: bool,
+        /// With `latest`: newest with this tag
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Write a source (or one file of it) to stdout in a form standard tools read
+    Dump {
+        snapshot: String,
+        source: String,
+        path: Option<String>,
+    },
+    /// Check that a snapshot's objects are intact
+    Verify {
+        /// Snapshot id, unique prefix, or `latest` [default: latest]
+        snapshot: Option<String>,
+        /// Check every snapshot
+        #[arg(long, conflicts_with = "snapshot")]
+        all: bool,
+        /// Also decrypt, decompress and re-hash every file
+        #[arg(long)]
+        deep: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Write a new random 256-bit key file (mode 0600)
+    Generate { path: PathBuf },
+    /// Let another key file or passphrase open the repository
+    Add {
+        /// The key file to add (make one with `coffer key generate`)
+        #[arg(long, value_name = "PATH", conflicts_with = "new_passphrase_file")]
+        new_key_file: Option<PathBuf>,
+        /// A file holding the passphrase to add (or set COFFER_NEW_PASSPHRASE)
+        #[arg(long, value_name = "PATH")]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// List the keys that open the repository
+    List,
+    /// Remove a key slot
+    Remove { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    init_logging(&cli.global);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE as u8);
+        }
+    };
+    let json = cli.global.json;
+    let code = match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.exit_code();
+            if json {
+                print_json(&json!({"ok": false, "error": e.to_string(), "exit_code": code}));
+            }
+            eprintln!("error: {e}");
+            code
+        }
+    };
+    // Background tasks (abandoned uploads) must not keep us alive.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    ExitCode::from(code as u8)
+}
+
+fn init_logging(g: &Global) {
+    let default = if g.quiet {
+        "error"
+    } else {
+        match g.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn print_json(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, v);
+    let _ = writeln!(out);
+}
+
+fn println_out(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{s}");
+}
+
+/// Settings resolved from flags, environment and config file.
+struct Settings {
+    config: Config,
+    repo_url: Option<String>,
+}
+
+fn load_settings(g: &Global) -> Result<Settings, Error> {
+    let config = match &g.config {
+        Some(p) => Config::load(p)?,
+        None => {
+            let local = Path::new("coffer.toml");
+            let system = Path::new("/etc/coffer/coffer.toml");
+            if local.exists() {
+                Config::load(local)?
+            } else if system.exists() {
+                Config::load(system)?
+            } else {
+                Config::default()
+            }
+        }
+    };
+    let repo_url = g.repo.clone().or_else(|| config.repository.url.clone());
+    Ok(Settings { config, repo_url })
+}
+
+fn read_secret_file(p: &Path, what: &str) -> Result<String, Error> {
+    let s = std::fs::read_to_string(p)
+        .map_err(|e| Error::Usage(format!("cannot read {what} {}: {e}", p.display())))?;
+    let s = s.trim_end_matches(['\n', '\r']).to_string();
+    if s.is_empty() {
+        return Err(Error::Usage(format!("{what} {} is empty", p.display())));
+    }
+    Ok(s)
+}
+
+fn key_file_credential(p: &Path) -> Result<Credential, Error> {
+    let key = crypto::read_key_file(p).map_err(|e| match crypto::integrity_error(&e) {
+        Some(c) => Error::Usage(c.to_string()),
+        None => Error::Usage(format!("cannot read key file {}: {e}", p.display())),
+    })?;
+    Ok(Credential::KeyFile {
+        path: p.display().to_string(),
+        key,
+    })
+}
+
+/// The credential, by precedence: --key-file / COFFER_KEY_FILE, then
+/// COFFER_PASSPHRASE, then the config's key_file, passphrase_file,
+/// passphrase_command.
+fn credential(g: &Global, s: &Settings) -> Result<Credential, Error> {
+    if let Some(p) = &g.key_file {
+        return key_file_credential(p);
+    }
+    if let Ok(p) = std::env::var("COFFER_PASSPHRASE")
+        && !p.is_empty()
+    {
+        return Ok(Credential::Passphrase(p));
+    }
+    let r = &s.config.repository;
+    if let Some(p) = &r.key_file {
+        return key_file_credential(p);
+    }
+    if let Some(p) = &r.passphrase_file {
+        return Ok(Credential::Passphrase(read_secret_file(
+            p,
+            "passphrase file",
+        )?));
+    }
+    if let Some(cmd) = &r.passphrase_command {
+        let out = std::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| {
+                Error::Failure(format!(
+                    "passphrase_command {:?} could not run: {e}",
+                    cmd[0]
+                ))
+            })?;
+        if !out.status.success() {
+            return Err(Error::Failure(format!(
+                "passphrase_command {:?} failed ({})",
+                cmd[0], out.status
+            )));
+        }
+        let p = String::from_utf8_lossy(&out.stdout)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        if p.is_empty() {
+            return Err(Error::Failure(format!(
+                "passphrase_command {:?} printed nothing",
+                cmd[0]
+            )));
+        }
+        return Ok(Credential::Passphrase(p));
+    }
+    Err(RepoError::NoCredential.into())
+}
+
+fn open_store(s: &Settings, create: bool) -> Result<Store, Error> {
+    let url = s.repo_url.as_deref().ok_or_else(|| {
+        Error::Usage(
+            "no repository given: set [repository].url in the config, --repo or COFFER_REPO".into(),
+        )
+    })?;
+    Ok(Store::open(url, &s.config.repository.options, create)?)
+}
+
+async fn open_repo(g: &Global, s: &Settings) -> Result<Repository, Error> {
+    let store = open_store(s, false).map_err(|e| match e {
+        Error::Store(coffer::store::StoreError::NotFound { store, .. }) => {
+            Error::Repo(RepoError::NotARepository(store))
+        }
+        other => other,
+    })?;
+    let cred = credential(g, s)?;
+    Ok(repo::open(&store, &cred).await?)
+}
+
+async fn run(cli: Cli) -> Result<i32, Error> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Key(KeyCommand::Generate { path }) => {
+            crypto::generate_key_file(&path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::Usage(format!(
+                        "{} already exists; refusing to overwrite a key file",
+                        path.display()
+                    ))
+                } else {
+                    Error::Failure(format!("cannot write key file {}: {e}", path.display()))
+                }
+            })?;
+            if g.json {
+                print_json(&json!({"ok": true, "path": path}));
+            } else {
+                eprintln!(
+                    "wrote a new key to {} (mode 0600). Keep a copy somewhere safe: without it, repositories it opens cannot be read.",
+                    path.display()
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Init => {
+            let s = load_settings(g)?;
+            let cred = credential(g, &s)?;
+            let store = open_store(&s, true)?;
+            let r = repo::init(&store, &cred).await?;
+            if g.json {
+                print_json(
+                    &json!({"ok": true, "url": store.url(), "id": r.id, "key_slot": r.slot_id}),
+                );
+            } else {
+                println_out(&format!(
+                    "initialised repository {} at {} (opened by {})",
+                    r.id,
+                    store.url(),
+                    cred.describe()
+                ));
+            }
+            Ok(exit::OK)
+        }
+        Command::Key(cmd) => {
+            let s = load_settings(g)?;
+            let r = open_repo(g, &s).await?;
+            key_command(g, &r, cmd).await
+        }
+        Command::Snapshot {
+            only,
+            tag,
+            label,
+            dry_run,
+        } => {
+            let s = load_settings(g)?;
+            let mut labels = BTreeMap::new();
+            for l in &label {
+                let (k, v) = snapshot::parse_label(l)?;
+                labels.insert(k, v);
+            }
+            snapshot::select_sources(&s.config, &only)?;
+            let r = open_repo(g, &s).await?;
+            let opts = SnapshotOptions {
+                only,
+                tags: tag,
+                labels,
+                dry_run,
+                compression: s.config.repository.compression.unwrap_or(3),
+            };
+            match snapshot::snapshot(&r, &s.config, &opts).await {
+                Ok(out) => {
+                    report_snapshot(g, &out.manifest, out.committed, dry_run);
+                    Ok(if out.manifest.status == SnapshotStatus::Partial {
+                        exit::PARTIAL
+                    } else {
+                        exit::OK
+                    })
+                }
+                Err(SnapshotError::AllFailed(why)) => {
+                    if g.json {
+                        print_json(
+                            &json!({"ok": false, "status": "failed", "error": format!("every source failed; nothing was committed:\n{why}"), "exit_code": exit::FAILURE}),
+                        );
+                    }
+                    eprintln!("error: every source failed; nothing was committed:\n{why}");
+                    Ok(exit::FAILURE)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Snapshots {
+            tag,
+            source,
+            latest,
+        } => {
+            let s = load_settings(g)?;
+            let r = open_repo(g, &s).await?;
+            let (all, damaged) = r.manifests().await.map_err(Error::Repo)?;
+            let mut list: Vec<&Manifest> = all
+                .iter()
+                .filter(|m| tag.as_ref().is_none_or(|t| m.tags.contains(t)))
+                .filter(|m| {
+                    source
+                        .as_ref()
+                        .is_none_or(|n| m.sources.iter().any(|x| &x.name == n))
+                })
+                .collect();
+            if latest && list.len() > 1 {
+                list = vec![*list.last().expect("non-empty")];
+            }
+            if g.json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|m| {
+                        json!({"id": m.id, "time": rfc3339(&m.time), "host": m.host, "tags": m.tags,
+                        "labels": m.labels, "status": m.status,
+                        "sources": m.sources.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+                        "bytes_stored": m.bytes_stored()})
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(v));
+            } else if list.is_empty() {
+                eprintln!("no snapshots");
+            } else {
+                println_out(&format!(
+                    "{:<16}  {:<20}  {:<16}  {:<7}  {:<20}  {:>10}  {}",
+                    "ID", "TIME (UTC)", "HOST", "STATUS", "TAGS", "SIZE", "SOURCES"
+                ));
+                for m in &list {
+                    println_out(&format!(
+                        "{:<16}  {:<20}  {:<16}  {:<7}  {:<20}  {:>10}  {}",
+                        m.id,
+                        m.time.format("%Y-%m-%d %H:%M:%S"),
+                        m.host,
+                        status_word(m.status),
+                        m.tags.join(","),
+                        human_bytes(m.bytes_stored()),
+                        m.sources
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ));
+                }
+            }
+            for d in &damaged {
+                eprintln!(
+                    "error: snapshot {}: manifest {} is damaged ({}); run `coffer verify --all`",
+                    d.id, d.object, d.reason
+                );
+            }
+            Ok(if damaged.is_empty() {
+                exit::OK
+            } else {
+                exit::INTEGRITY
+            })
+        }
+        Command::Show {
+            snapshot,
+            files,
+            tag,
+        } => {
+            let s = load_settings(g)?;
+            let r = open_repo(g, &s).await?;
+            let m = r.resolve(&snapshot, tag.as_deref()).await?;
+            show(g, &r, &m, files).await
+        }
+        Command::Restore {
+            snapshot,
+            only,
+            target,
+            include,
+            to_database,
+            force,
+            dry_run,
+            tag,
+        } => {
+            if to_database.is_some() {
+                return Err(Error::Usage(
+                    "--to-database applies to database sources, which this build cannot restore yet"
+                        .into(),
+                ));
+            }
+            let s = load_settings(g)?;
+            let r = open_repo(g, &s).await?;
+            let m = r.resolve(&snapshot, tag.as_deref()).await?;
+            let opts = RestoreOptions {
+                only,
+                target,
+                include,
+                force,
+                dry_run,
+            };
+            let rep = restore::restore(&r, &m, &opts).await?;
+            if g.json {
+                let mut v = serde_json::to_value(&rep).expect("report serialises");
+                v["ok"] = json!(true);
+                print_json(&v);
+            } else {
+                for src in &rep.sources {
+                    if dry_run {
+                        println_out(&format!(
+                            "would restore source {} ({}) to {}: {} files, {} dirs, {} links, {}",
+                            src.name,
+                            src.kind,
+                            src.destination,
+                            src.files,
+                            src.dirs,
+                            src.links,
+                            human_bytes(src.bytes)
+                        ));
+                        for p in &src.planned {
+                            println_out(&format!("  {p}"));
+                        }
+                    } else {
+                        println_out(&format!(
+                            "restored source {} ({}) from snapshot {} to {}: {} files, {} dirs, {} links, {} in {:.1} s",
+                            src.name,
+                            src.kind,
+                            rep.snapshot,
+                            src.destination,
+                            src.files,
+                            src.dirs,
+                            src.links,
+                            human_bytes(src.bytes),
+                            src.duration_ms as f64 / 1000.0
+                        ));
+                    }
+                }
+                for sk in &rep.skipped {
+                    eprintln!(
+                        "warning: source {sk} failed when snapshot {} was taken; nothing restored for it",
+                        rep.snapshot
+                    );
+                }
+            }
+            Ok(if rep.skipped.is_empty() {
+                exit::OK
+            } else {
+                exit::PARTIAL
+            })
+        }
+        Command::Dump {
+            snapshot,
+            source,
+            path,
+        } => {
+            if path.is_none() && std::io::stdout().is_terminal() {
+                return Err(Error::Usage(
+                    "coffer dump writes a binary stream; pipe it, e.g. `coffer dump SNAPSHOT SOURCE | tar -tvf -`"
+                        .into(),
+                ));
+            }
+            let s = load_settings(g)?;
+            let r = open_repo(g, &s).await?;
+            let m = r.resolve(&snapshot, None).await?;
+            restore::dump(&r, &m, &source, path, std::io::stdout()).await?;
+            Ok(exit::OK)
+        }
+        Command::Verify {
+            snapshot,
+            all,
+            deep,
+        } => {
+            let s = load_settings(g)?;
+            let r = open_repo(g, &s).await?;
+            let sel = if all {
+                Selection::All
+            } else {
+                let spec = snapshot.unwrap_or_else(|| "latest".into());
+                match r.resolve(&spec, None).await {
+                    Ok(m) => Selection::One(m),
+                    Err(RepoError::DamagedManifest { id, object, reason }) => {
+                        let msg = format!("snapshot {id}: manifest {object} is damaged: {reason}");
+                        if g.json {
+                            print_json(
+                                &json!({"ok": false, "deep": deep, "snapshots": [{"id": id, "ok": false, "sources": [], "error": msg}]}),
+                            );
+                        }
+                        eprintln!("error: {msg}");
+                        return Ok(exit::INTEGRITY);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            let rep = verify::verify(&r, sel, deep).await?;
+            if g.json {
+                print_json(&serde_json::to_value(&rep).expect("report serialises"));
+            } else {
+                for snap in &rep.snapshots {
+                    if snap.ok {
+                        println_out(&format!(
+                            "snapshot {}: ok ({} sources{})",
+                            snap.id,
+                            snap.sources.len(),
+                            if deep { ", deep" } else { "" }
+                        ));
+                        continue;
+                    }
+                    println_out(&format!("snapshot {}: DAMAGED", snap.id));
+                    if let Some(e) = &snap.error {
+                        println_out(&format!("  {e}"));
+                    }
+                    for src in snap.sources.iter().filter(|s| !s.ok) {
+                        for p in &src.problems {
+                            println_out(&format!("  source {}: {p}", src.name));
+                        }
+                    }
+                }
+                if rep.snapshots.is_empty() {
+                    println_out("no snapshots to verify");
+                }
+            }
+            if rep.ok {
+                Ok(exit::OK)
+            } else {
+                let bad: Vec<&str> = rep
+                    .snapshots
+                    .iter()
+                    .filter(|s| !s.ok)
+                    .map(|s| s.id.as_str())
+                    .collect();
+                eprintln!(
+                    "error: damaged snapshot(s): {}; restore from an older snapshot or another copy of the repository",
+                    bad.join(", ")
+                );
+                Ok(exit::INTEGRITY)
+            }
+        }
+    }
+}
+
+async fn key_command(g: &Global, r: &Repository, cmd: KeyCommand) -> Result<i32, Error> {
+    match cmd {
+        KeyCommand::Generate { .. } => unreachable!("handled without a repository"),
+        KeyCommand::Add {
+            new_key_file,
+            new_passphrase_file,
+        } => {
+            let cred = if let Some(p) = new_key_file {
+                key_file_credential(&p)?
+            } else if let Some(p) = new_passphrase_file {
+                Credential::Passphrase(read_secret_file(&p, "passphrase file")?)
+            } else if let Ok(p) = std::env::var("COFFER_NEW_PASSPHRASE")
+                && !p.is_empty()
+            {
+                Credential::Passphrase(p)
+            } else {
+                return Err(Error::Usage(
+                    "say what to add: --new-key-file PATH, --new-passphrase-file PATH, or COFFER_NEW_PASSPHRASE".into(),
+                ));
+            };
+            let info = r.key_add(&cred).await?;
+            if g.json {
+                print_json(&json!({"ok": true, "added": info}));
+            } else {
+                println_out(&format!("added key slot {} ({})", info.id, cred.describe()));
+            }
+        }
+        KeyCommand::List => {
+            let slots = r.key_list().await?;
+            if g.json {
+                print_json(&json!({"ok": true, "keys": slots}));
+            } else {
+                println_out(&format!(
+                    "{:<18}  {:<10}  {:<20}  {}",
+                    "ID", "TYPE", "CREATED (UTC)", "HOST"
+                ));
+                for s in slots {
+                    println_out(&format!(
+                        "{}{:<17}  {:<10}  {:<20}  {}",
+                        if s.current { "*" } else { " " },
+                        s.id,
+                        s.kind,
+                        s.created.format("%Y-%m-%d %H:%M:%S"),
+                        s.host
+                    ));
+                }
+            }
+        }
+        KeyCommand::Remove { id } => {
+            r.key_remove(&id).await?;
+            if g.json {
+                print_json(&json!({"ok": true, "removed": id}));
+            } else {
+                println_out(&format!("removed key slot {id}"));
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn status_word(s: SnapshotStatus) -> &'static str {
+    match s {
+        SnapshotStatus::Ok => "ok",
+        SnapshotStatus::Partial => "partial",
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < UNITS.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+fn snapshot_json(m: &Manifest) -> serde_json::Value {
+    json!({
+        "id": m.id, "time": rfc3339(&m.time), "host": m.host, "tags": m.tags, "labels": m.labels,
+        "status": m.status,
+        "sources": m.sources.iter().map(|s| json!({
+            "name": s.name, "type": s.kind, "status": s.status, "files": s.files,
+            "bytes_read": s.bytes_read, "bytes_stored": s.bytes_stored, "duration_ms": s.duration_ms,
+            "error": s.error, "problems": s.problems, "skipped": s.skipped,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn report_snapshot(g: &Global, m: &Manifest, committed: bool, dry_run: bool) {
+    if g.json {
+        let mut v = snapshot_json(m);
+        v["ok"] = json!(m.status == SnapshotStatus::Ok);
+        v["dry_run"] = json!(dry_run);
+        v["committed"] = json!(committed);
+        print_json(&v);
+    } else {
+        // The id alone on stdout, for scripts; the report on stderr.
+        if committed {
+            println_out(&m.id);
+        }
+        let verb = if dry_run {
+            "dry run, nothing written:"
+        } else {
+            "saved"
+        };
+        eprintln!(
+            "snapshot {} {} {} ({} sources, {} read, {} stored)",
+            m.id,
+            verb,
+            status_word(m.status),
+            m.sources.len(),
+            human_bytes(m.sources.iter().map(|s| s.bytes_read).sum()),
+            human_bytes(m.bytes_stored())
+        );
+        for s in &m.sources {
+            let status = match s.status {
+                SourceStatus::Ok if s.problems.is_empty() => "ok",
+                SourceStatus::Ok => "partial",
+                SourceStatus::Failed => "FAILED",
+            };
+            eprintln!(
+                "  {:<16} {:<10} {:<8} {:>7} files  {:>10} read  {:>10} stored  {:.1} s",
+                s.name,
+                s.kind,
+                status,
+                s.files,
+                human_bytes(s.bytes_read),
+                human_bytes(s.bytes_stored),
+                s.duration_ms as f64 / 1000.0
+            );
+            if s.status == SourceStatus::Failed {
+                eprintln!("    error: {}", s.error.as_deref().unwrap_or("failed"));
+            }
+            for p in &s.problems {
+                eprintln!("    not stored whole: {}: {}", p.path, p.error);
+            }
+            for p in &s.skipped {
+                eprintln!("    skipped: {}: {}", p.path, p.error);
+            }
+        }
+    }
+}
+
+async fn show(g: &Global, r: &Repository, m: &Manifest, files: bool) -> Result<i32, Error> {
+    let mut listings = Vec::new();
+    if files {
+        for s in &m.sources {
+            listings.push(restore::list_files(r, m, s).await?);
+        }
+    }
+    if g.json {
+        let mut v = snapshot_json(m);
+        v["tool_version"] = json!(m.tool_version);
+        v["parent"] = json!(m.parent);
+        let srcs = v["sources"].as_array_mut().expect("array");
+        for (i, s) in m.sources.iter().enumerate() {
+            srcs[i]["origin"] = json!(s.origin);
+            srcs[i]["archive"] = json!(s.archive);
+            srcs[i]["index"] = json!(s.index);
+            srcs[i]["details"] = json!(s.details);
+            if files {
+                srcs[i]["files"] = json!(listings[i]);
+                srcs[i]["file_count"] = json!(s.files);
+            }
+        }
+        print_json(&v);
+        return Ok(exit::OK);
+    }
+    let mut out = String::new();
+    out.push_str(&format!("snapshot   {}\n", m.id));
+    out.push_str(&format!(
+        "time       {} UTC\n",
+        m.time.format("%Y-%m-%d %H:%M:%S")
+    ));
+    out.push_str(&format!("host       {}\n", m.host));
+    out.push_str(&format!("status     {}\n", status_word(m.status)));
+    out.push_str(&format!("tags       {}\n", m.tags.join(", ")));
+    for (k, v) in &m.labels {
+        out.push_str(&format!("label      {k}={v}\n"));
+    }
+    out.push_str(&format!("coffer     {}\n", m.tool_version));
+    out.push_str(&format!("stored     {}\n", human_bytes(m.bytes_stored())));
+    for (i, s) in m.sources.iter().enumerate() {
+        out.push_str(&format!(
+            "\nsource {} ({}), {}\n",
+            s.name,
+            s.kind,
+            match s.status {
+                SourceStatus::Ok => "ok",
+                SourceStatus::Failed => "FAILED",
+            }
+        ));
+        if let Some(o) = &s.origin {
+            out.push_str(&format!("  from      {o}\n"));
+        }
+        out.push_str(&format!(
+            "  files     {}\n  read      {}\n  stored    {}\n  took      {:.1} s\n",
+            s.files,
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_stored),
+            s.duration_ms as f64 / 1000.0
+        ));
+        if let Some(a) = &s.archive {
+            out.push_str(&format!("  archive   {} sha256:{}\n", a.object, a.sha256));
+        }
+        if let Some(e) = &s.error {
+            out.push_str(&format!("  error     {e}\n"));
+        }
+        for (k, v) in &s.details {
+            out.push_str(&format!("  {k:<9} {v}\n"));
+        }
+        if files {
+            for e in &listings[i] {
+                let t = chrono::DateTime::from_timestamp(e.mtime, e.mtime_nsec)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default();
+                let kind = match e.kind {
+                    coffer::manifest::EntryKind::File => "-",
+                    coffer::manifest::EntryKind::Dir => "d",
+                    coffer::manifest::EntryKind::Symlink => "l",
+                    coffer::manifest::EntryKind::Hardlink => "h",
+                };
+                let mut line = format!(
+                    "  {kind} {:04o} {:>12} {} {} {}",
+                    e.mode,
+                    e.size,
+                    t,
+                    e.sha256.as_deref().unwrap_or("-"),
+                    e.path
+                );
+                if let Some(tg) = &e.target {
+                    line.push_str(&format!(" -> {tg}"));
+                }
+                if let Some(err) = &e.error {
+                    line.push_str(&format!("  [{err}]"));
+                }
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+    }
+    print!("{out}");
+    Ok(exit::OK)
+}

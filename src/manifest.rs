@@ -1,0 +1,149 @@
+//! Manifests and indexes: what a snapshot holds.
+//!
+//! A snapshot's manifest (one sealed JSON document, written last, the commit
+//! point) lists its sources with their sizes and the archive and index objects
+//! that hold them. A source's index (a sealed, zstd-compressed stream of JSON
+//! lines, one per archive entry, in archive order) records each file's
+//! metadata and SHA-256, so `show --files` and `verify --deep` need not read
+//! the archive, and memory stays bounded whatever the number of files.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Version of the manifest and index documents written by this build.
+pub const MANIFEST_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotStatus {
+    Ok,
+    Partial,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceStatus {
+    Ok,
+    Failed,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub id: String,
+    pub time: DateTime<Utc>,
+    pub host: String,
+    pub tool_version: String,
+    pub tags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub status: SnapshotStatus,
+    /// Reserved for incremental snapshots: the snapshot whose archives hold
+    /// the bytes of unchanged files. Always null in version 1.
+    #[serde(default)]
+    pub parent: Option<String>,
+    pub sources: Vec<SourceRecord>,
+}
+
+impl Manifest {
+    pub fn bytes_stored(&self) -> u64 {
+        self.sources.iter().map(|s| s.bytes_stored).sum()
+    }
+
+    pub fn source(&self, name: &str) -> Option<&SourceRecord> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+/// A stored object and what it must hash to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub object: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A file that could not be stored whole.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Problem {
+    pub path: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: SourceStatus,
+    pub error: Option<String>,
+    pub files: u64,
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+    pub duration_ms: u64,
+    /// Where the source lived: a directory source's path; for a files source,
+    /// "/" (each entry keeps its absolute path).
+    #[serde(default)]
+    pub origin: Option<String>,
+    pub archive: Option<ObjectRef>,
+    pub index: Option<ObjectRef>,
+    /// Files that could not be read, or changed while read.
+    #[serde(default)]
+    pub problems: Vec<Problem>,
+    /// Special files skipped (sockets, FIFOs, devices).
+    #[serde(default)]
+    pub skipped: Vec<Problem>,
+    /// Type-specific facts (database server version, dump format, ...).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+}
+
+/// One line of a source's index: one archive entry, or a file that could not
+/// be stored (`stored: false`, with `error`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IndexEntry {
+    /// Path inside the archive, '/'-separated, never absolute, no `..`.
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: i64,
+    #[serde(default)]
+    pub mtime_nsec: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Symlink target, or for a hard link the archive path it links to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub stored: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Reserved for incremental snapshots: the archive object that holds this
+    /// file's bytes when it is not this source's own archive. Absent in v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+/// The context string bound into a sealed object's authentication: which
+/// repository, snapshot and source it belongs to. See docs/FORMAT.md.
+pub fn seal_context(repo_id: &str, snapshot_id: &str, source: Option<&str>) -> Vec<u8> {
+    let mut c = format!("coffer/v1\0{repo_id}\0{snapshot_id}").into_bytes();
+    if let Some(s) = source {
+        c.push(0);
+        c.extend_from_slice(s.as_bytes());
+    }
+    c
+}

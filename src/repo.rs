@@ -1,0 +1,465 @@
+//! The repository: its layout in a store, creating it, opening it with a key
+//! file or passphrase, its key slots, and reading and committing manifests.
+//!
+//! Layout (object names reveal only ids, never file, source or database names):
+//! - `config`: plaintext JSON: format name and version, repository id.
+//! - `keys/<slot id>`: one JSON key slot per key file or passphrase.
+//! - `snapshots/<snapshot id>`: a sealed manifest; its presence *is* the
+//!   snapshot (written last, create-only).
+//! - `data/<snapshot id>/<object id>`: sealed archives and indexes.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, Credential, CryptoError, KeySlot, MasterKey, ObjectKind};
+use crate::manifest::{Manifest, seal_context};
+use crate::store::{Store, StoreError};
+
+pub const CONFIG_OBJECT: &str = "config";
+pub const KEYS_PREFIX: &str = "keys/";
+pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
+pub const DATA_PREFIX: &str = "data/";
+pub const REPO_FORMAT: &str = "coffer-repository";
+pub const REPO_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a coffer repository already exists at {0}; refusing to initialise it again")]
+    AlreadyInitialised(String),
+    #[error(
+        "no coffer repository at {0} (no `config` object); check the URL, or create one with `coffer init`"
+    )]
+    NotARepository(String),
+    #[error("the repository config at {url} is damaged: {reason}")]
+    DamagedConfig { url: String, reason: String },
+    #[error(
+        "repository {url} has format version {version}, but this coffer reads version {REPO_VERSION}; use a newer coffer"
+    )]
+    UnsupportedVersion { url: String, version: u32 },
+    #[error(
+        "wrong key: the {credential} does not open repository {url} (none of its {slots} key slot(s) accepts it); nothing was read"
+    )]
+    WrongKey {
+        credential: String,
+        url: String,
+        slots: usize,
+    },
+    #[error("repository {0} has no readable key slot (keys/ is empty or damaged)")]
+    NoKeySlots(String),
+    #[error(
+        "no key or passphrase given: set [repository].key_file, --key-file, COFFER_KEY_FILE, COFFER_PASSPHRASE, passphrase_file or passphrase_command"
+    )]
+    NoCredential,
+    #[error("{0}")]
+    Credential(String),
+    #[error("snapshot {id}: its manifest ({object}) is damaged: {reason}")]
+    DamagedManifest {
+        id: String,
+        object: String,
+        reason: String,
+    },
+    #[error("no snapshot matches {0:?}; list them with `coffer snapshots`")]
+    UnknownSnapshot(String),
+    #[error("{spec:?} is ambiguous: it matches snapshots {matches}; give more of the id")]
+    AmbiguousSnapshot { spec: String, matches: String },
+    #[error("the repository holds no snapshot{0}")]
+    NoSnapshots(String),
+    #[error("snapshot {0} already exists")]
+    SnapshotExists(String),
+    #[error("no key slot {0}; list them with `coffer key list`")]
+    UnknownSlot(String),
+    #[error("refusing to remove key slot {0}: {1}")]
+    SlotInUse(String, String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RepoConfig {
+    format: String,
+    version: u32,
+    id: String,
+    created: DateTime<Utc>,
+}
+
+/// An opened (unlocked) repository.
+#[derive(Clone)]
+pub struct Repository {
+    pub store: Store,
+    pub id: String,
+    master: MasterKey,
+    /// The key slot that opened it.
+    pub slot_id: String,
+}
+
+pub fn host_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Creates a new repository in `store`, openable by `cred`.
+pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoError> {
+    match store.get(CONFIG_OBJECT).await {
+        Ok(_) => return Err(RepoError::AlreadyInitialised(store.url().to_string())),
+        Err(StoreError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let id = crypto::random_id(16);
+    let master = MasterKey::generate();
+    let slot = KeySlot::wrap(&master, cred, &id, &host_name())
+        .map_err(|e| RepoError::Credential(e.to_string()))?;
+    // The slot first: a config without a slot would be a repository nobody
+    // can open; a slot without a config is invisible and harmless.
+    store
+        .put(
+            &format!("{KEYS_PREFIX}{}", slot.id),
+            Bytes::from(serde_json::to_vec_pretty(&slot).expect("slot serialises")),
+            true,
+        )
+        .await?;
+    let cfg = RepoConfig {
+        format: REPO_FORMAT.into(),
+        version: REPO_VERSION,
+        id: id.clone(),
+        created: Utc::now(),
+    };
+    match store
+        .put(
+            CONFIG_OBJECT,
+            Bytes::from(serde_json::to_vec_pretty(&cfg).expect("config serialises")),
+            true,
+        )
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::AlreadyExists { .. }) => {
+            let _ = store.delete(&format!("{KEYS_PREFIX}{}", slot.id)).await;
+            return Err(RepoError::AlreadyInitialised(store.url().to_string()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Repository {
+        store: store.clone(),
+        id,
+        master,
+        slot_id: slot.id,
+    })
+}
+
+async fn read_config(store: &Store) -> Result<RepoConfig, RepoError> {
+    let raw = match store.get(CONFIG_OBJECT).await {
+        Ok(b) => b,
+        Err(StoreError::NotFound { .. }) => {
+            return Err(RepoError::NotARepository(store.url().to_string()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let cfg: RepoConfig = serde_json::from_slice(&raw).map_err(|e| RepoError::DamagedConfig {
+        url: store.url().to_string(),
+        reason: e.to_string(),
+    })?;
+    if cfg.format != REPO_FORMAT {
+        return Err(RepoError::DamagedConfig {
+            url: store.url().to_string(),
+            reason: format!("format is {:?}, not {REPO_FORMAT:?}", cfg.format),
+        });
+    }
+    if cfg.version != REPO_VERSION {
+        return Err(RepoError::UnsupportedVersion {
+            url: store.url().to_string(),
+            version: cfg.version,
+        });
+    }
+    Ok(cfg)
+}
+
+async fn read_slots(store: &Store) -> Result<Vec<KeySlot>, RepoError> {
+    let mut slots = Vec::new();
+    for (path, _) in store.list(KEYS_PREFIX).await? {
+        let raw = store.get(&path).await?;
+        match serde_json::from_slice::<KeySlot>(&raw) {
+            Ok(s) if path.ends_with(&s.id) => slots.push(s),
+            // A damaged slot is skipped: another may still open the repository.
+            _ => tracing::warn!("key slot {path} is damaged and was skipped"),
+        }
+    }
+    Ok(slots)
+}
+
+/// Opens the repository in `store` with `cred`. Reads only `config` and
+/// `keys/`: a wrong key is reported before any data is read.
+pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoError> {
+    let cfg = read_config(store).await?;
+    let slots = read_slots(store).await?;
+    if slots.is_empty() {
+        return Err(RepoError::NoKeySlots(store.url().to_string()));
+    }
+    let slots_len = slots.len();
+    // Argon2 is slow and memory-hungry: try the slots one at a time, off the
+    // async threads.
+    let repo_id = cfg.id.clone();
+    let found = {
+        let cred = match cred {
+            Credential::KeyFile { path, key } => Credential::KeyFile {
+                path: path.clone(),
+                key: *key,
+            },
+            Credential::Passphrase(p) => Credential::Passphrase(p.clone()),
+        };
+        tokio::task::spawn_blocking(
+            move || -> Result<Option<(MasterKey, String)>, CryptoError> {
+                for s in &slots {
+                    if let Some(m) = s.unwrap(&cred, &repo_id)? {
+                        return Ok(Some((m, s.id.clone())));
+                    }
+                }
+                Ok(None)
+            },
+        )
+        .await
+        .expect("key slot task")
+        .map_err(|e| RepoError::Credential(e.to_string()))?
+    };
+    match found {
+        Some((master, slot_id)) => Ok(Repository {
+            store: store.clone(),
+            id: cfg.id,
+            master,
+            slot_id,
+        }),
+        None => Err(RepoError::WrongKey {
+            credential: cred.describe(),
+            url: store.url().to_string(),
+            slots: slots_len,
+        }),
+    }
+}
+
+/// A key slot as `coffer key list` shows it.
+#[derive(Debug, Serialize)]
+pub struct SlotInfo {
+    pub id: String,
+    pub kind: String,
+    pub created: DateTime<Utc>,
+    pub host: String,
+    pub current: bool,
+}
+
+/// A manifest that could not be read while listing.
+#[derive(Debug)]
+pub struct Damaged {
+    pub id: String,
+    pub object: String,
+    pub reason: String,
+}
+
+impl Repository {
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    pub fn manifest_object(id: &str) -> String {
+        format!("{SNAPSHOTS_PREFIX}{id}")
+    }
+
+    pub async fn key_add(&self, cred: &Credential) -> Result<SlotInfo, RepoError> {
+        let slot = KeySlot::wrap(&self.master, cred, &self.id, &host_name())
+            .map_err(|e| RepoError::Credential(e.to_string()))?;
+        self.store
+            .put(
+                &format!("{KEYS_PREFIX}{}", slot.id),
+                Bytes::from(serde_json::to_vec_pretty(&slot).expect("slot serialises")),
+                true,
+            )
+            .await?;
+        Ok(SlotInfo {
+            id: slot.id,
+            kind: slot.kind.to_string(),
+            created: slot.created,
+            host: slot.host,
+            current: false,
+        })
+    }
+
+    pub async fn key_list(&self) -> Result<Vec<SlotInfo>, RepoError> {
+        let mut v: Vec<SlotInfo> = read_slots(&self.store)
+            .await?
+            .into_iter()
+            .map(|s| SlotInfo {
+                current: s.id == self.slot_id,
+                id: s.id,
+                kind: s.kind.to_string(),
+                created: s.created,
+                host: s.host,
+            })
+            .collect();
+        v.sort_by_key(|s| s.created);
+        Ok(v)
+    }
+
+    pub async fn key_remove(&self, id: &str) -> Result<(), RepoError> {
+        let slots = read_slots(&self.store).await?;
+        if !slots.iter().any(|s| s.id == id) {
+            return Err(RepoError::UnknownSlot(id.to_string()));
+        }
+        if id == self.slot_id {
+            return Err(RepoError::SlotInUse(
+                id.to_string(),
+                "it is the key you opened the repository with; open it with another key to remove this one".into(),
+            ));
+        }
+        if slots.len() == 1 {
+            return Err(RepoError::SlotInUse(
+                id.to_string(),
+                "it is the last key slot".into(),
+            ));
+        }
+        self.store
+            .delete(&format!("{KEYS_PREFIX}{id}"))
+            .await
+            .map_err(Into::into)
+    }
+
+    /// Seals and stores a manifest, create-only: this is the commit point.
+    pub async fn commit_manifest(&self, m: &Manifest) -> Result<(), RepoError> {
+        let plain = serde_json::to_vec(m).expect("manifest serialises");
+        let sealed = crypto::seal_bytes(
+            &self.master,
+            ObjectKind::Manifest,
+            &seal_context(&self.id, &m.id, None),
+            &plain,
+        );
+        match self
+            .store
+            .put(&Self::manifest_object(&m.id), Bytes::from(sealed), true)
+            .await
+        {
+            Err(StoreError::AlreadyExists { .. }) => Err(RepoError::SnapshotExists(m.id.clone())),
+            r => r.map_err(Into::into),
+        }
+    }
+
+    pub async fn load_manifest(&self, id: &str) -> Result<Manifest, RepoError> {
+        let object = Self::manifest_object(id);
+        let raw = match self.store.get(&object).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => return Err(RepoError::UnknownSnapshot(id.into())),
+            Err(e) => return Err(e.into()),
+        };
+        let damaged = |reason: String| RepoError::DamagedManifest {
+            id: id.to_string(),
+            object: object.clone(),
+            reason,
+        };
+        let plain = crypto::open_bytes(
+            &self.master,
+            ObjectKind::Manifest,
+            &seal_context(&self.id, id, None),
+            &raw,
+        )
+        .map_err(|e| damaged(e.to_string()))?;
+        let m: Manifest =
+            serde_json::from_slice(&plain).map_err(|e| damaged(format!("unreadable: {e}")))?;
+        if m.id != id {
+            return Err(damaged(format!("it names snapshot {}", m.id)));
+        }
+        if m.version > crate::manifest::MANIFEST_VERSION {
+            return Err(damaged(format!(
+                "manifest version {} is newer than this coffer reads",
+                m.version
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Ids of every committed snapshot (manifest present).
+    pub async fn snapshot_ids(&self) -> Result<Vec<String>, RepoError> {
+        Ok(self
+            .store
+            .list(SNAPSHOTS_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|(p, _)| p.strip_prefix(SNAPSHOTS_PREFIX).map(str::to_string))
+            .collect())
+    }
+
+    /// Every readable manifest, oldest first, and the ones that are damaged.
+    pub async fn manifests(&self) -> Result<(Vec<Manifest>, Vec<Damaged>), RepoError> {
+        let ids = self.snapshot_ids().await?;
+        let results: Vec<Result<Manifest, RepoError>> = futures::stream::iter(ids)
+            .map(|id| async move { self.load_manifest(&id).await })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for r in results {
+            match r {
+                Ok(m) => good.push(m),
+                Err(RepoError::DamagedManifest { id, object, reason }) => {
+                    bad.push(Damaged { id, object, reason })
+                }
+                // Deleted between list and get: a concurrent prune.
+                Err(RepoError::UnknownSnapshot(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        good.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok((good, bad))
+    }
+
+    /// Resolves a full id, a unique prefix, or `latest` (newest, among those
+    /// with `tag` when given).
+    pub async fn resolve(&self, spec: &str, tag: Option<&str>) -> Result<Manifest, RepoError> {
+        if spec == "latest" {
+            let (all, _) = self.manifests().await?;
+            return all
+                .into_iter()
+                .rev()
+                .find(|m| tag.is_none_or(|t| m.tags.iter().any(|x| x == t)))
+                .ok_or_else(|| {
+                    RepoError::NoSnapshots(match tag {
+                        Some(t) => format!(" tagged {t:?}"),
+                        None => String::new(),
+                    })
+                });
+        }
+        let ids = self.snapshot_ids().await?;
+        if ids.iter().any(|i| i == spec) {
+            return self.load_manifest(spec).await;
+        }
+        let matches: Vec<&String> = ids.iter().filter(|i| i.starts_with(spec)).collect();
+        match matches.as_slice() {
+            [] => Err(RepoError::UnknownSnapshot(spec.into())),
+            [one] if !spec.is_empty() => self.load_manifest(one).await,
+            _ => Err(RepoError::AmbiguousSnapshot {
+                spec: spec.into(),
+                matches: matches
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Objects under `data/`, grouped by snapshot id.
+    pub async fn data_objects(&self) -> Result<BTreeMap<String, Vec<(String, u64)>>, RepoError> {
+        let mut out: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+        for (p, size) in self.store.list(DATA_PREFIX).await? {
+            if let Some((snap, _)) = p
+                .strip_prefix(DATA_PREFIX)
+                .and_then(|rest| rest.split_once('/'))
+            {
+                out.entry(snap.to_string()).or_default().push((p, size));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,341 @@
+//! `coffer snapshot`: read every selected source into one snapshot.
+//!
+//! Each source is streamed through walk -> tar -> zstd -> AES-GCM -> upload,
+//! the stages on their own threads joined by bounded channels. The manifest
+//! is written last and create-only: a snapshot interrupted at any point is
+//! simply absent (its left-over objects are removed by `prune` later).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Instant;
+
+use chrono::Utc;
+
+use crate::archive::{IndexWriter, TarWriter, stage_channel};
+use crate::config::{Config, SourceConfig, SourceKind};
+use crate::crypto::{self, ObjectKind, SealWriter};
+use crate::manifest::{
+    MANIFEST_VERSION, Manifest, ObjectRef, SnapshotStatus, SourceRecord, SourceStatus, seal_context,
+};
+use crate::repo::{DATA_PREFIX, RepoError, Repository, host_name};
+use crate::source::fs::{self as fs_source, FsSourceError, Walked};
+use crate::store::{CountingSink, Sink, StoreError, Written};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("no source named {0:?} in the config (--only); configured: {1}")]
+    UnknownSource(String, String),
+    #[error("the config has no [[sources]]: nothing to snapshot")]
+    NoSources,
+    #[error("bad label {0:?}: write KEY=VALUE")]
+    BadLabel(String),
+    #[error("every source failed; nothing was committed:\n{0}")]
+    AllFailed(String),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotOptions {
+    pub only: Vec<String>,
+    pub tags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub dry_run: bool,
+    /// zstd level.
+    pub compression: i32,
+}
+
+/// The result of a snapshot run: the manifest (committed unless dry run).
+#[derive(Debug)]
+pub struct SnapshotOutcome {
+    pub manifest: Manifest,
+    pub committed: bool,
+}
+
+/// Picks the configured sources named by `only` (all when empty), in config order.
+pub fn select_sources<'a>(
+    cfg: &'a Config,
+    only: &[String],
+) -> Result<Vec<&'a SourceConfig>, SnapshotError> {
+    if cfg.sources.is_empty() {
+        return Err(SnapshotError::NoSources);
+    }
+    let names = || {
+        cfg.sources
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for o in only {
+        if cfg.source(o).is_none() {
+            return Err(SnapshotError::UnknownSource(o.clone(), names()));
+        }
+    }
+    Ok(cfg
+        .sources
+        .iter()
+        .filter(|s| only.is_empty() || only.contains(&s.name))
+        .collect())
+}
+
+pub fn parse_label(s: &str) -> Result<(String, String), SnapshotError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(SnapshotError::BadLabel(s.to_string())),
+    }
+}
+
+pub async fn snapshot(
+    repo: &Repository,
+    cfg: &Config,
+    opts: &SnapshotOptions,
+) -> Result<SnapshotOutcome, SnapshotError> {
+    let sources = select_sources(cfg, &opts.only)?;
+    let id = crypto::random_id(8);
+    let time = Utc::now();
+    let mut labels = cfg.labels.clone();
+    labels.extend(opts.labels.clone());
+    let mut records = Vec::new();
+    for src in sources {
+        let rec = run_source(repo, &id, src, opts).await;
+        match (&rec.status, &rec.error) {
+            (SourceStatus::Failed, Some(e)) => tracing::error!("source {}: {e}", rec.name),
+            _ => tracing::info!("source {} stored", rec.name),
+        }
+        records.push(rec);
+    }
+    let any_problem = records
+        .iter()
+        .any(|r| r.status == SourceStatus::Failed || !r.problems.is_empty());
+    let manifest = Manifest {
+        version: MANIFEST_VERSION,
+        id: id.clone(),
+        time,
+        host: host_name(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        tags: opts.tags.clone(),
+        labels,
+        status: if any_problem {
+            SnapshotStatus::Partial
+        } else {
+            SnapshotStatus::Ok
+        },
+        parent: None,
+        sources: records,
+    };
+    if manifest
+        .sources
+        .iter()
+        .all(|r| r.status == SourceStatus::Failed)
+    {
+        if !opts.dry_run {
+            discard_objects(repo, &id).await;
+        }
+        let why = manifest
+            .sources
+            .iter()
+            .map(|r| format!("  {}: {}", r.name, r.error.as_deref().unwrap_or("failed")))
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(SnapshotError::AllFailed(why));
+    }
+    if opts.dry_run {
+        return Ok(SnapshotOutcome {
+            manifest,
+            committed: false,
+        });
+    }
+    repo.commit_manifest(&manifest).await?;
+    Ok(SnapshotOutcome {
+        manifest,
+        committed: true,
+    })
+}
+
+/// Best-effort removal of a failed snapshot's objects; `prune` removes
+/// whatever this misses.
+async fn discard_objects(repo: &Repository, id: &str) {
+    if let Ok(objs) = repo.store.list(&format!("{DATA_PREFIX}{id}/")).await {
+        for (p, _) in objs {
+            let _ = repo.store.delete(&p).await;
+        }
+    }
+}
+
+fn failed(src: &SourceConfig, started: Instant, error: String) -> SourceRecord {
+    SourceRecord {
+        name: src.name.clone(),
+        kind: src.kind.as_str().to_string(),
+        status: SourceStatus::Failed,
+        error: Some(error),
+        files: 0,
+        bytes_read: 0,
+        bytes_stored: 0,
+        duration_ms: started.elapsed().as_millis() as u64,
+        origin: None,
+        archive: None,
+        index: None,
+        problems: Vec::new(),
+        skipped: Vec::new(),
+        details: Default::default(),
+    }
+}
+
+async fn run_source(
+    repo: &Repository,
+    snap_id: &str,
+    src: &SourceConfig,
+    opts: &SnapshotOptions,
+) -> SourceRecord {
+    let started = Instant::now();
+    match src.kind {
+        SourceKind::Directory | SourceKind::Files => {}
+        other => {
+            return failed(
+                src,
+                started,
+                format!(
+                    "source type {} is not supported by this build yet",
+                    other.as_str()
+                ),
+            );
+        }
+    }
+    let archive_path = format!("{DATA_PREFIX}{snap_id}/{}", crypto::random_id(8));
+    let index_path = format!("{DATA_PREFIX}{snap_id}/{}", crypto::random_id(8));
+    let sink = |path: &str| {
+        if opts.dry_run {
+            Sink::Count(CountingSink::default(), path.to_string())
+        } else {
+            Sink::Upload(repo.store.upload(path))
+        }
+    };
+    let archive_sink = sink(&archive_path);
+    let index_sink = sink(&index_path);
+    let ctx = seal_context(&repo.id, snap_id, Some(&src.name));
+    let master = repo.master().clone();
+    let src_owned = src.clone();
+    let level = opts.compression;
+    let res = tokio::task::spawn_blocking(move || {
+        archive_fs_source(&src_owned, &master, &ctx, level, archive_sink, index_sink)
+    })
+    .await
+    .unwrap_or_else(|e| Err(PipelineError::Io(io::Error::other(e.to_string()))));
+    match res {
+        Ok((walked, archive, index)) => {
+            let origin = match src.kind {
+                SourceKind::Directory => src.path.as_ref().map(|p| p.display().to_string()),
+                _ => Some("/".to_string()),
+            };
+            SourceRecord {
+                name: src.name.clone(),
+                kind: src.kind.as_str().to_string(),
+                status: SourceStatus::Ok,
+                error: summarize_problems(&walked),
+                files: walked.files,
+                bytes_read: walked.bytes_read,
+                bytes_stored: archive.size + index.size,
+                duration_ms: started.elapsed().as_millis() as u64,
+                origin,
+                archive: Some(ObjectRef {
+                    object: archive.path,
+                    size: archive.size,
+                    sha256: archive.sha256,
+                }),
+                index: Some(ObjectRef {
+                    object: index.path,
+                    size: index.size,
+                    sha256: index.sha256,
+                }),
+                problems: walked.problems,
+                skipped: walked.skipped,
+                details: Default::default(),
+            }
+        }
+        Err(e) => failed(src, started, e.to_string()),
+    }
+}
+
+fn summarize_problems(w: &Walked) -> Option<String> {
+    match w.problems.as_slice() {
+        [] => None,
+        [one] => Some(format!(
+            "1 file not stored whole: {}: {}",
+            one.path, one.error
+        )),
+        many => Some(format!(
+            "{} files not stored whole, first: {}: {}",
+            many.len(),
+            many[0].path,
+            many[0].error
+        )),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] FsSourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Runs on a blocking thread: walks and archives a directory or files
+/// source, with sealing and upload of the archive on a second thread.
+fn archive_fs_source(
+    src: &SourceConfig,
+    master: &crypto::MasterKey,
+    ctx: &[u8],
+    level: i32,
+    archive_sink: Sink,
+    index_sink: Sink,
+) -> Result<(Walked, Written, Written), PipelineError> {
+    let (chan_w, mut chan_r) = stage_channel();
+    let seal_master = master.clone();
+    let seal_ctx = ctx.to_vec();
+    // Stage 2: seal (AES-GCM) and hash the compressed stream, and upload it.
+    let sealer = std::thread::spawn(move || -> Result<Written, PipelineError> {
+        let mut w = SealWriter::new(archive_sink, &seal_master, ObjectKind::Archive, &seal_ctx)?;
+        io::copy(&mut chan_r, &mut w)?;
+        Ok(w.finish()?.finish()?)
+    });
+    // Stage 1 (this thread, plus zstd's worker): walk, read, hash, tar, compress.
+    let stage1 = || -> Result<(Walked, Written), PipelineError> {
+        let mut enc = zstd::stream::write::Encoder::new(chan_w, level)?;
+        enc.multithread(1)?;
+        let mut tar = TarWriter::new(enc);
+        let index_seal = SealWriter::new(index_sink, master, ObjectKind::Index, ctx)?;
+        let mut index = IndexWriter::new(zstd::stream::write::Encoder::new(index_seal, 3)?);
+        let walked = match src.kind {
+            SourceKind::Directory => fs_source::archive_directory(
+                src.path.as_deref().expect("validated"),
+                src.exclude.as_deref().unwrap_or(&[]),
+                &mut tar,
+                &mut index,
+            )?,
+            _ => fs_source::archive_files(
+                src.paths.as_deref().expect("validated"),
+                &mut tar,
+                &mut index,
+            )?,
+        };
+        tar.finish()?.finish()?.finish()?;
+        let index_written = index.finish().finish()?.finish()?.finish()?;
+        Ok((walked, index_written))
+    };
+    let result = stage1();
+    let sealed = sealer.join().unwrap_or_else(|_| {
+        Err(PipelineError::Io(io::Error::other(
+            "sealing thread panicked",
+        )))
+    });
+    // A failed upload shows up in stage 1 as a broken pipe: report the cause.
+    match (result, sealed) {
+        (Ok((walked, index)), Ok(archive)) => Ok((walked, archive, index)),
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+    }
+}

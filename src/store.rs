@@ -1,0 +1,600 @@
+//! Storage: opens a filesystem, S3, GCS or Azure location through the
+//! `object_store` crate, and bridges its async API to the blocking threads
+//! that do the CPU work.
+//!
+//! [`UploadWriter`] is a `std::io::Write` that hashes what it is given and
+//! hands fixed-size parts over a bounded channel to an async multipart upload;
+//! [`DownloadReader`] is a `std::io::Read` fed by an async streamed GET. Both
+//! hold a bounded number of parts, so memory does not grow with object size.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("bad storage URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error(
+        "unknown storage option {key:?} for a {scheme} store (see the object_store configuration keys)"
+    )]
+    BadOption { scheme: String, key: String },
+    #[error("object {path} not found in {store}")]
+    NotFound { store: String, path: String },
+    #[error("object {path} already exists in {store}")]
+    AlreadyExists { store: String, path: String },
+    #[error("{op} {path} in {store} failed: {source}")]
+    Backend {
+        op: &'static str,
+        store: String,
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{op} {path} in {store} failed: {source}")]
+    Io {
+        op: &'static str,
+        store: String,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    /// True for errors in what the user wrote (URL, options): exit 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::BadUrl { .. } | StoreError::BadOption { .. }
+        )
+    }
+}
+
+/// One storage location: a store plus the URL it was opened from.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    url: String,
+}
+
+/// Parts of a multipart upload. S3 needs at least 5 MiB per part but the
+/// last; the size grows with the part number so that S3's 10,000-part limit
+/// still allows objects of several hundred GiB.
+const PART_SIZE: usize = 8 << 20;
+/// Parts in flight at once per upload.
+const UPLOAD_CONCURRENCY: usize = 3;
+
+fn part_size(part_number: usize) -> usize {
+    PART_SIZE * (1 + part_number / 1000)
+}
+
+impl Store {
+    /// Opens the store at `url`. `create` makes a missing local directory
+    /// (for `init`); otherwise a missing one is an error.
+    pub fn open(
+        url: &str,
+        options: &BTreeMap<String, String>,
+        create: bool,
+    ) -> Result<Store, StoreError> {
+        let bad = |reason: &str| StoreError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let local_path = if url.starts_with('/') {
+            Some(std::path::PathBuf::from(url))
+        } else if let Some(rest) = url.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(bad("file:// URLs need an absolute path (file:///abs/path)"));
+            }
+            Some(std::path::PathBuf::from(rest))
+        } else {
+            None
+        };
+        if let Some(path) = local_path {
+            if let Some(k) = options.keys().next() {
+                return Err(StoreError::BadOption {
+                    scheme: "filesystem".into(),
+                    key: k.clone(),
+                });
+            }
+            if create {
+                std::fs::create_dir_all(&path).map_err(|e| StoreError::Io {
+                    op: "create directory",
+                    store: url.to_string(),
+                    path: path.display().to_string(),
+                    source: e,
+                })?;
+            } else if !path.is_dir() {
+                return Err(StoreError::NotFound {
+                    store: url.to_string(),
+                    path: path.display().to_string(),
+                });
+            }
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)
+                .map_err(|e| bad(&e.to_string()))?
+                .with_automatic_cleanup(true);
+            return Ok(Store {
+                inner: Arc::new(fs),
+                url: url.to_string(),
+            });
+        }
+        let parsed = url::Url::parse(url).map_err(|e| {
+            bad(&format!(
+                "{e}; use an absolute path, file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix"
+            ))
+        })?;
+        let bucket = parsed
+            .host_str()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| bad("the URL names no bucket or container"))?
+            .to_string();
+        let prefix = parsed.path().trim_matches('/').to_string();
+        let scheme = parsed.scheme().to_string();
+        let bad_opt = |k: &str| StoreError::BadOption {
+            scheme: scheme.clone(),
+            key: k.to_string(),
+        };
+        let built: Arc<dyn ObjectStore> = match scheme.as_str() {
+            "s3" => {
+                let mut b =
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&bucket);
+                for (k, v) in options {
+                    b = b.with_config(k.parse().map_err(|_| bad_opt(k))?, v);
+                }
+                Arc::new(b.build().map_err(|e| bad(&e.to_string()))?)
+            }
+            "gs" => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(&bucket);
+                for (k, v) in options {
+                    b = b.with_config(k.parse().map_err(|_| bad_opt(k))?, v);
+                }
+                Arc::new(b.build().map_err(|e| bad(&e.to_string()))?)
+            }
+            "az" => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(&bucket);
+                for (k, v) in options {
+                    b = b.with_config(k.parse().map_err(|_| bad_opt(k))?, v);
+                }
+                Arc::new(b.build().map_err(|e| bad(&e.to_string()))?)
+            }
+            other => {
+                return Err(bad(&format!(
+                    "unknown scheme {other}://; use an absolute path, file://, s3://, gs:// or az://"
+                )));
+            }
+        };
+        let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            built
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(
+                built,
+                prefix.as_str(),
+            ))
+        };
+        Ok(Store {
+            inner,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    fn err(&self, op: &'static str, path: &str, e: object_store::Error) -> StoreError {
+        match e {
+            object_store::Error::NotFound { .. } => StoreError::NotFound {
+                store: self.url.clone(),
+                path: path.to_string(),
+            },
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => StoreError::AlreadyExists {
+                store: self.url.clone(),
+                path: path.to_string(),
+            },
+            source => StoreError::Backend {
+                op,
+                store: self.url.clone(),
+                path: path.to_string(),
+                source,
+            },
+        }
+    }
+
+    /// Writes a small object; with `create_only` a second write of the same
+    /// name fails with [`StoreError::AlreadyExists`] instead of replacing it.
+    pub async fn put(&self, path: &str, data: Bytes, create_only: bool) -> Result<(), StoreError> {
+        let opts = PutOptions {
+            mode: if create_only {
+                PutMode::Create
+            } else {
+                PutMode::Overwrite
+            },
+            ..Default::default()
+        };
+        self.inner
+            .put_opts(&ObjPath::from(path), PutPayload::from(data), opts)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err("write", path, e))
+    }
+
+    /// Reads a whole (small) object.
+    pub async fn get(&self, path: &str) -> Result<Bytes, StoreError> {
+        let r = self
+            .inner
+            .get(&ObjPath::from(path))
+            .await
+            .map_err(|e| self.err("read", path, e))?;
+        r.bytes().await.map_err(|e| self.err("read", path, e))
+    }
+
+    /// The size of an object.
+    pub async fn size(&self, path: &str) -> Result<u64, StoreError> {
+        self.inner
+            .head(&ObjPath::from(path))
+            .await
+            .map(|m| m.size)
+            .map_err(|e| self.err("stat", path, e))
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&ObjPath::from(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err("delete", path, e)),
+        }
+    }
+
+    /// Names and sizes of every object under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let p = ObjPath::from(prefix);
+        let mut s = self.inner.list(Some(&p));
+        let mut out = Vec::new();
+        while let Some(item) = s.next().await {
+            let m = item.map_err(|e| self.err("list", prefix, e))?;
+            out.push((m.location.to_string(), m.size));
+        }
+        Ok(out)
+    }
+
+    /// Starts a streamed upload of `path`, to be fed from a blocking thread.
+    /// Must be called inside the tokio runtime.
+    pub fn upload(&self, path: &str) -> UploadWriter {
+        let (tx, rx) = mpsc::channel::<Part>(1);
+        let store = self.clone();
+        let p = path.to_string();
+        let task = tokio::spawn(async move { store.run_upload(p, rx).await });
+        UploadWriter {
+            tx: Some(tx),
+            buf: BytesMut::with_capacity(part_size(0)),
+            parts: 0,
+            hasher: Sha256::new(),
+            size: 0,
+            task: Some(task),
+            handle: Handle::current(),
+            path: path.to_string(),
+            store_url: self.url.clone(),
+        }
+    }
+
+    async fn run_upload(
+        &self,
+        path: String,
+        mut rx: mpsc::Receiver<Part>,
+    ) -> Result<(), StoreError> {
+        let loc = ObjPath::from(path.as_str());
+        let first = match rx.recv().await {
+            Some(Part::Data(b)) => b,
+            Some(Part::End) => Bytes::new(),
+            None => return Ok(()), // abandoned before any byte: nothing written
+        };
+        // A first part shorter than a full part is the whole object, but only
+        // once the writer confirms the end: a writer that dies instead must
+        // leave nothing behind.
+        let (second, small) = if first.len() < part_size(0) {
+            match rx.recv().await {
+                Some(Part::End) => (None, true),
+                Some(Part::Data(b)) => (Some(b), false),
+                None => return Ok(()),
+            }
+        } else {
+            match rx.recv().await {
+                Some(Part::Data(b)) => (Some(b), false),
+                Some(Part::End) => (None, true),
+                None => return Ok(()),
+            }
+        };
+        let Some(second) = second.filter(|_| !small) else {
+            // Small object: one plain PUT, all or nothing.
+            return self
+                .inner
+                .put_opts(&loc, PutPayload::from(first), PutOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| self.err("upload", &path, e));
+        };
+        let mut upload = self
+            .inner
+            .put_multipart(&loc)
+            .await
+            .map_err(|e| self.err("start upload of", &path, e))?;
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next = vec![second, first]; // popped from the end: first goes first
+        let outcome: Result<bool, object_store::Error> = async {
+            loop {
+                while let Some(b) = next.pop() {
+                    while tasks.len() >= UPLOAD_CONCURRENCY {
+                        if let Some(r) = tasks.join_next().await {
+                            r.map_err(|e| object_store::Error::JoinError { source: e })??;
+                        }
+                    }
+                    tasks.spawn(upload.put_part(PutPayload::from(b)));
+                }
+                match rx.recv().await {
+                    Some(Part::Data(b)) => next.push(b),
+                    Some(Part::End) => break,
+                    // Dropped without finish(): abandon, so no partial object appears.
+                    None => return Ok(false),
+                }
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.map_err(|e| object_store::Error::JoinError { source: e })??;
+            }
+            Ok(true)
+        }
+        .await;
+        match outcome {
+            Ok(true) => upload
+                .complete()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.err("finish upload of", &path, e)),
+            Ok(false) => {
+                tasks.shutdown().await;
+                let _ = upload.abort().await;
+                Ok(())
+            }
+            Err(e) => {
+                tasks.shutdown().await;
+                let _ = upload.abort().await;
+                Err(self.err("upload", &path, e))
+            }
+        }
+    }
+
+    /// Starts a streamed download of `path`, to be read on a blocking thread.
+    /// Must be called inside the tokio runtime.
+    pub fn download(&self, path: &str) -> DownloadReader {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, StoreError>>(4);
+        let store = self.clone();
+        let p = path.to_string();
+        tokio::spawn(async move {
+            let loc = ObjPath::from(p.as_str());
+            let res = match store.inner.get(&loc).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(store.err("read", &p, e))).await;
+                    return;
+                }
+            };
+            let mut stream = res.into_stream();
+            while let Some(item) = stream.next().await {
+                let item = item.map_err(|e| store.err("read", &p, e));
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        DownloadReader {
+            rx,
+            cur: Bytes::new(),
+            hasher: Sha256::new(),
+            size: 0,
+        }
+    }
+}
+
+enum Part {
+    Data(Bytes),
+    End,
+}
+
+/// Where a written object ended up: its name, size and SHA-256.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Blocking writer into a streamed upload. Call [`UploadWriter::finish`]; a
+/// writer dropped without it abandons the upload.
+pub struct UploadWriter {
+    tx: Option<mpsc::Sender<Part>>,
+    buf: BytesMut,
+    parts: usize,
+    hasher: Sha256,
+    size: u64,
+    task: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    handle: Handle,
+    path: String,
+    store_url: String,
+}
+
+impl UploadWriter {
+    fn send(&mut self, part: Part) -> io::Result<()> {
+        let tx = self.tx.as_ref().expect("send after finish");
+        if tx.blocking_send(part).is_err() {
+            // The upload task ended early: its error says why.
+            return Err(io::Error::other(self.task_error()));
+        }
+        Ok(())
+    }
+
+    fn task_error(&mut self) -> String {
+        match self.task.take() {
+            Some(t) => match self.handle.block_on(t) {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(())) => format!("upload of {} stopped", self.path),
+                Err(e) => format!("upload of {} failed: {e}", self.path),
+            },
+            None => format!("upload of {} failed", self.path),
+        }
+    }
+
+    /// Sends the last bytes, waits for the upload to complete and returns
+    /// what was stored.
+    pub fn finish(mut self) -> Result<Written, StoreError> {
+        let store = self.store_url.clone();
+        let fail = |e: io::Error, path: &str| StoreError::Io {
+            op: "upload",
+            store: store.clone(),
+            path: path.to_string(),
+            source: e,
+        };
+        if !self.buf.is_empty() {
+            let b = self.buf.split().freeze();
+            let path = self.path.clone();
+            self.send(Part::Data(b)).map_err(|e| fail(e, &path))?;
+        }
+        let path = self.path.clone();
+        self.send(Part::End).map_err(|e| fail(e, &path))?;
+        self.tx = None;
+        let task = self.task.take().expect("task present until finish");
+        match self.handle.block_on(task) {
+            Ok(Ok(())) => Ok(Written {
+                path: self.path.clone(),
+                size: self.size,
+                sha256: hex::encode(self.hasher.clone().finalize()),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(fail(io::Error::other(e.to_string()), &path)),
+        }
+    }
+}
+
+impl Write for UploadWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let want = part_size(self.parts);
+        let n = data.len().min(want - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.hasher.update(&data[..n]);
+        self.size += n as u64;
+        if self.buf.len() == want {
+            let b = self.buf.split().freeze();
+            self.parts += 1;
+            self.buf.reserve(part_size(self.parts));
+            self.send(Part::Data(b))?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Blocking reader over a streamed download; counts and hashes what it reads.
+pub struct DownloadReader {
+    rx: mpsc::Receiver<Result<Bytes, StoreError>>,
+    cur: Bytes,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl DownloadReader {
+    /// Bytes read so far and their SHA-256 (hex).
+    pub fn digest(&self) -> (u64, String) {
+        (self.size, hex::encode(self.hasher.clone().finalize()))
+    }
+}
+
+impl Read for DownloadReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        out[..n].copy_from_slice(&self.cur[..n]);
+        self.hasher.update(&out[..n]);
+        self.size += n as u64;
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
+/// A sink that only counts and hashes: `snapshot --dry-run` runs the whole
+/// pipeline into it and stores nothing.
+#[derive(Default)]
+pub struct CountingSink {
+    hasher: Sha256,
+    size: u64,
+}
+
+impl CountingSink {
+    pub fn finish(self, path: &str) -> Written {
+        Written {
+            path: path.to_string(),
+            size: self.size,
+            sha256: hex::encode(self.hasher.finalize()),
+        }
+    }
+}
+
+impl Write for CountingSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where a sealed object goes: a real upload or, for dry runs, nowhere.
+pub enum Sink {
+    Upload(UploadWriter),
+    Count(CountingSink, String),
+}
+
+impl Sink {
+    pub fn finish(self) -> Result<Written, StoreError> {
+        match self {
+            Sink::Upload(u) => u.finish(),
+            Sink::Count(c, path) => Ok(c.finish(&path)),
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Upload(u) => u.write(data),
+            Sink::Count(c, _) => c.write(data),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,370 @@
+//! Shared support for the CLI and library tests: repositories on every
+//! backend, a `coffer` command with a clean environment, tree builders and
+//! comparisons.
+//!
+//! Cloud backends need the servers that `scripts/test.sh` starts; a test that
+//! needs one fails (never skips) when they are missing.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+/// Where a test repository lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Fs,
+    S3,
+    Gcs,
+}
+
+pub const ALL_BACKENDS: [Backend; 3] = [Backend::Fs, Backend::S3, Backend::Gcs];
+
+fn need(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: this test needs the S3/GCS test servers; run the suite with `bash scripts/test.sh`"
+        )
+    })
+}
+
+/// A unique name for this test run (repository prefixes, scratch names).
+pub fn unique(tag: &str) -> String {
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        coffer::crypto::random_id(4)
+    )
+}
+
+/// Repository URL and `[repository.options]` for a backend.
+pub fn repo_location(b: Backend, dir: &Path, tag: &str) -> (String, BTreeMap<String, String>) {
+    let mut opts = BTreeMap::new();
+    match b {
+        Backend::Fs => (dir.join("repo").display().to_string(), opts),
+        Backend::S3 => {
+            opts.insert("aws_endpoint".into(), need("COFFER_TEST_S3_ENDPOINT"));
+            opts.insert("aws_allow_http".into(), "true".into());
+            opts.insert("aws_region".into(), "us-east-1".into());
+            opts.insert("aws_access_key_id".into(), need("AWS_ACCESS_KEY_ID"));
+            opts.insert(
+                "aws_secret_access_key".into(),
+                need("AWS_SECRET_ACCESS_KEY"),
+            );
+            (
+                format!("s3://{}/{}", need("COFFER_TEST_S3_BUCKET"), unique(tag)),
+                opts,
+            )
+        }
+        Backend::Gcs => {
+            opts.insert(
+                "google_service_account".into(),
+                need("COFFER_TEST_GCS_SERVICE_ACCOUNT"),
+            );
+            opts.insert("allow_http".into(), "true".into());
+            (
+                format!("gs://{}/{}", need("COFFER_TEST_GCS_BUCKET"), unique(tag)),
+                opts,
+            )
+        }
+    }
+}
+
+/// One test's world: a temp dir holding a key file, a config, the data to
+/// back up, and (for the filesystem backend) the repository.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub backend: Backend,
+    pub url: String,
+    pub options: BTreeMap<String, String>,
+    pub key: PathBuf,
+    pub config: PathBuf,
+    /// `[[sources]]` tables appended to the config.
+    pub sources: String,
+    /// Extra config text (labels, retention, ...).
+    pub extra: String,
+}
+
+impl Env {
+    /// A new world with a generated key and an (un-initialised) repository.
+    pub fn new(backend: Backend) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("coffer-test-")
+            .tempdir()
+            .expect("temp dir");
+        let (url, options) = repo_location(backend, dir.path(), "t");
+        let key = dir.path().join("key");
+        coffer::crypto::generate_key_file(&key).expect("key file");
+        let config = dir.path().join("coffer.toml");
+        let e = Env {
+            dir,
+            backend,
+            url,
+            options,
+            key,
+            config,
+            sources: String::new(),
+            extra: String::new(),
+        };
+        e.write_config();
+        e
+    }
+
+    /// Same, and `coffer init` already run.
+    pub fn init(backend: Backend) -> Env {
+        let e = Env::new(backend);
+        e.cmd().arg("init").assert().success();
+        e
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Rewrites coffer.toml from url, options, key, sources and extra.
+    pub fn write_config(&self) {
+        let mut t = format!(
+            "[repository]\nurl = {:?}\nkey_file = {:?}\n",
+            self.url,
+            self.key.display().to_string()
+        );
+        if !self.options.is_empty() {
+            t.push_str("[repository.options]\n");
+            for (k, v) in &self.options {
+                t.push_str(&format!("{k} = {v:?}\n"));
+            }
+        }
+        t.push('\n');
+        t.push_str(&self.extra);
+        t.push('\n');
+        t.push_str(&self.sources);
+        fs::write(&self.config, t).expect("write config");
+    }
+
+    /// Adds a `directory` source and rewrites the config.
+    pub fn add_dir_source(&mut self, name: &str, path: &Path, exclude: &[&str]) {
+        self.sources.push_str(&format!(
+            "[[sources]]\nname = {name:?}\ntype = \"directory\"\npath = {:?}\n",
+            path.display().to_string()
+        ));
+        if !exclude.is_empty() {
+            self.sources.push_str(&format!("exclude = {exclude:?}\n"));
+        }
+        self.sources.push('\n');
+        self.write_config();
+    }
+
+    /// Adds a `files` source and rewrites the config.
+    pub fn add_files_source(&mut self, name: &str, paths: &[&Path]) {
+        let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        self.sources.push_str(&format!(
+            "[[sources]]\nname = {name:?}\ntype = \"files\"\npaths = {list:?}\n\n"
+        ));
+        self.write_config();
+    }
+
+    /// `coffer --config <this config>` with no COFFER_* or RUST_LOG from the
+    /// caller's environment, run in the test's directory.
+    pub fn cmd(&self) -> Command {
+        let mut c = coffer_cmd();
+        c.current_dir(self.dir.path());
+        c.arg("--config").arg(&self.config);
+        c
+    }
+
+    /// Opens the repository's store through the library (for tests that
+    /// damage or inspect stored objects).
+    pub fn store(&self) -> coffer::store::Store {
+        coffer::store::Store::open(&self.url, &self.options, false).expect("open store")
+    }
+
+    /// Runs `coffer snapshot --json` and returns the parsed document,
+    /// asserting the exit code.
+    pub fn snapshot_json(&self, args: &[&str], code: i32) -> serde_json::Value {
+        let out = self
+            .cmd()
+            .args(["snapshot", "--json"])
+            .args(args)
+            .output()
+            .expect("run coffer");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "snapshot exit code; stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("snapshot --json prints JSON")
+    }
+
+    /// Takes a snapshot that must succeed; returns its id.
+    pub fn snapshot_ok(&self) -> String {
+        self.snapshot_json(&[], 0)["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    }
+}
+
+/// The coffer binary with a scrubbed environment.
+pub fn coffer_cmd() -> Command {
+    let mut c = Command::cargo_bin("coffer").expect("coffer binary");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COFFER_") && !k.starts_with("COFFER_TEST_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// Runs a future on a fresh runtime (library-tier tests).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so tests need no rand seed API.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Writes a file, creating parents.
+pub fn write(path: &Path, data: &[u8]) {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).expect("mkdir");
+    }
+    fs::write(path, data).expect("write");
+}
+
+/// A tree with the shapes the core issue asks for: nested and empty
+/// directories, symlinks (inside and pointing outside), a hard link, unicode
+/// and >100-byte names, odd modes and old mtimes. `big` adds a file of that
+/// many bytes.
+pub fn sample_tree(root: &Path, big: Option<usize>) {
+    write(&root.join("a/b/c/deep.txt"), b"deep\n");
+    write(
+        &root.join("uploads/2026/11/cat.jpg"),
+        &pseudo_random(300_000, 1),
+    );
+    write(
+        &root.join("exports/orders.csv"),
+        "id,total\n1,9.99\n".repeat(5000).as_bytes(),
+    );
+    fs::create_dir_all(root.join("empty/dir")).expect("mkdir");
+    write(
+        &root.join("unicode/café-menü-übersicht-日本語.txt"),
+        "ü\n".as_bytes(),
+    );
+    let long = format!(
+        "{}/{}.bin",
+        "long-directory-name-".repeat(4),
+        "f".repeat(120)
+    );
+    write(&root.join(&long), b"long name\n");
+    write(&root.join("script.sh"), b"#!/bin/sh\necho hi\n");
+    fs::set_permissions(root.join("script.sh"), fs::Permissions::from_mode(0o750)).expect("chmod");
+    write(&root.join("private.key"), b"secret\n");
+    fs::set_permissions(root.join("private.key"), fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+    std::os::unix::fs::symlink("uploads/2026/11/cat.jpg", root.join("latest.jpg"))
+        .expect("symlink");
+    std::os::unix::fs::symlink("/etc/passwd", root.join("outside-link")).expect("symlink");
+    std::os::unix::fs::symlink("missing-target", root.join("dangling")).expect("symlink");
+    fs::hard_link(root.join("a/b/c/deep.txt"), root.join("hardlink.txt")).expect("hard link");
+    write(&root.join("empty-file"), b"");
+    let old = filetime::FileTime::from_unix_time(1_500_000_000, 123_456_789);
+    filetime::set_file_mtime(root.join("exports/orders.csv"), old).expect("mtime");
+    if let Some(n) = big {
+        write(&root.join("big/video.mp4"), &pseudo_random(n, 7));
+    }
+}
+
+/// What a tree holds, for comparison: per relative path, type, mode, size,
+/// mtime (ns), link target and content hash. Directory mtimes are left out
+/// (restoring the tree's parent changes nothing in it, but callers that
+/// create files inside may).
+pub fn describe_tree(root: &Path) -> BTreeMap<String, String> {
+    use sha2::Digest;
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.expect("walk");
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .expect("under root")
+            .display()
+            .to_string();
+        let m = fs::symlink_metadata(e.path()).expect("stat");
+        let ft = m.file_type();
+        let d = if ft.is_symlink() {
+            format!(
+                "link -> {}",
+                fs::read_link(e.path()).expect("readlink").display()
+            )
+        } else if ft.is_dir() {
+            format!("dir {:o}", m.mode() & 0o7777)
+        } else {
+            let data = fs::read(e.path()).expect("read");
+            format!(
+                "file {:o} {} {}.{:09} {}",
+                m.mode() & 0o7777,
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                hex::encode(sha2::Sha256::digest(&data))
+            )
+        };
+        out.insert(rel, d);
+    }
+    out
+}
+
+/// Asserts two trees hold the same entries, modes, sizes, mtimes and bytes.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let a = describe_tree(expected);
+    let b = describe_tree(actual);
+    if a != b {
+        let mut diff = String::new();
+        for (k, v) in &a {
+            match b.get(k) {
+                None => diff.push_str(&format!("missing: {k} ({v})\n")),
+                Some(w) if w != v => {
+                    diff.push_str(&format!("differs: {k}\n  want {v}\n  got  {w}\n"))
+                }
+                _ => {}
+            }
+        }
+        for k in b.keys().filter(|k| !a.contains_key(*k)) {
+            diff.push_str(&format!("extra: {k}\n"));
+        }
+        panic!(
+            "trees differ ({} vs {}):\n{diff}",
+            expected.display(),
+            actual.display()
+        );
+    }
+}
+
+/// Hard-link check: the two paths are one inode.
+pub fn same_inode(a: &Path, b: &Path) -> bool {
+    let (x, y) = (
+        fs::metadata(a).expect("stat"),
+        fs::metadata(b).expect("stat"),
+    );
+    x.ino() == y.ino() && x.dev() == y.dev()
+}

@@ -305,7 +305,10 @@ fn archive_fs_source(
     // Stage 1 (this thread, plus zstd's worker): walk, read, hash, tar, compress.
     let stage1 = || -> Result<(Walked, Written), PipelineError> {
         let mut enc = zstd::stream::write::Encoder::new(chan_w, level)?;
+        // One worker compresses while this thread reads and hashes; small
+        // jobs keep its buffers (and so our peak memory) to a few MiB.
         enc.multithread(1)?;
+        enc.set_parameter(zstd::stream::raw::CParameter::JobSize(2 << 20))?;
         let mut tar = TarWriter::new(enc);
         let index_seal = SealWriter::new(index_sink, master, ObjectKind::Index, ctx)?;
         let mut index = IndexWriter::new(zstd::stream::write::Encoder::new(index_seal, 3)?);

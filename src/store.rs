@@ -64,17 +64,22 @@ impl StoreError {
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     url: String,
+    /// The directory of a filesystem store: its writes are fsynced, and it
+    /// gets small upload parts (no 5 MiB minimum, no network to fill).
+    local_root: Option<std::path::PathBuf>,
 }
 
-/// Parts of a multipart upload. S3 needs at least 5 MiB per part but the
-/// last; the size grows with the part number so that S3's 10,000-part limit
-/// still allows objects of several hundred GiB.
-const PART_SIZE: usize = 8 << 20;
+/// Parts of a multipart upload to a cloud store. S3 needs at least 5 MiB per
+/// part but the last; the size grows with the part number so that S3's
+/// 10,000-part limit still allows objects of several hundred GiB.
+const CLOUD_PART: usize = 8 << 20;
+const LOCAL_PART: usize = 2 << 20;
 /// Parts in flight at once per upload.
-const UPLOAD_CONCURRENCY: usize = 3;
+const CLOUD_CONCURRENCY: usize = 3;
+const LOCAL_CONCURRENCY: usize = 2;
 
-fn part_size(part_number: usize) -> usize {
-    PART_SIZE * (1 + part_number / 1000)
+fn part_size(base: usize, part_number: usize) -> usize {
+    base * (1 + part_number / 1000)
 }
 
 impl Store {
@@ -125,6 +130,7 @@ impl Store {
             return Ok(Store {
                 inner: Arc::new(fs),
                 url: url.to_string(),
+                local_root: Some(path),
             });
         }
         let parsed = url::Url::parse(url).map_err(|e| {
@@ -185,7 +191,39 @@ impl Store {
         Ok(Store {
             inner,
             url: url.to_string(),
+            local_root: None,
         })
+    }
+
+    fn part_base(&self) -> usize {
+        if self.local_root.is_some() {
+            LOCAL_PART
+        } else {
+            CLOUD_PART
+        }
+    }
+
+    fn concurrency(&self) -> usize {
+        if self.local_root.is_some() {
+            LOCAL_CONCURRENCY
+        } else {
+            CLOUD_CONCURRENCY
+        }
+    }
+
+    /// Makes a written object durable on a filesystem store (file and
+    /// directory fsync), so that a manifest never outlives the data it names
+    /// after a power cut. Cloud stores are durable once the write returns.
+    fn sync_local(&self, path: &str) -> io::Result<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let full = root.join(path);
+        std::fs::File::open(&full)?.sync_all()?;
+        if let Some(dir) = full.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     pub fn url(&self) -> &str {
@@ -230,8 +268,21 @@ impl Store {
         self.inner
             .put_opts(&ObjPath::from(path), PutPayload::from(data), opts)
             .await
-            .map(|_| ())
-            .map_err(|e| self.err("write", path, e))
+            .map_err(|e| self.err("write", path, e))?;
+        if self.local_root.is_some() {
+            let (store, p) = (self.clone(), path.to_string());
+            tokio::task::spawn_blocking(move || store.sync_local(&p))
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))
+                .and_then(|r| r)
+                .map_err(|e| StoreError::Io {
+                    op: "sync",
+                    store: self.url.clone(),
+                    path: path.to_string(),
+                    source: e,
+                })?;
+        }
+        Ok(())
     }
 
     /// Reads a whole (small) object.
@@ -278,10 +329,13 @@ impl Store {
         let (tx, rx) = mpsc::channel::<Part>(1);
         let store = self.clone();
         let p = path.to_string();
+        let base = self.part_base();
         let task = tokio::spawn(async move { store.run_upload(p, rx).await });
         UploadWriter {
             tx: Some(tx),
-            buf: BytesMut::with_capacity(part_size(0)),
+            buf: BytesMut::with_capacity(base),
+            base,
+            store: self.clone(),
             parts: 0,
             hasher: Sha256::new(),
             size: 0,
@@ -306,7 +360,7 @@ impl Store {
         // A first part shorter than a full part is the whole object, but only
         // once the writer confirms the end: a writer that dies instead must
         // leave nothing behind.
-        let (second, small) = if first.len() < part_size(0) {
+        let (second, small) = if first.len() < self.part_base() {
             match rx.recv().await {
                 Some(Part::End) => (None, true),
                 Some(Part::Data(b)) => (Some(b), false),
@@ -338,7 +392,7 @@ impl Store {
         let outcome: Result<bool, object_store::Error> = async {
             loop {
                 while let Some(b) = next.pop() {
-                    while tasks.len() >= UPLOAD_CONCURRENCY {
+                    while tasks.len() >= self.concurrency() {
                         if let Some(r) = tasks.join_next().await {
                             r.map_err(|e| object_store::Error::JoinError { source: e })??;
                         }
@@ -380,7 +434,7 @@ impl Store {
     /// Starts a streamed download of `path`, to be read on a blocking thread.
     /// Must be called inside the tokio runtime.
     pub fn download(&self, path: &str) -> DownloadReader {
-        let (tx, rx) = mpsc::channel::<Result<Bytes, StoreError>>(4);
+        let (tx, rx) = mpsc::channel::<Chunk>(4);
         let store = self.clone();
         let p = path.to_string();
         tokio::spawn(async move {
@@ -388,15 +442,28 @@ impl Store {
             let res = match store.inner.get(&loc).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = tx.send(Err(store.err("read", &p, e))).await;
+                    let _ = tx.send(Chunk::Err(store.err("read", &p, e))).await;
                     return;
                 }
             };
-            let mut stream = res.into_stream();
+            // A local file is read directly by the blocking reader: the
+            // generic stream would cost a task hop per 8 KiB.
+            let range = res.range.clone();
+            let res = match res.payload {
+                object_store::GetResultPayload::File(f, _) => {
+                    let _ = tx.send(Chunk::File(f, range.end - range.start)).await;
+                    return;
+                }
+                object_store::GetResultPayload::Stream(s) => s,
+            };
+            let mut stream = res;
             while let Some(item) = stream.next().await {
-                let item = item.map_err(|e| store.err("read", &p, e));
-                let stop = item.is_err();
-                if tx.send(item).await.is_err() || stop {
+                let msg = match item {
+                    Ok(b) => Chunk::Data(b),
+                    Err(e) => Chunk::Err(store.err("read", &p, e)),
+                };
+                let stop = matches!(msg, Chunk::Err(_));
+                if tx.send(msg).await.is_err() || stop {
                     return;
                 }
             }
@@ -404,10 +471,18 @@ impl Store {
         DownloadReader {
             rx,
             cur: Bytes::new(),
+            file: None,
             hasher: Sha256::new(),
             size: 0,
         }
     }
+}
+
+enum Chunk {
+    Data(Bytes),
+    /// A local file and the bytes to read from its current position.
+    File(std::fs::File, u64),
+    Err(StoreError),
 }
 
 enum Part {
@@ -428,6 +503,8 @@ pub struct Written {
 pub struct UploadWriter {
     tx: Option<mpsc::Sender<Part>>,
     buf: BytesMut,
+    base: usize,
+    store: Store,
     parts: usize,
     hasher: Sha256,
     size: u64,
@@ -478,11 +555,21 @@ impl UploadWriter {
         self.tx = None;
         let task = self.task.take().expect("task present until finish");
         match self.handle.block_on(task) {
-            Ok(Ok(())) => Ok(Written {
-                path: self.path.clone(),
-                size: self.size,
-                sha256: hex::encode(self.hasher.clone().finalize()),
-            }),
+            Ok(Ok(())) => {
+                self.store
+                    .sync_local(&self.path)
+                    .map_err(|e| StoreError::Io {
+                        op: "sync",
+                        store: self.store_url.clone(),
+                        path: self.path.clone(),
+                        source: e,
+                    })?;
+                Ok(Written {
+                    path: self.path.clone(),
+                    size: self.size,
+                    sha256: hex::encode(self.hasher.clone().finalize()),
+                })
+            }
             Ok(Err(e)) => Err(e),
             Err(e) => Err(fail(io::Error::other(e.to_string()), &path)),
         }
@@ -491,7 +578,7 @@ impl UploadWriter {
 
 impl Write for UploadWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let want = part_size(self.parts);
+        let want = part_size(self.base, self.parts);
         let n = data.len().min(want - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
         self.hasher.update(&data[..n]);
@@ -499,7 +586,7 @@ impl Write for UploadWriter {
         if self.buf.len() == want {
             let b = self.buf.split().freeze();
             self.parts += 1;
-            self.buf.reserve(part_size(self.parts));
+            self.buf.reserve(part_size(self.base, self.parts));
             self.send(Part::Data(b))?;
         }
         Ok(n)
@@ -512,8 +599,9 @@ impl Write for UploadWriter {
 
 /// Blocking reader over a streamed download; counts and hashes what it reads.
 pub struct DownloadReader {
-    rx: mpsc::Receiver<Result<Bytes, StoreError>>,
+    rx: mpsc::Receiver<Chunk>,
     cur: Bytes,
+    file: Option<io::Take<std::fs::File>>,
     hasher: Sha256,
     size: u64,
 }
@@ -527,10 +615,20 @@ impl DownloadReader {
 
 impl Read for DownloadReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some(f) = &mut self.file {
+            let n = f.read(out)?;
+            self.hasher.update(&out[..n]);
+            self.size += n as u64;
+            return Ok(n);
+        }
         while self.cur.is_empty() {
             match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Chunk::Data(b)) => self.cur = b,
+                Some(Chunk::File(f, len)) => {
+                    self.file = Some(f.take(len));
+                    return self.read(out);
+                }
+                Some(Chunk::Err(e)) => return Err(io::Error::other(e)),
                 None => return Ok(0),
             }
         }

@@ -431,9 +431,16 @@ impl Store {
         }
     }
 
-    /// Starts a streamed download of `path`, to be read on a blocking thread.
-    /// Must be called inside the tokio runtime.
+    /// Starts a streamed download of `path`, to be read on a blocking thread,
+    /// hashing what is read (see [`DownloadReader::digest`]). Must be called
+    /// inside the tokio runtime.
     pub fn download(&self, path: &str) -> DownloadReader {
+        self.download_opts(path, true)
+    }
+
+    /// Like [`Store::download`]; without `hash` only the size is counted
+    /// (readers that authenticate every segment need no second checksum).
+    pub fn download_opts(&self, path: &str, hash: bool) -> DownloadReader {
         let (tx, rx) = mpsc::channel::<Chunk>(4);
         let store = self.clone();
         let p = path.to_string();
@@ -472,7 +479,7 @@ impl Store {
             rx,
             cur: Bytes::new(),
             file: None,
-            hasher: Sha256::new(),
+            hasher: hash.then(Sha256::new),
             size: 0,
         }
     }
@@ -602,14 +609,26 @@ pub struct DownloadReader {
     rx: mpsc::Receiver<Chunk>,
     cur: Bytes,
     file: Option<io::Take<std::fs::File>>,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     size: u64,
 }
 
 impl DownloadReader {
-    /// Bytes read so far and their SHA-256 (hex).
+    /// Bytes read so far and their SHA-256 (hex; empty when not hashing).
     pub fn digest(&self) -> (u64, String) {
-        (self.size, hex::encode(self.hasher.clone().finalize()))
+        let sha = self
+            .hasher
+            .as_ref()
+            .map(|h| hex::encode(h.clone().finalize()))
+            .unwrap_or_default();
+        (self.size, sha)
+    }
+
+    fn account(&mut self, data: &[u8]) {
+        if let Some(h) = &mut self.hasher {
+            h.update(data);
+        }
+        self.size += data.len() as u64;
     }
 }
 
@@ -617,8 +636,7 @@ impl Read for DownloadReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if let Some(f) = &mut self.file {
             let n = f.read(out)?;
-            self.hasher.update(&out[..n]);
-            self.size += n as u64;
+            self.account(&out[..n]);
             return Ok(n);
         }
         while self.cur.is_empty() {
@@ -634,8 +652,7 @@ impl Read for DownloadReader {
         }
         let n = out.len().min(self.cur.len());
         out[..n].copy_from_slice(&self.cur[..n]);
-        self.hasher.update(&out[..n]);
-        self.size += n as u64;
+        self.account(&out[..n]);
         self.cur = self.cur.slice(n..);
         Ok(n)
     }

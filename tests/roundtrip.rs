@@ -38,3 +38,8 @@ fn round_trip_s3() {
 fn round_trip_gcs() {
     round_trip(Backend::Gcs, Some(65 << 20));
 }
+
+#[test]
+fn round_trip_azure() {
+    round_trip(Backend::Azure, Some(65 << 20));
+}

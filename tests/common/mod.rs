@@ -20,9 +20,10 @@ pub enum Backend {
     Fs,
     S3,
     Gcs,
+    Azure,
 }
 
-pub const ALL_BACKENDS: [Backend; 3] = [Backend::Fs, Backend::S3, Backend::Gcs];
+pub const ALL_BACKENDS: [Backend; 4] = [Backend::Fs, Backend::S3, Backend::Gcs, Backend::Azure];
 
 fn need(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
@@ -68,6 +69,20 @@ pub fn repo_location(b: Backend, dir: &Path, tag: &str) -> (String, BTreeMap<Str
             opts.insert("allow_http".into(), "true".into());
             (
                 format!("gs://{}/{}", need("COFFER_TEST_GCS_BUCKET"), unique(tag)),
+                opts,
+            )
+        }
+        Backend::Azure => {
+            // The endpoint comes from AZURITE_BLOB_STORAGE_URL (exported by
+            // the test script), as object_store reads it in emulator mode.
+            need("AZURITE_BLOB_STORAGE_URL");
+            opts.insert("azure_storage_use_emulator".into(), "true".into());
+            (
+                format!(
+                    "az://{}/{}",
+                    need("COFFER_TEST_AZURE_CONTAINER"),
+                    unique(tag)
+                ),
                 opts,
             )
         }

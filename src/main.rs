@@ -168,6 +168,13 @@ enum KeyCommand {
 }
 
 fn main() -> ExitCode {
+    // A bug must still end in one clear line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!(
+            "error: internal error in coffer {}: {info}; nothing was committed by the failing step. Please report this.",
+            env!("CARGO_PKG_VERSION")
+        );
+    }));
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -587,6 +594,14 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                             human_bytes(src.bytes),
                             src.duration_ms as f64 / 1000.0
                         ));
+                    }
+                }
+                for src in &rep.sources {
+                    for p in &src.not_stored {
+                        eprintln!(
+                            "warning: source {}: {p} could not be read when snapshot {} was taken; it is not in the restored copy",
+                            src.name, rep.snapshot
+                        );
                     }
                 }
                 for sk in &rep.skipped {

@@ -370,6 +370,8 @@ pub struct RestoredSource {
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub planned: Vec<String>,
+    /// Files the snapshot could not read: absent from the restored copy.
+    pub not_stored: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -484,6 +486,7 @@ pub async fn restore(
                 .map_err(|e| RestoreError::Usage(format!("restore task failed: {e}")))??
         };
         done.duration_ms = started.elapsed().as_millis() as u64;
+        done.not_stored = src.problems.iter().map(|p| p.path.clone()).collect();
         report.sources.push(done);
     }
     Ok(report)
@@ -610,6 +613,7 @@ async fn dry_run(
             bytes: 0,
             duration_ms: 0,
             planned: Vec::new(),
+            not_stored: Vec::new(),
         };
         let consumed = (|| -> Result<(), RestoreError> {
             let dec = zstd::stream::read::Decoder::new(reader)
@@ -714,6 +718,7 @@ fn restore_source(
         bytes: ex.bytes,
         duration_ms: 0,
         planned: Vec::new(),
+        not_stored: Vec::new(),
     };
     match plan {
         Plan::Swap { dest } if is_mount_point(dest) => {

@@ -304,6 +304,13 @@ pub fn sample_tree(root: &Path, big: Option<usize>) {
     write(&root.join("empty-file"), b"");
     let old = filetime::FileTime::from_unix_time(1_500_000_000, 123_456_789);
     filetime::set_file_mtime(root.join("exports/orders.csv"), old).expect("mtime");
+    // Owners other than ours (restored when coffer runs as root, as CI does).
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(root.join("exports/orders.csv"), Some(1234), Some(5678))
+            .expect("chown");
+        std::os::unix::fs::lchown(root.join("latest.jpg"), Some(4321), Some(8765)).expect("lchown");
+        std::os::unix::fs::chown(root.join("empty/dir"), Some(1111), Some(2222)).expect("chown");
+    }
     if let Some(n) = big {
         write(&root.join("big/video.mp4"), &pseudo_random(n, 7));
     }
@@ -326,17 +333,18 @@ pub fn describe_tree(root: &Path) -> BTreeMap<String, String> {
             .to_string();
         let m = fs::symlink_metadata(e.path()).expect("stat");
         let ft = m.file_type();
+        let owner = format!("{}:{}", m.uid(), m.gid());
         let d = if ft.is_symlink() {
             format!(
-                "link -> {}",
+                "link {owner} -> {}",
                 fs::read_link(e.path()).expect("readlink").display()
             )
         } else if ft.is_dir() {
-            format!("dir {:o}", m.mode() & 0o7777)
+            format!("dir {owner} {:o}", m.mode() & 0o7777)
         } else {
             let data = fs::read(e.path()).expect("read");
             format!(
-                "file {:o} {} {}.{:09} {}",
+                "file {owner} {:o} {} {}.{:09} {}",
                 m.mode() & 0o7777,
                 m.len(),
                 m.mtime(),

@@ -20,6 +20,6 @@ source scripts/test-servers.sh # exports COFFER_TEST_* (see that file)
 echo "== cargo test"
 status=0
 # ---- THE TEST COMMAND: adjust flags here ----
-cargo test --all-targets 2>&1 || status=$?
+cargo test --all-targets --no-fail-fast 2>&1 || status=$?
 # ---- end of the test command ----
 exit "$status"

@@ -36,7 +36,7 @@ struct RawConfig {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     sources: Vec<Spanned<SourceConfig>>,
-    hooks: Option<HooksConfig>,
+    hooks: Option<Spanned<HooksConfig>>,
     retention: Option<Spanned<RetentionConfig>>,
 }
 
@@ -138,6 +138,40 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// The key assigned on the line holding `offset` (`key = value`), if any.
+fn key_on_line(text: &str, offset: usize) -> Option<&str> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let (k, _) = line.split_once('=')?;
+    let k = k.trim().trim_matches('"');
+    (!k.is_empty() && !k.starts_with('[') && !k.contains(' ')).then_some(k)
+}
+
+/// Byte offset of `key = ...` inside the table that starts at `table_at`
+/// (up to the next table header), so a message can point at the key's own
+/// line rather than at its table.
+fn key_offset(text: &str, table_at: usize, key: &str) -> usize {
+    let mut pos = table_at.min(text.len());
+    let mut first = true;
+    for line in text[pos..].split_inclusive('\n') {
+        let t = line.trim_start();
+        if !first && t.starts_with('[') {
+            break;
+        }
+        // The first line may be the table header itself, or (for inline
+        // spans) already the first key.
+        if let Some(rest) = t.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return pos;
+        }
+        first = false;
+        pos += line.len();
+    }
+    table_at
+}
+
 /// Source names: `[a-z0-9][a-z0-9_-]*`, so they are safe in paths and URLs.
 pub fn valid_source_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -164,7 +198,12 @@ impl Config {
                 Some(span) => ConfigError::Invalid {
                     path: p.clone(),
                     line: line_of(text, span.start),
-                    message,
+                    message: match key_on_line(text, span.start) {
+                        Some(k) if !message.contains(&format!("`{k}`")) => {
+                            format!("key `{k}`: {message}")
+                        }
+                        _ => message,
+                    },
                 },
                 None => ConfigError::Parse {
                     path: p.clone(),
@@ -175,6 +214,12 @@ impl Config {
         let invalid = |offset: usize, message: String| ConfigError::Invalid {
             path: p.clone(),
             line: line_of(text, offset),
+            message,
+        };
+        // An error about `key` of the table starting at `table_at`.
+        let invalid_key = |table_at: usize, key: &str, message: String| ConfigError::Invalid {
+            path: p.clone(),
+            line: line_of(text, key_offset(text, table_at, key)),
             message,
         };
 
@@ -200,16 +245,18 @@ impl Config {
         if let Some(cmd) = &repository.passphrase_command
             && cmd.is_empty()
         {
-            return Err(invalid(
+            return Err(invalid_key(
                 repo_at,
+                "passphrase_command",
                 "[repository].passphrase_command: must name a program".into(),
             ));
         }
         if let Some(level) = repository.compression
             && !(1..=19).contains(&level)
         {
-            return Err(invalid(
+            return Err(invalid_key(
                 repo_at,
+                "compression",
                 format!("[repository].compression: {level} is not a zstd level from 1 to 19"),
             ));
         }
@@ -221,20 +268,25 @@ impl Config {
             let src = s.into_inner();
             let here = format!("sources[{i}] ({:?})", src.name);
             if !valid_source_name(&src.name) {
-                return Err(invalid(
+                return Err(invalid_key(
                     at,
+                    "name",
                     format!(
-                        "{here}: name must match [a-z0-9][a-z0-9_-]* (lowercase letters, digits, '_' and '-')"
+                        "{here}: `name` must match [a-z0-9][a-z0-9_-]* (lowercase letters, digits, '_' and '-')"
                     ),
                 ));
             }
             if !names.insert(src.name.clone()) {
-                return Err(invalid(
+                return Err(invalid_key(
                     at,
-                    format!("{here}: duplicate source name {:?}", src.name),
+                    "name",
+                    format!("{here}: duplicate source `name` {:?}", src.name),
                 ));
             }
-            validate_source(&src).map_err(|m| invalid(at, format!("{here}: {m}")))?;
+            validate_source(&src).map_err(|(key, m)| match key {
+                Some(k) => invalid_key(at, k, format!("{here}: {m}")),
+                None => invalid(at, format!("{here}: {m}")),
+            })?;
             sources.push(src);
         }
 
@@ -244,8 +296,9 @@ impl Config {
                 let r = r.into_inner();
                 if let Some(w) = &r.keep_within {
                     humantime::parse_duration(w).map_err(|e| {
-                        invalid(
+                        invalid_key(
                             at,
+                            "keep_within",
                             format!("[retention].keep_within: {w:?} is not a duration ({e}); write e.g. \"30d\" or \"12h\""),
                         )
                     })?;
@@ -254,7 +307,13 @@ impl Config {
             }
             None => RetentionConfig::default(),
         };
-        let hooks = raw.hooks.unwrap_or_default();
+        let (hooks, hooks_at) = match raw.hooks {
+            Some(h) => {
+                let at = h.span().start;
+                (h.into_inner(), at)
+            }
+            None => (HooksConfig::default(), 0),
+        };
         for (key, argv) in [
             ("before_snapshot", &hooks.before_snapshot),
             ("after_snapshot", &hooks.after_snapshot),
@@ -265,10 +324,11 @@ impl Config {
             if let Some(a) = argv
                 && a.is_empty()
             {
-                return Err(ConfigError::Parse {
-                    path: p.clone(),
-                    message: format!("[hooks].{key}: must name a program"),
-                });
+                return Err(invalid_key(
+                    hooks_at,
+                    key,
+                    format!("[hooks].{key}: must name a program"),
+                ));
             }
         }
 
@@ -287,7 +347,9 @@ impl Config {
     }
 }
 
-fn validate_source(s: &SourceConfig) -> Result<(), String> {
+/// Checks one source's keys against its type; an error names the key it is
+/// about (`None`: the table as a whole).
+fn validate_source(s: &SourceConfig) -> Result<(), (Option<&'static str>, String)> {
     use SourceKind::*;
     let present: [(&str, bool); 10] = [
         ("url", s.url.is_some()),
@@ -315,36 +377,42 @@ fn validate_source(s: &SourceConfig) -> Result<(), String> {
     };
     for key in required {
         if !present.iter().any(|(k, p)| k == key && *p) {
-            return Err(format!(
-                "missing key `{key}`, required for type {}",
-                s.kind.as_str()
+            return Err((
+                None,
+                format!("missing key `{key}`, required for type {}", s.kind.as_str()),
             ));
         }
     }
     for (key, p) in present {
         if p && !allowed.contains(&key) {
-            return Err(format!(
-                "key `{key}` does not apply to type {}",
-                s.kind.as_str()
+            return Err((
+                Some(key),
+                format!("key `{key}` does not apply to type {}", s.kind.as_str()),
             ));
         }
     }
     if let Some(path) = &s.path
         && !path.is_absolute()
     {
-        return Err(format!(
-            "`path` must be absolute, got {:?}",
-            path.display().to_string()
+        return Err((
+            Some("path"),
+            format!(
+                "`path` must be absolute, got {:?}",
+                path.display().to_string()
+            ),
         ));
     }
     if let Some(paths) = &s.paths {
         if paths.is_empty() {
-            return Err("`paths` is empty".into());
+            return Err((Some("paths"), "`paths` is empty".into()));
         }
         if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
-            return Err(format!(
-                "`paths` entries must be absolute, got {:?}",
-                p.display().to_string()
+            return Err((
+                Some("paths"),
+                format!(
+                    "`paths` entries must be absolute, got {:?}",
+                    p.display().to_string()
+                ),
             ));
         }
     }
@@ -352,16 +420,17 @@ fn validate_source(s: &SourceConfig) -> Result<(), String> {
         if let Some(a) = argv
             && a.is_empty()
         {
-            return Err(format!("`{key}` must name a program"));
+            return Err((Some(key), format!("`{key}` must name a program")));
         }
     }
     if let Some(globs) = &s.exclude {
         for g in globs {
-            globset::Glob::new(g).map_err(|e| format!("exclude pattern {g:?}: {e}"))?;
+            globset::Glob::new(g)
+                .map_err(|e| (Some("exclude"), format!("`exclude` pattern {g:?}: {e}")))?;
         }
     }
     if s.jobs == Some(0) {
-        return Err("`jobs` must be at least 1".into());
+        return Err((Some("jobs"), "`jobs` must be at least 1".into()));
     }
     if let Some(u) = &s.url {
         let scheme_ok = match s.kind {
@@ -371,9 +440,9 @@ fn validate_source(s: &SourceConfig) -> Result<(), String> {
             _ => true,
         };
         if !scheme_ok {
-            return Err(format!(
-                "`url` {u:?} does not look like a {} URL",
-                s.kind.as_str()
+            return Err((
+                Some("url"),
+                format!("`url` {u:?} does not look like a {} URL", s.kind.as_str()),
             ));
         }
     }
@@ -400,7 +469,7 @@ mod tests {
         let t = "[[sources]]\nname = \"a\"\ntype = \"directory\"\npath = \"/x\"\n\n[[sources]]\nname = \"a\"\ntype = \"files\"\npaths = [\"/y\"]\n";
         let m = parse(t).unwrap_err().to_string();
         assert!(
-            m.contains("duplicate source name") && m.contains("line 6"),
+            m.contains("duplicate source `name`") && m.contains("line 7"),
             "{m}"
         );
         let m = parse("[[sources]]\nname = \"db\"\ntype = \"postgres\"\n")
@@ -422,7 +491,7 @@ mod tests {
         let m = parse("[retention]\nkeep_within = \"soon\"\n")
             .unwrap_err()
             .to_string();
-        assert!(m.contains("keep_within") && m.contains("line 1"), "{m}");
+        assert!(m.contains("keep_within") && m.contains("line 2"), "{m}");
         let m = parse("[retention]\nkeep_last = -1\n")
             .unwrap_err()
             .to_string();

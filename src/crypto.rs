@@ -49,7 +49,7 @@ pub enum CryptoError {
         "written in format version {0}, but this coffer reads version {FORMAT_VERSION}; use a newer coffer"
     )]
     UnsupportedVersion(u8),
-    #[error("holds a {found} where a {expected} was expected")]
+    #[error("holds {found} where {expected} was expected")]
     WrongKind {
         found: &'static str,
         expected: &'static str,
@@ -107,9 +107,9 @@ impl ObjectKind {
     }
     fn name(self) -> &'static str {
         match self {
-            ObjectKind::Archive => "archive",
-            ObjectKind::Index => "index",
-            ObjectKind::Manifest => "manifest",
+            ObjectKind::Archive => "an archive",
+            ObjectKind::Index => "an index",
+            ObjectKind::Manifest => "a manifest",
         }
     }
     fn from_byte(b: u8) -> Option<Self> {
@@ -547,7 +547,8 @@ pub struct KeySlot {
     pub version: u32,
     pub id: String,
     pub kind: SlotKind,
-    pub created: chrono::DateTime<chrono::Utc>,
+    /// RFC 3339, UTC; kept as written because it is authenticated as text.
+    pub created: String,
     #[serde(default)]
     pub host: String,
     pub kdf: Kdf,
@@ -597,21 +598,40 @@ fn slot_kek(cred: &Credential, kdf: &Kdf) -> Result<Option<[u8; KEY_LEN]>, Crypt
     Ok(Some(kek))
 }
 
-fn slot_aad(repo_id: &str, slot_id: &str) -> Vec<u8> {
+/// Version of key slots written by this build.
+pub const SLOT_VERSION: u32 = 1;
+
+/// Everything a slot says about itself, and the repository's `config`
+/// object (by SHA-256), is authenticated by the wrap: changing any of it
+/// makes the slot refuse to open.
+fn slot_aad(slot: &KeySlot, repo_id: &str, config_sha256: &[u8; 32]) -> Vec<u8> {
     let mut aad = SLOT_AAD.to_vec();
-    aad.push(0);
-    aad.extend_from_slice(repo_id.as_bytes());
-    aad.push(0);
-    aad.extend_from_slice(slot_id.as_bytes());
+    for part in [
+        repo_id.as_bytes(),
+        slot.version.to_string().as_bytes(),
+        slot.id.as_bytes(),
+        match slot.kind {
+            SlotKind::KeyFile => b"key_file".as_slice(),
+            SlotKind::Passphrase => b"passphrase".as_slice(),
+        },
+        slot.created.as_bytes(),
+        slot.host.as_bytes(),
+        config_sha256.as_slice(),
+    ] {
+        aad.push(0);
+        aad.extend_from_slice(part);
+    }
     aad
 }
 
 impl KeySlot {
-    /// Wraps `master` under `cred` in a new slot.
+    /// Wraps `master` under `cred` in a new slot of the repository whose
+    /// `config` object hashes to `config_sha256`.
     pub fn wrap(
         master: &MasterKey,
         cred: &Credential,
         repo_id: &str,
+        config_sha256: &[u8; 32],
         host: &str,
     ) -> Result<Self, CryptoError> {
         let salt = B64.encode(random_array::<SALT_LEN>());
@@ -625,28 +645,29 @@ impl KeySlot {
             },
         };
         let kek = slot_kek(cred, &kdf)?.expect("kdf chosen for this credential");
-        let id = random_id(8);
         let nonce_bytes: [u8; 12] = random_array();
+        let mut slot = KeySlot {
+            version: SLOT_VERSION,
+            id: random_id(8),
+            kind: cred.kind(),
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            host: host.to_string(),
+            kdf,
+            nonce: B64.encode(nonce_bytes),
+            wrapped_key: String::new(),
+        };
         let mut buf = master.0.to_vec();
         let cipher = Aes256Gcm::new_from_slice(&kek).expect("32-byte key");
         let tag = cipher
             .encrypt_inout_detached(
                 &Nonce::from(nonce_bytes),
-                &slot_aad(repo_id, &id),
+                &slot_aad(&slot, repo_id, config_sha256),
                 buf.as_mut_slice().into(),
             )
             .expect("wrapping 32 bytes");
         buf.extend_from_slice(tag.as_slice());
-        Ok(KeySlot {
-            version: 1,
-            id,
-            kind: cred.kind(),
-            created: chrono::Utc::now(),
-            host: host.to_string(),
-            kdf,
-            nonce: B64.encode(nonce_bytes),
-            wrapped_key: B64.encode(buf),
-        })
+        slot.wrapped_key = B64.encode(buf);
+        Ok(slot)
     }
 
     /// The master key if `cred` opens this slot; `None` if it does not.
@@ -654,8 +675,9 @@ impl KeySlot {
         &self,
         cred: &Credential,
         repo_id: &str,
+        config_sha256: &[u8; 32],
     ) -> Result<Option<MasterKey>, CryptoError> {
-        if cred.kind() != self.kind {
+        if cred.kind() != self.kind || self.version != SLOT_VERSION {
             return Ok(None);
         }
         let Some(kek) = slot_kek(cred, &self.kdf)? else {
@@ -677,7 +699,7 @@ impl KeySlot {
         let ok = cipher
             .decrypt_inout_detached(
                 &Nonce::from(nonce_bytes),
-                &slot_aad(repo_id, &self.id),
+                &slot_aad(self, repo_id, config_sha256),
                 (&mut buf[..KEY_LEN]).into(),
                 &tag,
             )
@@ -788,19 +810,31 @@ mod tests {
             path: "k".into(),
             key: random_array(),
         };
-        let slot = KeySlot::wrap(&master, &cred, "repo", "host").unwrap();
-        let got = slot.unwrap(&cred, "repo").unwrap().unwrap();
+        let cfg = [7u8; 32];
+        let slot = KeySlot::wrap(&master, &cred, "repo", &cfg, "host").unwrap();
+        let got = slot.unwrap(&cred, "repo", &cfg).unwrap().unwrap();
         assert_eq!(got.0, master.0);
         let other = Credential::KeyFile {
             path: "k2".into(),
             key: random_array(),
         };
-        assert!(slot.unwrap(&other, "repo").unwrap().is_none());
-        assert!(slot.unwrap(&cred, "another-repo").unwrap().is_none());
+        assert!(slot.unwrap(&other, "repo", &cfg).unwrap().is_none());
+        assert!(slot.unwrap(&cred, "another-repo", &cfg).unwrap().is_none());
+        assert!(slot.unwrap(&cred, "repo", &[8u8; 32]).unwrap().is_none());
         assert!(
-            slot.unwrap(&Credential::Passphrase("x".into()), "repo")
+            slot.unwrap(&Credential::Passphrase("x".into()), "repo", &cfg)
                 .unwrap()
                 .is_none()
         );
+        // Every field of the slot is authenticated.
+        for tamper in [
+            |s: &mut KeySlot| s.host.push('x'),
+            |s: &mut KeySlot| s.created.replace_range(0..4, "1999"),
+            |s: &mut KeySlot| s.id.replace_range(0..1, "z"),
+        ] {
+            let mut t = slot.clone();
+            tamper(&mut t);
+            assert!(t.unwrap(&cred, "repo", &cfg).unwrap().is_none());
+        }
     }
 }

@@ -66,6 +66,7 @@ fn repo_code(e: &RepoError) -> i32 {
     match e {
         RepoError::Store(s) => store_code(s),
         RepoError::WrongKey { .. }
+        | RepoError::MissingManifest(_)
         | RepoError::NoKeySlots(_)
         | RepoError::DamagedManifest { .. }
         | RepoError::DamagedConfig { .. } => exit::INTEGRITY,

@@ -749,7 +749,7 @@ async fn key_command(g: &Global, r: &Repository, cmd: KeyCommand) -> Result<i32,
                         if s.current { "*" } else { " " },
                         s.id,
                         s.kind,
-                        s.created.format("%Y-%m-%d %H:%M:%S"),
+                        s.created.replace('T', " ").trim_end_matches('Z'),
                         s.host
                     ));
                 }
@@ -882,7 +882,22 @@ async fn show(g: &Global, r: &Repository, m: &Manifest, files: bool) -> Result<i
             srcs[i]["index"] = json!(s.index);
             srcs[i]["details"] = json!(s.details);
             if files {
-                srcs[i]["files"] = json!(listings[i]);
+                // Times are RFC 3339 UTC, here with the stored nanoseconds.
+                let entries: Vec<serde_json::Value> = listings[i]
+                    .iter()
+                    .map(|e| {
+                        let mut v = json!(e);
+                        v["mtime"] = json!(
+                            chrono::DateTime::from_timestamp(e.mtime, e.mtime_nsec)
+                                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+                        );
+                        if let Some(o) = v.as_object_mut() {
+                            o.remove("mtime_nsec");
+                        }
+                        v
+                    })
+                    .collect();
+                srcs[i]["files"] = json!(entries);
                 srcs[i]["file_count"] = json!(s.files);
             }
         }

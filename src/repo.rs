@@ -43,12 +43,13 @@ pub enum RepoError {
     )]
     UnsupportedVersion { url: String, version: u32 },
     #[error(
-        "wrong key: the {credential} does not open repository {url} (none of its {slots} key slot(s) accepts it); nothing was read"
+        "wrong key: the {credential} does not open repository {url} (none of its key slots accepts it: {slots}; if this is the right key, the repository's config or key slots were altered); nothing was read"
     )]
     WrongKey {
         credential: String,
         url: String,
-        slots: usize,
+        /// The slot objects tried.
+        slots: String,
     },
     #[error("repository {0} has no readable key slot (keys/ is empty or damaged)")]
     NoKeySlots(String),
@@ -66,6 +67,10 @@ pub enum RepoError {
     },
     #[error("no snapshot matches {0:?}; list them with `coffer snapshots`")]
     UnknownSnapshot(String),
+    #[error(
+        "snapshot {0}: its manifest snapshots/{0} is missing while its data objects are present: it was deleted, or the snapshot was interrupted before it was committed; it cannot be restored"
+    )]
+    MissingManifest(String),
     #[error("{spec:?} is ambiguous: it matches snapshots {matches}; give more of the id")]
     AmbiguousSnapshot { spec: String, matches: String },
     #[error("the repository holds no snapshot{0}")]
@@ -91,6 +96,8 @@ struct RepoConfig {
 pub struct Repository {
     pub store: Store,
     pub id: String,
+    /// SHA-256 of the `config` object, bound into every key slot.
+    config_sha256: [u8; 32],
     master: MasterKey,
     /// The key slot that opened it.
     pub slot_id: String,
@@ -112,7 +119,15 @@ pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
     }
     let id = crypto::random_id(16);
     let master = MasterKey::generate();
-    let slot = KeySlot::wrap(&master, cred, &id, &host_name())
+    let cfg = RepoConfig {
+        format: REPO_FORMAT.into(),
+        version: REPO_VERSION,
+        id: id.clone(),
+        created: Utc::now(),
+    };
+    let cfg_bytes = serde_json::to_vec_pretty(&cfg).expect("config serialises");
+    let config_sha256 = sha256(&cfg_bytes);
+    let slot = KeySlot::wrap(&master, cred, &id, &config_sha256, &host_name())
         .map_err(|e| RepoError::Credential(e.to_string()))?;
     // The slot first: a config without a slot would be a repository nobody
     // can open; a slot without a config is invisible and harmless.
@@ -123,20 +138,7 @@ pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
             true,
         )
         .await?;
-    let cfg = RepoConfig {
-        format: REPO_FORMAT.into(),
-        version: REPO_VERSION,
-        id: id.clone(),
-        created: Utc::now(),
-    };
-    match store
-        .put(
-            CONFIG_OBJECT,
-            Bytes::from(serde_json::to_vec_pretty(&cfg).expect("config serialises")),
-            true,
-        )
-        .await
-    {
+    match store.put(CONFIG_OBJECT, Bytes::from(cfg_bytes), true).await {
         Ok(()) => {}
         Err(StoreError::AlreadyExists { .. }) => {
             let _ = store.delete(&format!("{KEYS_PREFIX}{}", slot.id)).await;
@@ -147,12 +149,18 @@ pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
     Ok(Repository {
         store: store.clone(),
         id,
+        config_sha256,
         master,
         slot_id: slot.id,
     })
 }
 
-async fn read_config(store: &Store) -> Result<RepoConfig, RepoError> {
+fn sha256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+async fn read_config(store: &Store) -> Result<(RepoConfig, [u8; 32]), RepoError> {
     let raw = match store.get(CONFIG_OBJECT).await {
         Ok(b) => b,
         Err(StoreError::NotFound { .. }) => {
@@ -160,6 +168,7 @@ async fn read_config(store: &Store) -> Result<RepoConfig, RepoError> {
         }
         Err(e) => return Err(e.into()),
     };
+    let digest = sha256(&raw);
     let cfg: RepoConfig = serde_json::from_slice(&raw).map_err(|e| RepoError::DamagedConfig {
         url: store.url().to_string(),
         reason: e.to_string(),
@@ -170,13 +179,19 @@ async fn read_config(store: &Store) -> Result<RepoConfig, RepoError> {
             reason: format!("format is {:?}, not {REPO_FORMAT:?}", cfg.format),
         });
     }
+    if cfg.version == 0 {
+        return Err(RepoError::DamagedConfig {
+            url: store.url().to_string(),
+            reason: "its format version is 0, which no coffer writes".into(),
+        });
+    }
     if cfg.version != REPO_VERSION {
         return Err(RepoError::UnsupportedVersion {
             url: store.url().to_string(),
             version: cfg.version,
         });
     }
-    Ok(cfg)
+    Ok((cfg, digest))
 }
 
 async fn read_slots(store: &Store) -> Result<Vec<KeySlot>, RepoError> {
@@ -195,12 +210,16 @@ async fn read_slots(store: &Store) -> Result<Vec<KeySlot>, RepoError> {
 /// Opens the repository in `store` with `cred`. Reads only `config` and
 /// `keys/`: a wrong key is reported before any data is read.
 pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoError> {
-    let cfg = read_config(store).await?;
+    let (cfg, config_sha256) = read_config(store).await?;
     let slots = read_slots(store).await?;
     if slots.is_empty() {
         return Err(RepoError::NoKeySlots(store.url().to_string()));
     }
-    let slots_len = slots.len();
+    let slot_names = slots
+        .iter()
+        .map(|s| format!("{KEYS_PREFIX}{}", s.id))
+        .collect::<Vec<_>>()
+        .join(", ");
     // Argon2 is slow and memory-hungry: try the slots one at a time, off the
     // async threads.
     let repo_id = cfg.id.clone();
@@ -215,7 +234,7 @@ pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
         tokio::task::spawn_blocking(
             move || -> Result<Option<(MasterKey, String)>, CryptoError> {
                 for s in &slots {
-                    if let Some(m) = s.unwrap(&cred, &repo_id)? {
+                    if let Some(m) = s.unwrap(&cred, &repo_id, &config_sha256)? {
                         return Ok(Some((m, s.id.clone())));
                     }
                 }
@@ -230,13 +249,14 @@ pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
         Some((master, slot_id)) => Ok(Repository {
             store: store.clone(),
             id: cfg.id,
+            config_sha256,
             master,
             slot_id,
         }),
         None => Err(RepoError::WrongKey {
             credential: cred.describe(),
             url: store.url().to_string(),
-            slots: slots_len,
+            slots: slot_names,
         }),
     }
 }
@@ -246,7 +266,7 @@ pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
 pub struct SlotInfo {
     pub id: String,
     pub kind: String,
-    pub created: DateTime<Utc>,
+    pub created: String,
     pub host: String,
     pub current: bool,
 }
@@ -269,8 +289,14 @@ impl Repository {
     }
 
     pub async fn key_add(&self, cred: &Credential) -> Result<SlotInfo, RepoError> {
-        let slot = KeySlot::wrap(&self.master, cred, &self.id, &host_name())
-            .map_err(|e| RepoError::Credential(e.to_string()))?;
+        let slot = KeySlot::wrap(
+            &self.master,
+            cred,
+            &self.id,
+            &self.config_sha256,
+            &host_name(),
+        )
+        .map_err(|e| RepoError::Credential(e.to_string()))?;
         self.store
             .put(
                 &format!("{KEYS_PREFIX}{}", slot.id),
@@ -299,7 +325,7 @@ impl Repository {
                 host: s.host,
             })
             .collect();
-        v.sort_by_key(|s| s.created);
+        v.sort_by(|a, b| a.created.cmp(&b.created));
         Ok(v)
     }
 
@@ -369,9 +395,12 @@ impl Repository {
         if m.id != id {
             return Err(damaged(format!("it names snapshot {}", m.id)));
         }
+        if m.version == 0 {
+            return Err(damaged("manifest version 0, which no coffer writes".into()));
+        }
         if m.version > crate::manifest::MANIFEST_VERSION {
             return Err(damaged(format!(
-                "manifest version {} is newer than this coffer reads",
+                "manifest version {} is newer than this coffer reads; use a newer coffer",
                 m.version
             )));
         }
@@ -418,7 +447,19 @@ impl Repository {
     /// with `tag` when given).
     pub async fn resolve(&self, spec: &str, tag: Option<&str>) -> Result<Manifest, RepoError> {
         if spec == "latest" {
-            let (all, _) = self.manifests().await?;
+            let (all, damaged) = self.manifests().await?;
+            // A damaged manifest might be the newest: picking the newest
+            // readable one would silently restore an older snapshot.
+            if let Some(d) = damaged.into_iter().next() {
+                return Err(RepoError::DamagedManifest {
+                    id: d.id,
+                    object: d.object,
+                    reason: format!(
+                        "{}; `latest` cannot be decided while a manifest is unreadable: name a snapshot id (see `coffer snapshots`)",
+                        d.reason
+                    ),
+                });
+            }
             return all
                 .into_iter()
                 .rev()
@@ -436,6 +477,7 @@ impl Repository {
         }
         let matches: Vec<&String> = ids.iter().filter(|i| i.starts_with(spec)).collect();
         match matches.as_slice() {
+            [] if self.has_data(spec).await? => Err(RepoError::MissingManifest(spec.into())),
             [] => Err(RepoError::UnknownSnapshot(spec.into())),
             [one] if !spec.is_empty() => self.load_manifest(one).await,
             _ => Err(RepoError::AmbiguousSnapshot {
@@ -447,6 +489,18 @@ impl Repository {
                     .join(", "),
             }),
         }
+    }
+
+    /// True if `data/<id>/` holds objects (a snapshot whose manifest is gone).
+    async fn has_data(&self, id: &str) -> Result<bool, RepoError> {
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        Ok(!self
+            .store
+            .list(&format!("{DATA_PREFIX}{id}/"))
+            .await?
+            .is_empty())
     }
 
     /// Objects under `data/`, grouped by snapshot id.

@@ -623,7 +623,7 @@ async fn dry_run(
                 .next_stored()
                 .map_err(|e| classify(e, &at, &index_ref.object))?
             {
-                if !included(&include, &e.path) && !(include.is_none() && e.path == ".") {
+                if !included(&include, &e.path) {
                     continue;
                 }
                 let dest = plan_root(&plan).join(&e.path);
@@ -743,7 +743,17 @@ fn restore_source(
                     path: root.join(rel).display().to_string(),
                 });
             }
-            commit_entries(staging.path(), root, &ex.committed, src.kind == "files")?;
+            let at = Where {
+                snapshot: m.id.clone(),
+                source: src.name.clone(),
+            };
+            commit_entries(
+                staging.path(),
+                root,
+                &ex.committed,
+                src.kind == "files",
+                &at,
+            )?;
             out.destination = root.display().to_string();
         }
     }
@@ -813,58 +823,90 @@ fn swap_in(staged: &Path, dest: &Path) -> Result<(), RestoreError> {
 }
 
 /// Renames staged entries into place one by one (files, links; directories
-/// are created as needed). In a directory restore, an existing symlink on the
-/// way is refused rather than followed; a files source follows its own
-/// absolute paths as configured.
+/// are created as needed). In a directory restore every path is checked
+/// first, before anything is created or moved: an existing symlink (or
+/// non-directory) on the way, or as the root itself, is refused rather than
+/// followed. A files source follows its own absolute paths as configured.
 fn commit_entries(
     staging: &Path,
     root: &Path,
     entries: &[(String, EntryKind)],
     follow_parents: bool,
+    at: &Where,
 ) -> Result<(), RestoreError> {
+    let refuse = |p: &Path, why: &str| RestoreError::Contained {
+        snapshot: at.snapshot.clone(),
+        source_name: at.source.clone(),
+        path: p.display().to_string(),
+        reason: format!("{why}; refusing to write through it (restore with --target instead)"),
+    };
+    if !follow_parents {
+        if let Ok(md) = fs::symlink_metadata(root)
+            && !md.is_dir()
+        {
+            return Err(refuse(
+                root,
+                "the destination is a symlink or not a directory",
+            ));
+        }
+        for (rel, kind) in entries {
+            let mut p = root.to_path_buf();
+            let comps: Vec<_> = Path::new(rel).components().collect();
+            for (i, c) in comps.iter().enumerate() {
+                p.push(c);
+                let last = i + 1 == comps.len();
+                match fs::symlink_metadata(&p) {
+                    Ok(md) if md.file_type().is_symlink() && (!last || *kind == EntryKind::Dir) => {
+                        return Err(refuse(&p, "it is a symlink"));
+                    }
+                    Ok(md) if !md.is_dir() && (!last || *kind == EntryKind::Dir) => {
+                        return Err(refuse(&p, "it is not a directory"));
+                    }
+                    Ok(md) if last && md.is_dir() && *kind != EntryKind::Dir => {
+                        return Err(refuse(
+                            &p,
+                            "a directory stands where the snapshot has a file",
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mkdirs = |dir: &Path| -> Result<(), RestoreError> {
+        if follow_parents {
+            return fs::create_dir_all(dir).map_err(io_err("create directory", dir));
+        }
+        let mut p = root.to_path_buf();
+        for c in dir.strip_prefix(root).unwrap_or(dir).components() {
+            p.push(c);
+            match fs::symlink_metadata(&p) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => return Err(refuse(&p, "it is a symlink or not a directory")),
+                Err(_) => fs::create_dir(&p).map_err(io_err("create directory", &p))?,
+            }
+        }
+        Ok(())
+    };
+    if !follow_parents {
+        mkdirs(root)?;
+    }
     for (rel, kind) in entries {
         let from = staging.join(rel);
         let to = root.join(rel);
         if *kind == EntryKind::Dir {
-            if !to.is_dir() {
-                fs::create_dir_all(&to).map_err(io_err("create directory", &to))?;
-            }
+            mkdirs(&to)?;
             continue;
         }
         let parent = to.parent().unwrap_or(root);
-        if !follow_parents {
-            let mut p = root.to_path_buf();
-            for c in Path::new(rel)
-                .parent()
-                .into_iter()
-                .flat_map(|p| p.components())
-            {
-                p.push(c);
-                match fs::symlink_metadata(&p) {
-                    Ok(md) if md.file_type().is_symlink() || !md.is_dir() => {
-                        return Err(RestoreError::Io {
-                            op: "refusing to write through",
-                            path: p.display().to_string(),
-                            source: io::Error::other(
-                                "it is a symlink or not a directory; restore with --target instead",
-                            ),
-                        });
-                    }
-                    Ok(_) => {}
-                    Err(_) => fs::create_dir(&p).map_err(io_err("create directory", &p))?,
-                }
-            }
-        } else {
-            fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
-        }
+        mkdirs(parent)?;
         if let Ok(md) = fs::symlink_metadata(&to)
             && md.is_dir()
         {
-            return Err(RestoreError::Io {
-                op: "replace",
-                path: to.display().to_string(),
-                source: io::Error::other("a directory stands where the snapshot has a file"),
-            });
+            return Err(refuse(
+                &to,
+                "a directory stands where the snapshot has a file",
+            ));
         }
         if fs::rename(&from, &to).is_err() {
             // Another filesystem: copy beside the target, then rename.
@@ -1064,7 +1106,7 @@ impl Extractor {
                 ));
             };
             let ie = expect_entry(s, &mut index, &rel, kind)?;
-            let wanted = included(&self.include, &rel) || (self.include.is_none() && rel == ".");
+            let wanted = included(&self.include, &rel);
             if !wanted {
                 // Still read the data so the stream authenticates to its end.
                 io::copy(&mut entry, &mut io::sink()).map_err(|e| s.archive_error(e))?;
@@ -1238,15 +1280,29 @@ fn dump_blocking<W: Write>(
         path: "standard output".into(),
         source: e,
     };
+    let (Some(archive_ref), Some(index_ref)) = (src.archive.clone(), src.index.clone()) else {
+        return Err(RestoreError::SourceFailed {
+            snapshot: m.id.clone(),
+            source_name: src.name.clone(),
+            reason: src.error.clone().unwrap_or_default(),
+        });
+    };
+    // The index is small: read and authenticate it whole before a byte goes
+    // out, and use it to find the file asked for.
+    let mut wanted: Option<IndexEntry> = None;
+    let want_rel = match &path {
+        Some(p) => Some(
+            safe_path(p.trim_start_matches('/').as_bytes())
+                .map_err(|r| RestoreError::Usage(format!("bad PATH {p:?}: {r}")))?,
+        ),
+        None => None,
+    };
+    scan_index(repo, &at, &index_ref, |e| {
+        if want_rel.as_deref() == Some(e.path.as_str()) {
+            wanted = Some(e);
+        }
+    })?;
     let Some(want) = path else {
-        let archive_ref = src
-            .archive
-            .clone()
-            .ok_or_else(|| RestoreError::SourceFailed {
-                snapshot: m.id.clone(),
-                source_name: src.name.clone(),
-                reason: src.error.clone().unwrap_or_default(),
-            })?;
         let mut stream = ObjectStream::open(repo, &at, &archive_ref, ObjectKind::Archive);
         let reader = std::mem::replace(&mut stream.reader, stage_channel().1);
         let res = (|| -> Result<u64, RestoreError> {
@@ -1271,8 +1327,41 @@ fn dump_blocking<W: Write>(
         joined?;
         return res;
     };
-    let want_rel = safe_path(want.trim_start_matches('/').as_bytes())
-        .map_err(|r| RestoreError::Usage(format!("bad PATH {want:?}: {r}")))?;
+    let entry = match wanted {
+        Some(e) if e.stored => e,
+        Some(e) => {
+            return Err(RestoreError::SourceFailed {
+                snapshot: m.id.clone(),
+                source_name: src.name.clone(),
+                reason: format!(
+                    "{want:?} could not be read when the snapshot was taken: {}",
+                    e.error.unwrap_or_default()
+                ),
+            });
+        }
+        None => {
+            return Err(RestoreError::NoSuchFile {
+                snapshot: m.id.clone(),
+                source_name: src.name.clone(),
+                path: want,
+            });
+        }
+    };
+    // A hard link's bytes are stored under the first name it was found by.
+    let want_rel = match entry.kind {
+        EntryKind::File => entry.path.clone(),
+        EntryKind::Hardlink => entry.target.clone().unwrap_or_default(),
+        k => {
+            return Err(RestoreError::Usage(format!(
+                "{want:?} is a {} in source {}, not a file with bytes to dump",
+                match k {
+                    EntryKind::Dir => "directory",
+                    _ => "symlink",
+                },
+                src.name
+            )));
+        }
+    };
     let mut streams = SourceStreams::open(repo, m, src)?;
     let mut written = 0u64;
     let mut found = false;
@@ -1338,6 +1427,35 @@ fn dump_blocking<W: Write>(
     Ok(written)
 }
 
+/// Reads a source's index to its authenticated end on this (blocking)
+/// thread, handing every entry to `f`.
+fn scan_index(
+    repo: &Repository,
+    at: &Where,
+    index_ref: &ObjectRef,
+    mut f: impl FnMut(IndexEntry),
+) -> Result<(), RestoreError> {
+    let mut stream = ObjectStream::open(repo, at, index_ref, ObjectKind::Index);
+    let reader = std::mem::replace(&mut stream.reader, stage_channel().1);
+    let res = (|| -> Result<(), RestoreError> {
+        let dec = zstd::stream::read::Decoder::new(reader)
+            .map_err(|e| classify(e, at, &index_ref.object))?;
+        let mut idx = IndexReader::new(BufReader::new(dec));
+        while let Some(e) = idx
+            .next_entry()
+            .map_err(|e| classify(e, at, &index_ref.object))?
+        {
+            f(e);
+        }
+        io::copy(&mut idx.into_inner(), &mut io::sink())
+            .map_err(|e| classify(e, at, &index_ref.object))?;
+        Ok(())
+    })();
+    let joined = stream.join();
+    joined?;
+    res
+}
+
 /// Per-source file listing for `show --files`: reads the index only.
 pub async fn list_files(
     repo: &Repository,
@@ -1353,24 +1471,9 @@ pub async fn list_files(
     };
     let repo = repo.clone();
     tokio::task::spawn_blocking(move || {
-        let mut stream = ObjectStream::open(&repo, &at, &index_ref, ObjectKind::Index);
-        let reader = std::mem::replace(&mut stream.reader, stage_channel().1);
-        let res = (|| -> Result<Vec<IndexEntry>, RestoreError> {
-            let dec = zstd::stream::read::Decoder::new(reader)
-                .map_err(|e| classify(e, &at, &index_ref.object))?;
-            let mut idx = IndexReader::new(BufReader::new(dec));
-            let mut v = Vec::new();
-            while let Some(e) = idx
-                .next_entry()
-                .map_err(|e| classify(e, &at, &index_ref.object))?
-            {
-                v.push(e);
-            }
-            Ok(v)
-        })();
-        let joined = stream.join();
-        joined?;
-        res
+        let mut v = Vec::new();
+        scan_index(&repo, &at, &index_ref, |e| v.push(e))?;
+        Ok(v)
     })
     .await
     .map_err(|e| RestoreError::Usage(format!("listing task failed: {e}")))?

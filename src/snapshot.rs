@@ -335,9 +335,14 @@ fn archive_fs_source(
             "sealing thread panicked",
         )))
     });
-    // A failed upload shows up in stage 1 as a broken pipe: report the cause.
+    // When stage 1 fails on its own (a missing directory), the sealer then
+    // sees its input cut off: stage 1's error is the cause. When stage 1
+    // fails on writing, the sealer (the upload) failed first: its error is.
     match (result, sealed) {
         (Ok((walked, index)), Ok(archive)) => Ok((walked, archive, index)),
+        (Err(PipelineError::Source(e)), _) if !matches!(e, FsSourceError::Write(_)) => {
+            Err(PipelineError::Source(e))
+        }
         (_, Err(e)) => Err(e),
         (Err(e), Ok(_)) => Err(e),
     }

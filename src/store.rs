@@ -354,7 +354,15 @@ impl Store {
         let loc = ObjPath::from(path.as_str());
         let first = match rx.recv().await {
             Some(Part::Data(b)) => b,
-            Some(Part::End) => Bytes::new(),
+            // An empty object is still an object.
+            Some(Part::End) => {
+                return self
+                    .inner
+                    .put_opts(&loc, PutPayload::default(), PutOptions::default())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.err("upload", &path, e));
+            }
             None => return Ok(()), // abandoned before any byte: nothing written
         };
         // A first part shorter than a full part is the whole object, but only

@@ -165,8 +165,9 @@ fn rel_path(root: &Path, p: &Path) -> String {
 #[derive(Default)]
 struct Walker {
     done: Walked,
-    /// (device, inode) of multiply-linked files already stored -> their path.
-    links: HashMap<(u64, u64), String>,
+    /// (device, inode) of multiply-linked files already stored -> their
+    /// path, size and SHA-256 (a hard link's index entry repeats them).
+    links: HashMap<(u64, u64), (String, u64, Option<String>)>,
 }
 
 impl Walker {
@@ -247,10 +248,15 @@ impl Walker {
             });
             return Ok(());
         }
-        if m.nlink() > 1 {
-            if let Some(first) = self.links.get(&(m.dev(), m.ino())) {
+        if m.nlink() > 1
+            && let Some((first, size, sha)) = self.links.get(&(m.dev(), m.ino()))
+        {
+            {
                 e.kind = EntryKind::Hardlink;
                 e.target = Some(first.clone());
+                // tar gives a link no data; the index still says what it holds.
+                e.size = *size;
+                e.sha256 = sha.clone();
                 tar.append(&e, &tar_name(&e), None).map_err(werr)?;
                 return index.push(&e).map_err(FsSourceError::Write);
             }
@@ -314,7 +320,10 @@ impl Walker {
             e.error = Some(why);
         }
         if m.nlink() > 1 {
-            self.links.insert((m.dev(), m.ino()), e.path.clone());
+            self.links.insert(
+                (m.dev(), m.ino()),
+                (e.path.clone(), e.size, e.sha256.clone()),
+            );
         }
         index.push(&e).map_err(FsSourceError::Write)
     }

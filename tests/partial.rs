@@ -1,0 +1,465 @@
+//! Partial snapshots: unreadable files, files changing while read, special
+//! files (sockets, FIFOs), and `exclude` globs.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_code(o: &Output, code: i32, what: &str) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: exit code\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(o)
+    );
+}
+
+fn is_root() -> bool {
+    let o = Command::new("id").arg("-u").output().expect("run id -u");
+    String::from_utf8_lossy(&o.stdout).trim() == "0"
+}
+
+const DROP: &str = "dac_override,dac_read_search";
+
+/// How to run a program without the capabilities that let root read any
+/// file: a prefix argv (empty when not root).
+fn unprivileged_prefix() -> Vec<String> {
+    if !is_root() {
+        return Vec::new();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe");
+    fs::write(&probe, b"x").unwrap();
+    fs::set_permissions(&probe, fs::Permissions::from_mode(0o000)).unwrap();
+    let candidates: Vec<Vec<String>> = vec![
+        vec![
+            "setpriv".into(),
+            format!("--bounding-set=-{DROP}"),
+            format!("--inh-caps=-{DROP}"),
+        ],
+        vec!["setpriv".into(), format!("--bounding-set=-{DROP}")],
+    ];
+    for prefix in candidates {
+        let o = Command::new(&prefix[0])
+            .args(&prefix[1..])
+            .arg("cat")
+            .arg(&probe)
+            .output();
+        if let Ok(o) = o
+            && !o.status.success()
+            && o.stdout.is_empty()
+            && String::from_utf8_lossy(&o.stderr).contains("Permission denied")
+        {
+            return prefix;
+        }
+    }
+    // capsh takes a shell command line: handled by the caller as a marker.
+    let o = Command::new("capsh")
+        .arg("--drop=cap_dac_override,cap_dac_read_search")
+        .arg("--")
+        .arg("-c")
+        .arg(format!("cat '{}'", probe.display()))
+        .output();
+    if let Ok(o) = o
+        && !o.status.success()
+        && o.stdout.is_empty()
+    {
+        return vec!["capsh".into()];
+    }
+    panic!(
+        "running as root, and neither `setpriv --bounding-set=-{DROP}` nor `capsh --drop=...` can drop the capability to read any file: cannot test unreadable files"
+    );
+}
+
+/// Runs `coffer --config <cfg> args...` without the read-anything capability.
+fn coffer_unprivileged(env: &Env, args: &[&str]) -> Output {
+    let bin = assert_cmd::cargo::cargo_bin("coffer");
+    let prefix = unprivileged_prefix();
+    let mut c = if prefix.is_empty() {
+        Command::new(&bin)
+    } else if prefix[0] == "capsh" {
+        let mut line = format!(
+            "exec '{}' --config '{}'",
+            bin.display(),
+            env.config.display()
+        );
+        for a in args {
+            line.push_str(&format!(" '{a}'"));
+        }
+        let mut c = Command::new("capsh");
+        c.arg("--drop=cap_dac_override,cap_dac_read_search")
+            .arg("--")
+            .arg("-c")
+            .arg(line);
+        c
+    } else {
+        let mut c = Command::new(&prefix[0]);
+        c.args(&prefix[1..]).arg(&bin);
+        c
+    };
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COFFER_") && !k.starts_with("COFFER_TEST_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c.current_dir(env.dir.path());
+    if prefix.first().map(String::as_str) != Some("capsh") {
+        c.arg("--config").arg(&env.config).args(args);
+    }
+    c.output().expect("run coffer")
+}
+
+fn source<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no source {name} in {v}"))
+}
+
+fn paths_of(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .map(|p| p["path"].as_str().expect("path").to_string())
+        .collect()
+}
+
+fn restore_to(env: &Env, id: &str, name: &str) -> PathBuf {
+    let target = env.path(name);
+    env.cmd()
+        .args(["restore", id, "--target"])
+        .arg(&target)
+        .assert()
+        .success();
+    target
+}
+
+fn tree_without(root: &Path, drop: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
+    describe_tree(root)
+        .into_iter()
+        .filter(|(k, _)| !drop(k))
+        .collect()
+}
+
+#[test]
+fn unreadable_file_makes_the_snapshot_partial() {
+    let mut env = Env::init(Backend::Fs);
+    let data = env.path("data");
+    sample_tree(&data, None);
+    write(&data.join("secret/locked.txt"), b"you cannot read me\n");
+    write(
+        &data.join("zz-after.txt"),
+        b"stored after the unreadable file\n",
+    );
+    fs::set_permissions(
+        data.join("secret/locked.txt"),
+        fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    env.add_dir_source("media", &data, &[]);
+
+    let o = coffer_unprivileged(&env, &["snapshot", "--json"]);
+    assert_code(&o, 4, "snapshot with an unreadable file");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["status"], "partial", "{v}");
+    let src = source(&v, "media");
+    let problems = paths_of(&src["problems"]);
+    assert!(
+        problems.iter().any(|p| p.ends_with("secret/locked.txt")),
+        "problems name the file: {v}"
+    );
+    assert_eq!(
+        problems.len(),
+        1,
+        "only that file is a problem: {problems:?}"
+    );
+    assert!(
+        stderr(&o).contains("secret/locked.txt"),
+        "stderr names the file: {}",
+        stderr(&o)
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+
+    // Human output names it too, and the exit code is the same.
+    let o = coffer_unprivileged(&env, &["snapshot"]);
+    assert_code(&o, 4, "snapshot (human) with an unreadable file");
+    assert!(stderr(&o).contains("secret/locked.txt"), "{}", stderr(&o));
+
+    // It is listed (committed) and shown as partial.
+    let o = env.cmd().args(["snapshots", "--json"]).output().unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == id.as_str())
+    );
+
+    // Every other file is stored and restorable.
+    let target = restore_to(&env, &id, "restored");
+    fs::set_permissions(
+        data.join("secret/locked.txt"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let want = tree_without(&data, |k| k == "secret/locked.txt");
+    let got = tree_without(&target.join("media"), |_| false);
+    assert_eq!(
+        want, got,
+        "restored tree (everything but the unreadable file)"
+    );
+    env.cmd().args(["verify", "--deep", &id]).assert().success();
+}
+
+#[test]
+fn unreadable_directory_makes_the_snapshot_partial() {
+    let mut env = Env::init(Backend::Fs);
+    let data = env.path("data");
+    write(&data.join("a.txt"), b"a\n");
+    write(&data.join("locked/inner.txt"), b"inner\n");
+    write(&data.join("z.txt"), b"z\n");
+    fs::set_permissions(data.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+    env.add_dir_source("media", &data, &[]);
+    let o = coffer_unprivileged(&env, &["snapshot", "--json"]);
+    fs::set_permissions(data.join("locked"), fs::Permissions::from_mode(0o755)).unwrap();
+    assert_code(&o, 4, "snapshot with an unreadable directory");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "partial");
+    let problems = paths_of(&source(&v, "media")["problems"]);
+    assert!(problems.iter().any(|p| p.contains("locked")), "{v}");
+    assert!(stderr(&o).contains("locked"), "{}", stderr(&o));
+    let target = restore_to(&env, v["id"].as_str().unwrap(), "r");
+    assert_eq!(fs::read(target.join("media/a.txt")).unwrap(), b"a\n");
+    assert_eq!(fs::read(target.join("media/z.txt")).unwrap(), b"z\n");
+}
+
+#[test]
+fn unreadable_file_in_files_source_is_partial() {
+    let mut env = Env::init(Backend::Fs);
+    let good = env.path("etc/app.env");
+    let bad = env.path("etc/secret.env");
+    write(&good, b"A=1\n");
+    write(&bad, b"B=2\n");
+    fs::set_permissions(&bad, fs::Permissions::from_mode(0o000)).unwrap();
+    env.add_files_source("env", &[&good, &bad]);
+    let o = coffer_unprivileged(&env, &["snapshot", "--json"]);
+    assert_code(&o, 4, "files source with an unreadable file");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "partial");
+    let problems = paths_of(&source(&v, "env")["problems"]);
+    assert!(problems.iter().any(|p| p.ends_with("secret.env")), "{v}");
+    assert!(stderr(&o).contains("secret.env"), "{}", stderr(&o));
+    let id = v["id"].as_str().unwrap();
+    let o = env
+        .cmd()
+        .args(["dump", id, "env"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "dump of the readable file");
+    assert_eq!(o.stdout, b"A=1\n");
+}
+
+#[test]
+fn file_changing_while_read_makes_the_snapshot_partial() {
+    let mut env = Env::init(Backend::Fs);
+    let data = env.path("data");
+    write(&data.join("steady.txt"), b"steady\n");
+    write(&data.join("zz-steady.bin"), &pseudo_random(100_000, 5));
+    let growing = data.join("growing.log");
+    {
+        let mut f = fs::File::create(&growing).unwrap();
+        for i in 0..64 {
+            f.write_all(&pseudo_random(1 << 20, 100 + i)).unwrap();
+        }
+    }
+    env.add_dir_source("media", &data, &[]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let path = growing.clone();
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+            let chunk = vec![b'x'; 4096];
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                f.write_all(&chunk).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    let o = env.cmd().args(["snapshot", "--json"]).output().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let appended = writer.join().unwrap();
+    assert!(appended > 0);
+    assert_code(&o, 4, "snapshot of a file being appended to");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "partial", "{v}");
+    let problems = paths_of(&source(&v, "media")["problems"]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].ends_with("growing.log"), "{problems:?}");
+    assert!(stderr(&o).contains("growing.log"), "{}", stderr(&o));
+
+    // The other files are whole; the growing file's stored bytes are a prefix
+    // of what it holds now (it was only appended to).
+    let target = restore_to(&env, v["id"].as_str().unwrap(), "r");
+    assert_eq!(
+        fs::read(target.join("media/steady.txt")).unwrap(),
+        b"steady\n"
+    );
+    assert_eq!(
+        fs::read(target.join("media/zz-steady.bin")).unwrap(),
+        pseudo_random(100_000, 5)
+    );
+    let stored = fs::read(target.join("media/growing.log")).unwrap();
+    let now = fs::read(&growing).unwrap();
+    assert!(stored.len() >= 64 << 20, "stored {} bytes", stored.len());
+    assert!(stored.len() <= now.len());
+    assert!(
+        stored == now[..stored.len()],
+        "stored copy is not a prefix of the file"
+    );
+}
+
+#[test]
+fn sockets_and_fifos_are_skipped_with_a_warning() {
+    let mut env = Env::init(Backend::Fs);
+    let data = env.path("data");
+    write(&data.join("a.txt"), b"a\n");
+    write(&data.join("run/z.txt"), b"z\n");
+    let fifo = data.join("run/app.fifo");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    let sock = data.join("run/app.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    env.add_dir_source("media", &data, &[]);
+
+    // Must not hang on the FIFO (opening one for reading blocks).
+    let o = env
+        .cmd()
+        .args(["snapshot", "--json"])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "snapshot with a socket and a FIFO");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "ok", "{v}");
+    let src = source(&v, "media");
+    assert_eq!(src["status"], "ok");
+    assert!(paths_of(&src["problems"]).is_empty(), "{v}");
+    let skipped = paths_of(&src["skipped"]);
+    assert!(skipped.iter().any(|p| p.ends_with("app.fifo")), "{v}");
+    assert!(skipped.iter().any(|p| p.ends_with("app.sock")), "{v}");
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    let e = stderr(&o);
+    assert!(
+        e.contains("app.fifo") && e.contains("app.sock"),
+        "warned: {e}"
+    );
+    assert_eq!(src["files"], 2, "{v}");
+
+    // Human output warns too, exit 0.
+    let o = env
+        .cmd()
+        .arg("snapshot")
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "snapshot (human) with a socket and a FIFO");
+    assert!(stderr(&o).contains("app.fifo"), "{}", stderr(&o));
+
+    let target = restore_to(&env, v["id"].as_str().unwrap(), "r");
+    let got = describe_tree(&target.join("media"));
+    let keys: Vec<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["", "a.txt", "run", "run/z.txt"], "{got:?}");
+}
+
+#[test]
+fn exclude_globs_exclude_what_they_should_and_nothing_else() {
+    let mut env = Env::init(Backend::Fs);
+    let data = env.path("data");
+    for (p, body) in [
+        // excluded
+        ("cache/a.jpg", "1"),
+        ("cache/sub/b.jpg", "2"),
+        ("x.tmp", "3"),
+        ("sub/deeper/y.tmp", "4"),
+        ("build.tmp/inner.txt", "5"),
+        (".tmp", "13"),
+        // kept
+        ("cache2/x.jpg", "6"),
+        ("cached.txt", "7"),
+        ("uploads/cache.jpg", "8"),
+        ("x.tmp.bak", "9"),
+        ("x.tmpl", "10"),
+        ("tmp/keep.txt", "11"),
+        ("sub/deeper/keep.txt", "12"),
+        ("notes-tmp", "14"),
+    ] {
+        write(&data.join(p), body.as_bytes());
+    }
+    fs::create_dir_all(data.join("empty-dir")).unwrap();
+    env.add_dir_source("media", &data, &["cache/**", "*.tmp"]);
+    let v = env.snapshot_json(&[], 0);
+    let id = v["id"].as_str().unwrap();
+    assert_eq!(source(&v, "media")["files"], 8, "{v}");
+
+    let target = restore_to(&env, id, "r");
+    let excluded = |k: &str| {
+        k == "cache"
+            || k.starts_with("cache/")
+            || k == "x.tmp"
+            || k == ".tmp"
+            || k == "sub/deeper/y.tmp"
+            || k == "build.tmp"
+            || k.starts_with("build.tmp/")
+    };
+    let want = tree_without(&data, excluded);
+    let got = describe_tree(&target.join("media"));
+    assert_eq!(want, got, "restored tree with excludes");
+
+    // show --files agrees.
+    let o = env
+        .cmd()
+        .args(["show", id, "--files", "--json"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "show --files --json");
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let listed = paths_of(&source(&s, "media")["files"]);
+    for p in &listed {
+        assert!(!excluded(p.trim_start_matches("./")), "{p} listed");
+    }
+    for keep in [
+        "cache2/x.jpg",
+        "uploads/cache.jpg",
+        "x.tmp.bak",
+        "x.tmpl",
+        "notes-tmp",
+    ] {
+        assert!(
+            listed.iter().any(|p| p.trim_start_matches("./") == keep),
+            "{keep} not listed: {listed:?}"
+        );
+    }
+}

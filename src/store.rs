@@ -64,8 +64,8 @@ impl StoreError {
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     url: String,
-    /// The directory of a filesystem store: its writes are fsynced, and it
-    /// gets small upload parts (no 5 MiB minimum, no network to fill).
+    /// The directory of a filesystem store: it gets small upload parts (no
+    /// 5 MiB minimum, no network to fill).
     local_root: Option<std::path::PathBuf>,
 }
 
@@ -126,7 +126,11 @@ impl Store {
             }
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)
                 .map_err(|e| bad(&e.to_string()))?
-                .with_automatic_cleanup(true);
+                .with_automatic_cleanup(true)
+                // Durable before visible: each object is fsynced (file and
+                // directory) before it is renamed into place, so a manifest
+                // never outlives the data it names after a power cut.
+                .with_fsync(true);
             return Ok(Store {
                 inner: Arc::new(fs),
                 url: url.to_string(),
@@ -211,21 +215,6 @@ impl Store {
         }
     }
 
-    /// Makes a written object durable on a filesystem store (file and
-    /// directory fsync), so that a manifest never outlives the data it names
-    /// after a power cut. Cloud stores are durable once the write returns.
-    fn sync_local(&self, path: &str) -> io::Result<()> {
-        let Some(root) = &self.local_root else {
-            return Ok(());
-        };
-        let full = root.join(path);
-        std::fs::File::open(&full)?.sync_all()?;
-        if let Some(dir) = full.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    }
-
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -269,19 +258,6 @@ impl Store {
             .put_opts(&ObjPath::from(path), PutPayload::from(data), opts)
             .await
             .map_err(|e| self.err("write", path, e))?;
-        if self.local_root.is_some() {
-            let (store, p) = (self.clone(), path.to_string());
-            tokio::task::spawn_blocking(move || store.sync_local(&p))
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))
-                .and_then(|r| r)
-                .map_err(|e| StoreError::Io {
-                    op: "sync",
-                    store: self.url.clone(),
-                    path: path.to_string(),
-                    source: e,
-                })?;
-        }
         Ok(())
     }
 
@@ -335,7 +311,6 @@ impl Store {
             tx: Some(tx),
             buf: BytesMut::with_capacity(base),
             base,
-            store: self.clone(),
             parts: 0,
             hasher: Sha256::new(),
             size: 0,
@@ -519,7 +494,6 @@ pub struct UploadWriter {
     tx: Option<mpsc::Sender<Part>>,
     buf: BytesMut,
     base: usize,
-    store: Store,
     parts: usize,
     hasher: Sha256,
     size: u64,
@@ -570,21 +544,11 @@ impl UploadWriter {
         self.tx = None;
         let task = self.task.take().expect("task present until finish");
         match self.handle.block_on(task) {
-            Ok(Ok(())) => {
-                self.store
-                    .sync_local(&self.path)
-                    .map_err(|e| StoreError::Io {
-                        op: "sync",
-                        store: self.store_url.clone(),
-                        path: self.path.clone(),
-                        source: e,
-                    })?;
-                Ok(Written {
-                    path: self.path.clone(),
-                    size: self.size,
-                    sha256: hex::encode(self.hasher.clone().finalize()),
-                })
-            }
+            Ok(Ok(())) => Ok(Written {
+                path: self.path.clone(),
+                size: self.size,
+                sha256: hex::encode(self.hasher.clone().finalize()),
+            }),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(fail(io::Error::other(e.to_string()), &path)),
         }

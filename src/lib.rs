@@ -106,6 +106,11 @@ impl Error {
                 | RestoreError::Usage(_) => exit::USAGE,
                 RestoreError::Store(s) => store_code(s),
                 RestoreError::SourceFailed { .. } | RestoreError::Io { .. } => exit::FAILURE,
+                RestoreError::Source { error, .. } => match error {
+                    crate::source::SourceError::Usage(_) => exit::USAGE,
+                    crate::source::SourceError::Check(_) => exit::INTEGRITY,
+                    _ => exit::FAILURE,
+                },
             },
             Error::Failure(_) => exit::FAILURE,
             Error::Integrity(_) => exit::INTEGRITY,

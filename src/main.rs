@@ -135,6 +135,17 @@ enum Command {
         source: String,
         path: Option<String>,
     },
+    /// Restore rehearsal: restore each database source into a scratch copy, check it, drop it
+    Drill {
+        /// Snapshot id, unique prefix, or `latest` [default: latest]
+        snapshot: Option<String>,
+        /// Only this source (repeatable)
+        #[arg(long, value_name = "NAME")]
+        only: Vec<String>,
+        /// Where to create scratch databases instead of each source's server
+        #[arg(long, value_name = "URL")]
+        scratch_url: Option<String>,
+    },
     /// Check that a snapshot's objects are intact
     Verify {
         /// Snapshot id, unique prefix, or `latest` [default: latest]
@@ -544,12 +555,6 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             dry_run,
             tag,
         } => {
-            if to_database.is_some() {
-                return Err(Error::Usage(
-                    "--to-database applies to database sources, which this build cannot restore yet"
-                        .into(),
-                ));
-            }
             let s = load_settings(g)?;
             let r = open_repo(g, &s).await?;
             let m = r.resolve(&snapshot, tag.as_deref()).await?;
@@ -559,8 +564,9 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                 include,
                 force,
                 dry_run,
+                to_database,
             };
-            let rep = restore::restore(&r, &m, &opts).await?;
+            let rep = restore::restore(&r, &m, &s.config, &opts).await?;
             if g.json {
                 let mut v = serde_json::to_value(&rep).expect("report serialises");
                 v["ok"] = json!(true);
@@ -581,6 +587,16 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                         for p in &src.planned {
                             println_out(&format!("  {p}"));
                         }
+                    } else if restore::is_dump_source(&src.kind) {
+                        println_out(&format!(
+                            "restored source {} ({}) from snapshot {} into {}: {} in {:.1} s",
+                            src.name,
+                            src.kind,
+                            rep.snapshot,
+                            src.destination,
+                            human_bytes(src.bytes),
+                            src.duration_ms as f64 / 1000.0
+                        ));
                     } else {
                         println_out(&format!(
                             "restored source {} ({}) from snapshot {} to {}: {} files, {} dirs, {} links, {} in {:.1} s",
@@ -597,6 +613,9 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                     }
                 }
                 for src in &rep.sources {
+                    for step in &src.next_steps {
+                        eprintln!("next step for source {}: {step}", src.name);
+                    }
                     for p in &src.not_stored {
                         eprintln!(
                             "warning: source {}: {p} could not be read when snapshot {} was taken; it is not in the restored copy",
@@ -633,6 +652,74 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             let m = r.resolve(&snapshot, None).await?;
             restore::dump(&r, &m, &source, path, std::io::stdout()).await?;
             Ok(exit::OK)
+        }
+        Command::Drill {
+            snapshot,
+            only,
+            scratch_url,
+        } => {
+            let s = load_settings(g)?;
+            let r = open_repo(g, &s).await?;
+            let m = r
+                .resolve(snapshot.as_deref().unwrap_or("latest"), None)
+                .await?;
+            let rep = restore::drill(&r, &m, &s.config, &only, scratch_url).await?;
+            if g.json {
+                print_json(&serde_json::to_value(&rep).expect("report serialises"));
+            } else {
+                for d in &rep.sources {
+                    println_out(&format!(
+                        "source {} ({}): {} — restore into {} took {:.1} s",
+                        d.name,
+                        d.kind,
+                        if d.ok { "ok" } else { "FAILED" },
+                        if d.scratch.is_empty() {
+                            "scratch"
+                        } else {
+                            &d.scratch
+                        },
+                        d.restore_ms as f64 / 1000.0
+                    ));
+                    for c in &d.checks {
+                        println_out(&format!("  {c}"));
+                    }
+                    for f in &d.failures {
+                        println_out(&format!("  FAILED: {f}"));
+                    }
+                    if let Some(e) = &d.error {
+                        println_out(&format!("  error: {e}"));
+                    }
+                }
+                for sk in &rep.skipped {
+                    println_out(&format!("source {sk}: no drill for this type (skipped)"));
+                }
+                if rep.sources.is_empty() {
+                    println_out(&format!(
+                        "snapshot {} has no database source to drill",
+                        rep.snapshot
+                    ));
+                }
+            }
+            let code = if rep.ok {
+                exit::OK
+            } else if rep
+                .sources
+                .iter()
+                .any(|d| !d.failures.is_empty() && d.error.is_none())
+            {
+                exit::INTEGRITY
+            } else if rep.sources.iter().all(|d| d.ok || d.error.is_some()) {
+                exit::FAILURE
+            } else {
+                exit::INTEGRITY
+            };
+            if !rep.ok {
+                eprintln!(
+                    "error: restore drill of snapshot {} failed; see above",
+                    rep.snapshot
+                );
+            }
+            Ok(code)
         }
         Command::Verify {
             snapshot,

@@ -81,6 +81,12 @@ pub enum RestoreError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("snapshot {snapshot}, source {source_name}: {error}")]
+    Source {
+        snapshot: String,
+        source_name: String,
+        error: crate::source::SourceError,
+    },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -354,6 +360,8 @@ pub struct RestoreOptions {
     pub include: Vec<String>,
     pub force: bool,
     pub dry_run: bool,
+    /// `--to-database URL` (a path for SQLite), for one database source.
+    pub to_database: Option<String>,
 }
 
 /// What one source's restore did (or, with --dry-run, would do).
@@ -372,6 +380,9 @@ pub struct RestoredSource {
     pub planned: Vec<String>,
     /// Files the snapshot could not read: absent from the restored copy.
     pub not_stored: Vec<String>,
+    /// What the user must still do (database sources that need it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub next_steps: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -432,6 +443,7 @@ fn is_non_empty(p: &Path) -> bool {
 pub async fn restore(
     repo: &Repository,
     m: &Manifest,
+    config: &crate::config::Config,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
     for o in &opts.only {
@@ -449,8 +461,22 @@ pub async fn restore(
         .iter()
         .filter(|s| opts.only.is_empty() || opts.only.contains(&s.name))
         .collect();
+    if opts.to_database.is_some() {
+        let dbs: Vec<&str> = selected
+            .iter()
+            .filter(|s| is_dump_source(&s.kind))
+            .map(|s| s.name.as_str())
+            .collect();
+        if dbs.len() != 1 || selected.len() != 1 {
+            return Err(RestoreError::Usage(format!(
+                "--to-database restores one database source: name it with --only (database sources in this snapshot: {})",
+                dbs.join(", ")
+            )));
+        }
+    }
     // Check every destination before touching any.
     let mut plans = Vec::new();
+    let mut db_plans = Vec::new();
     for src in selected {
         if src.status == SourceStatus::Failed {
             if !opts.only.is_empty() {
@@ -468,8 +494,58 @@ pub async fn restore(
             report.skipped.push(src.name.clone());
             continue;
         }
+        if is_dump_source(&src.kind) {
+            let req = db_request(m, src, config, opts);
+            let dest = crate::source::restore_destination(kind_of(src)?, &req)
+                .map_err(|e| source_error(m, src, e))?;
+            db_plans.push((src, dest));
+            continue;
+        }
         let plan = plan_destination(m, src, opts)?;
         plans.push((src, plan));
+    }
+    for (src, dest) in db_plans {
+        let started = Instant::now();
+        let mut done = RestoredSource {
+            name: src.name.clone(),
+            kind: src.kind.clone(),
+            destination: dest.clone(),
+            files: 0,
+            dirs: 0,
+            links: 0,
+            bytes: 0,
+            duration_ms: 0,
+            planned: Vec::new(),
+            not_stored: Vec::new(),
+            next_steps: Vec::new(),
+        };
+        if opts.dry_run {
+            done.planned.push(format!("restore into {dest}"));
+        } else {
+            let (repo, m2, src2, cfg2, opts2) = (
+                repo.clone(),
+                m.clone(),
+                src.clone(),
+                config.clone(),
+                opts.clone(),
+            );
+            let r = tokio::task::spawn_blocking(move || {
+                let req = db_request(&m2, &src2, &cfg2, &opts2);
+                let kind = kind_of(&src2)?;
+                let mut streams = ChunkStreams::open(&repo, &m2, &src2)?;
+                let res = crate::source::restore(kind, &req, &mut streams);
+                // A damaged archive is the cause of whatever the tool saw.
+                streams.finish()?;
+                res.map_err(|e| source_error(&m2, &src2, e))
+            })
+            .await
+            .map_err(|e| RestoreError::Usage(format!("restore task failed: {e}")))??;
+            done.destination = r.destination;
+            done.bytes = r.bytes;
+            done.next_steps = r.next_steps;
+        }
+        done.duration_ms = started.elapsed().as_millis() as u64;
+        report.sources.push(done);
     }
     for (src, plan) in plans {
         let started = Instant::now();
@@ -614,6 +690,7 @@ async fn dry_run(
             duration_ms: 0,
             planned: Vec::new(),
             not_stored: Vec::new(),
+            next_steps: Vec::new(),
         };
         let consumed = (|| -> Result<(), RestoreError> {
             let dec = zstd::stream::read::Decoder::new(reader)
@@ -719,6 +796,7 @@ fn restore_source(
         duration_ms: 0,
         planned: Vec::new(),
         not_stored: Vec::new(),
+        next_steps: Vec::new(),
     };
     match plan {
         Plan::Swap { dest } if is_mount_point(dest) => {
@@ -1280,6 +1358,9 @@ fn dump_blocking<W: Write>(
         path: "standard output".into(),
         source: e,
     };
+    if is_dump_source(&src.kind) {
+        return dump_stream(repo, m, src, path, &mut out);
+    }
     let (Some(archive_ref), Some(index_ref)) = (src.archive.clone(), src.index.clone()) else {
         return Err(RestoreError::SourceFailed {
             snapshot: m.id.clone(),
@@ -1456,6 +1537,77 @@ fn scan_index(
     res
 }
 
+/// `coffer dump` of a dump source: the main stream (or the stream named by
+/// `path`), exactly as its tool wrote it.
+fn dump_stream<W: Write>(
+    repo: &Repository,
+    m: &Manifest,
+    src: &SourceRecord,
+    path: Option<String>,
+    out: &mut W,
+) -> Result<u64, RestoreError> {
+    let names: Vec<String> = src
+        .details
+        .get("streams")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.get("name").and_then(|n| n.as_str()).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let want = match path {
+        Some(p) => p,
+        None => src
+            .details
+            .get("main_stream")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .or_else(|| names.last().cloned())
+            .unwrap_or_default(),
+    };
+    if !names.contains(&want) {
+        return Err(RestoreError::Usage(format!(
+            "source {} of snapshot {} holds the stream(s) {}; {want:?} is not one of them",
+            src.name,
+            m.id,
+            names.join(", ")
+        )));
+    }
+    let mut streams = ChunkStreams::open(repo, m, src)?;
+    let res = (|| -> Result<u64, RestoreError> {
+        use crate::source::Streams;
+        while let Some((name, mut r)) =
+            streams.next_stream().map_err(|e| source_error(m, src, e))?
+        {
+            if name != want {
+                continue;
+            }
+            let n = io::copy(&mut r, out).map_err(|e| {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    RestoreError::Usage(e.to_string())
+                } else {
+                    RestoreError::Io {
+                        op: "write",
+                        path: "standard output".into(),
+                        source: e,
+                    }
+                }
+            })?;
+            out.flush().map_err(|e| RestoreError::Io {
+                op: "write",
+                path: "standard output".into(),
+                source: e,
+            })?;
+            return Ok(n);
+        }
+        Ok(0)
+    })();
+    // The reader thread's verdict (integrity) explains any failure above.
+    streams.finish()?;
+    res
+}
+
 /// Per-source file listing for `show --files`: reads the index only.
 pub async fn list_files(
     repo: &Repository,
@@ -1477,4 +1629,335 @@ pub async fn list_files(
     })
     .await
     .map_err(|e| RestoreError::Usage(format!("listing task failed: {e}")))?
+}
+
+// ------------------------------------------------------------ dump sources
+
+enum ChunkMsg {
+    Chunk(String, Vec<u8>),
+    Done,
+    Failed(String),
+}
+
+/// The streams of a stored dump source, read from its archive in step with
+/// its index. A thread parses the tar, checks every chunk's size and SHA-256
+/// against the index, and reads the archive to its authenticated end before
+/// it reports the end: a tool fed from here sees end-of-input only once every
+/// byte is authenticated, so a damaged archive always reaches it as an error.
+pub struct ChunkStreams {
+    rx: std::sync::mpsc::Receiver<ChunkMsg>,
+    pending: Option<(String, Vec<u8>)>,
+    /// The stream last handed out: its unread chunks are skipped.
+    last: Option<String>,
+    done: bool,
+    thread: Option<JoinHandle<Result<(), RestoreError>>>,
+}
+
+impl ChunkStreams {
+    pub fn open(repo: &Repository, m: &Manifest, src: &SourceRecord) -> Result<Self, RestoreError> {
+        let mut streams = SourceStreams::open(repo, m, src)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ChunkMsg>(2);
+        let thread = std::thread::spawn(move || -> Result<(), RestoreError> {
+            let res = (|| -> Result<(), RestoreError> {
+                let (mut tar, mut index) = streams.readers()?;
+                let entries = tar.entries().map_err(|e| streams.archive_error(e))?;
+                for entry in entries {
+                    let mut entry = entry.map_err(|e| streams.archive_error(e))?;
+                    let name = entry.path_bytes().into_owned();
+                    let rel = safe_path(&name)
+                        .map_err(|r| streams.at.integrity(&streams.archive_ref.object, r))?;
+                    let ie = expect_entry(&streams, &mut index, &rel, EntryKind::File)?;
+                    let Some((stream, _)) = crate::source::stream::parse_chunk_path(&rel) else {
+                        return Err(streams.at.integrity(
+                            &streams.archive_ref.object,
+                            format!("entry {rel:?} is not a dump chunk"),
+                        ));
+                    };
+                    let mut data = Vec::with_capacity(ie.size as usize);
+                    entry
+                        .read_to_end(&mut data)
+                        .map_err(|e| streams.archive_error(e))?;
+                    let sha = hex::encode(Sha256::digest(&data));
+                    if data.len() as u64 != ie.size || ie.sha256.as_deref() != Some(sha.as_str()) {
+                        return Err(streams.at.integrity(
+                            &streams.archive_ref.object,
+                            format!("chunk {rel:?} does not match its size/SHA-256 in the index"),
+                        ));
+                    }
+                    if tx.send(ChunkMsg::Chunk(stream.to_string(), data)).is_err() {
+                        // The consumer stopped (it failed, or needed no more).
+                        return Ok(());
+                    }
+                }
+                if let Some(extra) = index.next_stored().map_err(|e| streams.index_error(e))? {
+                    return Err(streams.at.integrity(
+                        &streams.index_ref.object,
+                        format!("the index lists {:?}, which the archive lacks", extra.path),
+                    ));
+                }
+                drain(&streams, tar, index)
+            })();
+            let res = streams.finish(res);
+            let _ = tx.send(match &res {
+                Ok(()) => ChunkMsg::Done,
+                Err(e) => ChunkMsg::Failed(e.to_string()),
+            });
+            res
+        });
+        Ok(ChunkStreams {
+            rx,
+            pending: None,
+            last: None,
+            done: false,
+            thread: Some(thread),
+        })
+    }
+
+    fn recv(&mut self) -> io::Result<Option<(String, Vec<u8>)>> {
+        if let Some(p) = self.pending.take() {
+            return Ok(Some(p));
+        }
+        if self.done {
+            return Ok(None);
+        }
+        match self.rx.recv() {
+            Ok(ChunkMsg::Chunk(n, d)) => Ok(Some((n, d))),
+            Ok(ChunkMsg::Done) => {
+                self.done = true;
+                Ok(None)
+            }
+            Ok(ChunkMsg::Failed(e)) => {
+                self.done = true;
+                Err(io::Error::new(io::ErrorKind::InvalidData, e))
+            }
+            Err(_) => {
+                self.done = true;
+                Err(io::Error::other("the archive reader stopped"))
+            }
+        }
+    }
+
+    /// Joins the reading thread: its error is the authoritative cause of
+    /// anything a consumer saw go wrong.
+    pub fn finish(mut self) -> Result<(), RestoreError> {
+        drop(std::mem::replace(
+            &mut self.rx,
+            std::sync::mpsc::sync_channel(0).1,
+        ));
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(RestoreError::Usage("archive reader panicked".into()))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One stream's bytes: chunks until the next stream begins.
+struct ChunkReader<'a> {
+    parent: &'a mut ChunkStreams,
+    name: String,
+    cur: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl Read for ChunkReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.parent.recv()? {
+                Some((n, d)) if n == self.name => {
+                    self.cur = d;
+                    self.pos = 0;
+                }
+                Some(other) => {
+                    self.parent.pending = Some(other);
+                    self.ended = true;
+                }
+                None => self.ended = true,
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl crate::source::Streams for ChunkStreams {
+    fn next_stream(
+        &mut self,
+    ) -> Result<Option<(String, Box<dyn Read + '_>)>, crate::source::SourceError> {
+        // Skip what the previous reader left unread.
+        let first = loop {
+            match self.recv()? {
+                None => return Ok(None),
+                Some(c) if self.last.as_deref() == Some(c.0.as_str()) => continue,
+                Some(c) => break c,
+            }
+        };
+        let name = first.0.clone();
+        self.last = Some(name.clone());
+        Ok(Some((
+            name.clone(),
+            Box::new(ChunkReader {
+                parent: self,
+                name,
+                cur: first.1,
+                pos: 0,
+                ended: false,
+            }),
+        )))
+    }
+}
+
+fn kind_of(src: &SourceRecord) -> Result<crate::config::SourceKind, RestoreError> {
+    serde_json::from_value(serde_json::Value::String(src.kind.clone()))
+        .map_err(|_| RestoreError::Usage(format!("unknown source type {:?}", src.kind)))
+}
+
+fn source_error(m: &Manifest, src: &SourceRecord, e: crate::source::SourceError) -> RestoreError {
+    RestoreError::Source {
+        snapshot: m.id.clone(),
+        source_name: src.name.clone(),
+        error: e,
+    }
+}
+
+fn db_request<'a>(
+    m: &'a Manifest,
+    src: &'a SourceRecord,
+    config: &'a crate::config::Config,
+    opts: &'a RestoreOptions,
+) -> crate::source::DbRestore<'a> {
+    crate::source::DbRestore {
+        snapshot: &m.id,
+        source: &src.name,
+        config: config.source(&src.name),
+        details: &src.details,
+        to_database: opts.to_database.as_deref(),
+        force: opts.force,
+    }
+}
+
+/// True for source types stored as dump streams.
+pub fn is_dump_source(kind: &str) -> bool {
+    !matches!(kind, "directory" | "files")
+}
+
+// -------------------------------------------------------------------- drill
+
+/// The report of `coffer drill`.
+#[derive(Debug, Serialize)]
+pub struct DrillReport {
+    pub ok: bool,
+    pub snapshot: String,
+    pub sources: Vec<crate::source::DrillResult>,
+    /// Sources with no drill (files, directories, Redis, commands).
+    pub skipped: Vec<String>,
+}
+
+/// Restores each database source of `m` into a scratch database, checks it
+/// and drops it (see [`crate::source::drill`]).
+pub async fn drill(
+    repo: &Repository,
+    m: &Manifest,
+    config: &crate::config::Config,
+    only: &[String],
+    scratch_url: Option<String>,
+) -> Result<DrillReport, RestoreError> {
+    for o in only {
+        find_source(m, o)?;
+    }
+    let mut report = DrillReport {
+        ok: true,
+        snapshot: m.id.clone(),
+        sources: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for src in m
+        .sources
+        .iter()
+        .filter(|s| only.is_empty() || only.contains(&s.name))
+    {
+        let kind = kind_of(src)?;
+        if !is_dump_source(&src.kind)
+            || matches!(
+                kind,
+                crate::config::SourceKind::Redis | crate::config::SourceKind::Command
+            )
+        {
+            report.skipped.push(src.name.clone());
+            continue;
+        }
+        if src.status == SourceStatus::Failed {
+            report.ok = false;
+            report.sources.push(crate::source::DrillResult {
+                name: src.name.clone(),
+                kind: src.kind.clone(),
+                ok: false,
+                scratch: String::new(),
+                restore_ms: 0,
+                checks: Vec::new(),
+                failures: vec!["the source failed when the snapshot was taken".into()],
+                error: src.error.clone(),
+            });
+            continue;
+        }
+        let (repo2, m2, src2, cfg2, scratch2) = (
+            repo.clone(),
+            m.clone(),
+            src.clone(),
+            config.clone(),
+            scratch_url.clone(),
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            let req = crate::source::DrillRequest {
+                snapshot: &m2.id,
+                source: &src2.name,
+                config: cfg2.source(&src2.name),
+                details: &src2.details,
+                scratch_url: scratch2.as_deref(),
+            };
+            let mut streams = ChunkStreams::open(&repo2, &m2, &src2)?;
+            let res = crate::source::drill(kind, &req, &mut streams);
+            streams.finish()?;
+            Ok::<_, RestoreError>(res)
+        })
+        .await
+        .map_err(|e| RestoreError::Usage(format!("drill task failed: {e}")))?;
+        let r = match result {
+            Ok(Some(Ok(r))) => r,
+            Ok(Some(Err(e))) => crate::source::DrillResult {
+                name: src.name.clone(),
+                kind: src.kind.clone(),
+                ok: false,
+                scratch: String::new(),
+                restore_ms: 0,
+                checks: Vec::new(),
+                failures: Vec::new(),
+                error: Some(e.to_string()),
+            },
+            Ok(None) => {
+                report.skipped.push(src.name.clone());
+                continue;
+            }
+            Err(e) => crate::source::DrillResult {
+                name: src.name.clone(),
+                kind: src.kind.clone(),
+                ok: false,
+                scratch: String::new(),
+                restore_ms: 0,
+                checks: Vec::new(),
+                failures: vec![e.to_string()],
+                error: Some(e.to_string()),
+            },
+        };
+        report.ok &= r.ok;
+        report.sources.push(r);
+    }
+    Ok(report)
 }

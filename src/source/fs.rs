@@ -41,6 +41,8 @@ pub struct Walked {
     pub bytes_read: u64,
     pub problems: Vec<Problem>,
     pub skipped: Vec<Problem>,
+    /// Type-specific facts for the manifest (dump sources).
+    pub details: super::Details,
 }
 
 struct Excluder {

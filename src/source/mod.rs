@@ -1,4 +1,221 @@
-//! Sources: what a snapshot reads. Each source type turns its data into one
-//! archive (a tar stream) and an index; `fs` serves `directory` and `files`.
+//! Sources: what a snapshot reads and a restore writes back.
+//!
+//! `fs` serves `directory` and `files` sources (a tree of entries). Every
+//! other type is a *dump source*: it produces one or more byte streams (a
+//! `pg_dump` archive, the output of a command, ...), which `stream` stores as
+//! fixed-size chunk entries of the tar archive, and reads back the same way
+//! for `restore`, `dump` and `drill`. Each type lives in its own module and
+//! implements [`Dumper`] (snapshot), [`restore`] and [`drill`].
 
+pub mod command;
 pub mod fs;
+pub mod mysql;
+pub mod postgres;
+pub mod redis;
+pub mod sqlite;
+pub mod stream;
+
+use std::io::{self, Read};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{SourceConfig, SourceKind};
+
+pub type Details = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The database, its tool, or the command failed; the message names the
+    /// tool and carries the end of its stderr.
+    #[error("{0}")]
+    Failed(String),
+    /// What the user asked cannot be done as asked (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// A check of restored data failed (drill): exit 3.
+    #[error("{0}")]
+    Check(String),
+    /// Writing the archive or reading it back failed (the upload, the disk).
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// One byte stream of a dump. `reader` is read to its end; then `done` says
+/// whether the producer succeeded (a tool's exit status): a stream whose
+/// `done` fails is never committed.
+pub struct DumpStream {
+    pub name: String,
+    pub reader: Box<dyn Read + Send>,
+    pub done: Box<dyn FnOnce() -> Result<(), SourceError> + Send>,
+}
+
+/// Takes a dump source's data, stream by stream.
+pub trait Dumper: Send {
+    /// Checks that can stop the snapshot before anything is written
+    /// (reachability, tool versions). Facts for the manifest go in `details`.
+    fn prepare(&mut self, details: &mut Details) -> Result<(), SourceError>;
+    /// The next stream, or `None` when all are done.
+    fn next_stream(&mut self) -> Result<Option<DumpStream>, SourceError>;
+    /// After every stream: more facts for the manifest (row counts, ...).
+    fn finish(&mut self, details: &mut Details) -> Result<(), SourceError>;
+}
+
+/// The dumper for a configured dump source.
+pub fn dumper(src: &SourceConfig) -> Result<Box<dyn Dumper>, SourceError> {
+    match src.kind {
+        SourceKind::Command => Ok(Box::new(command::CommandDumper::new(src)?)),
+        SourceKind::Postgres => Ok(Box::new(postgres::PgDumper::new(src)?)),
+        SourceKind::Mysql => Ok(Box::new(mysql::MysqlDumper::new(src)?)),
+        SourceKind::Sqlite => Ok(Box::new(sqlite::SqliteDumper::new(src)?)),
+        SourceKind::Redis => Ok(Box::new(redis::RedisDumper::new(src)?)),
+        SourceKind::Directory | SourceKind::Files => Err(SourceError::Usage(format!(
+            "source {} is a {} source, not a dump source",
+            src.name,
+            src.kind.as_str()
+        ))),
+    }
+}
+
+/// The streams of a stored dump source, in the order they were dumped. Each
+/// reader yields only authenticated bytes; a damaged archive surfaces as an
+/// I/O error whose cause [`crate::restore`] reports.
+pub trait Streams {
+    fn next_stream(&mut self) -> Result<Option<(String, Box<dyn Read + '_>)>, SourceError>;
+}
+
+/// What a database restore was asked to do.
+pub struct DbRestore<'a> {
+    pub snapshot: &'a str,
+    pub source: &'a str,
+    /// The source as configured now (its `url`/`path`), if it still is.
+    pub config: Option<&'a SourceConfig>,
+    /// Facts recorded at snapshot time.
+    pub details: &'a Details,
+    /// `--to-database URL` (a path for SQLite): restore there instead.
+    pub to_database: Option<&'a str>,
+    pub force: bool,
+}
+
+/// What a database restore did.
+#[derive(Debug, Serialize)]
+pub struct DbRestored {
+    /// Where it went, as the user would name it (a URL without password, a path).
+    pub destination: String,
+    pub bytes: u64,
+    /// Anything the user must still do (Redis: restart the server).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub next_steps: Vec<String>,
+}
+
+/// Where a database restore would go, without doing it (`--dry-run`), and
+/// the refusals that need no data (a missing `--force`).
+pub fn restore_destination(kind: SourceKind, req: &DbRestore) -> Result<String, SourceError> {
+    match kind {
+        SourceKind::Command => command::destination(req),
+        SourceKind::Postgres => postgres::destination(req),
+        SourceKind::Mysql => mysql::destination(req),
+        SourceKind::Sqlite => sqlite::destination(req),
+        SourceKind::Redis => redis::destination(req),
+        _ => Err(SourceError::Usage("not a dump source".into())),
+    }
+}
+
+/// Puts a stored dump back.
+pub fn restore(
+    kind: SourceKind,
+    req: &DbRestore,
+    streams: &mut dyn Streams,
+) -> Result<DbRestored, SourceError> {
+    match kind {
+        SourceKind::Command => command::restore(req, streams),
+        SourceKind::Postgres => postgres::restore(req, streams),
+        SourceKind::Mysql => mysql::restore(req, streams),
+        SourceKind::Sqlite => sqlite::restore(req, streams),
+        SourceKind::Redis => redis::restore(req, streams),
+        _ => Err(SourceError::Usage("not a dump source".into())),
+    }
+}
+
+/// The result of one source's restore drill.
+#[derive(Debug, Serialize)]
+pub struct DrillResult {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub ok: bool,
+    /// Where the scratch copy was made (dropped afterwards).
+    pub scratch: String,
+    /// How long the restore into the scratch copy took: the recovery time.
+    pub restore_ms: u64,
+    /// One line per check, e.g. "public.orders: 1204 rows (expected 1204)".
+    pub checks: Vec<String>,
+    /// Checks that failed.
+    pub failures: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a drill was asked to do.
+pub struct DrillRequest<'a> {
+    pub snapshot: &'a str,
+    pub source: &'a str,
+    pub config: Option<&'a SourceConfig>,
+    pub details: &'a Details,
+    /// `--scratch-url`: where scratch databases go instead of the source's server.
+    pub scratch_url: Option<&'a str>,
+}
+
+/// Restores into a scratch database, checks it and drops it. `None` for
+/// types that have no drill (the caller reports them as skipped).
+pub fn drill(
+    kind: SourceKind,
+    req: &DrillRequest,
+    streams: &mut dyn Streams,
+) -> Option<Result<DrillResult, SourceError>> {
+    match kind {
+        SourceKind::Postgres => Some(postgres::drill(req, streams)),
+        SourceKind::Mysql => Some(mysql::drill(req, streams)),
+        SourceKind::Sqlite => Some(sqlite::drill(req, streams)),
+        _ => None,
+    }
+}
+
+/// Reads a password from `password_file` or `password_env`, if configured.
+/// Passwords go to tools through their environment, never their argv.
+pub fn configured_password(src: &SourceConfig) -> Result<Option<String>, SourceError> {
+    if let Some(f) = &src.password_file {
+        let p = std::fs::read_to_string(f).map_err(|e| {
+            SourceError::Failed(format!(
+                "source {}: cannot read password_file {}: {e}",
+                src.name,
+                f.display()
+            ))
+        })?;
+        return Ok(Some(p.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    if let Some(var) = &src.password_env {
+        return match std::env::var(var) {
+            Ok(p) => Ok(Some(p)),
+            Err(_) => Err(SourceError::Failed(format!(
+                "source {}: password_env names {var}, which is not set",
+                src.name
+            ))),
+        };
+    }
+    Ok(None)
+}
+
+/// A URL with any password removed, for messages and manifests.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// How long a drill or restore waits for a tool that does not answer.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,97 @@
+//! `command` sources: any program whose stdout is the backup (`manage.py
+//! dumpdata`, `mongodump --archive`, ...); restore runs the `restore` argv
+//! with the backup on its stdin.
+
+use super::stream::{ToolSpec, feed_tool, tool_stream};
+use super::{DbRestore, DbRestored, Details, DumpStream, Dumper, SourceError, Streams};
+use crate::config::SourceConfig;
+
+/// The one stream a command source stores.
+pub const STREAM: &str = "stdout";
+
+pub struct CommandDumper {
+    argv: Vec<String>,
+    started: bool,
+}
+
+impl CommandDumper {
+    pub fn new(src: &SourceConfig) -> Result<Self, SourceError> {
+        Ok(CommandDumper {
+            argv: src.dump.clone().unwrap_or_default(),
+            started: false,
+        })
+    }
+}
+
+impl Dumper for CommandDumper {
+    fn prepare(&mut self, details: &mut Details) -> Result<(), SourceError> {
+        details.insert("dump_command".into(), self.argv.clone().into());
+        details.insert("main_stream".into(), STREAM.into());
+        Ok(())
+    }
+
+    fn next_stream(&mut self) -> Result<Option<DumpStream>, SourceError> {
+        if self.started {
+            return Ok(None);
+        }
+        self.started = true;
+        let spec = ToolSpec::new(
+            format!("dump command {:?}", self.argv[0]),
+            self.argv.clone(),
+        );
+        tool_stream(STREAM, &spec).map(Some)
+    }
+
+    fn finish(&mut self, _details: &mut Details) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+fn restore_argv(req: &DbRestore) -> Result<Vec<String>, SourceError> {
+    if req.to_database.is_some() {
+        return Err(SourceError::Usage(format!(
+            "source {} is a command source: --to-database does not apply",
+            req.source
+        )));
+    }
+    let cfg = req.config.ok_or_else(|| {
+        SourceError::Usage(format!(
+            "source {} is not in the config any more: its `restore` command is unknown",
+            req.source
+        ))
+    })?;
+    cfg.restore.clone().ok_or_else(|| {
+        SourceError::Usage(format!(
+            "source {} has no `restore` command in the config; get the backup with `coffer dump {} {}` instead",
+            req.source, req.snapshot, req.source
+        ))
+    })
+}
+
+pub fn destination(req: &DbRestore) -> Result<String, SourceError> {
+    let argv = restore_argv(req)?;
+    if !req.force {
+        return Err(SourceError::Usage(format!(
+            "restoring source {} runs {:?} with the backup on its stdin, which replaces data; add --force",
+            req.source, argv
+        )));
+    }
+    Ok(format!("the restore command {argv:?}"))
+}
+
+pub fn restore(req: &DbRestore, streams: &mut dyn Streams) -> Result<DbRestored, SourceError> {
+    let argv = restore_argv(req)?;
+    let destination = destination(req)?;
+    let spec = ToolSpec::new(format!("restore command {:?}", argv[0]), argv);
+    let mut bytes = 0;
+    while let Some((name, mut r)) = streams.next_stream()? {
+        if name == STREAM {
+            bytes = feed_tool(&spec, &mut r)?;
+        }
+    }
+    Ok(DbRestored {
+        destination,
+        bytes,
+        next_steps: Vec::new(),
+    })
+}

@@ -1790,7 +1790,7 @@ impl Read for ChunkReader<'_> {
 impl crate::source::Streams for ChunkStreams {
     fn next_stream(
         &mut self,
-    ) -> Result<Option<(String, Box<dyn Read + '_>)>, crate::source::SourceError> {
+    ) -> Result<Option<crate::source::NamedStream<'_>>, crate::source::SourceError> {
         // Skip what the previous reader left unread.
         let first = loop {
             match self.recv()? {

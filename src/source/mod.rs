@@ -81,8 +81,11 @@ pub fn dumper(src: &SourceConfig) -> Result<Box<dyn Dumper>, SourceError> {
 /// reader yields only authenticated bytes; a damaged archive surfaces as an
 /// I/O error whose cause [`crate::restore`] reports.
 pub trait Streams {
-    fn next_stream(&mut self) -> Result<Option<(String, Box<dyn Read + '_>)>, SourceError>;
+    fn next_stream(&mut self) -> Result<Option<NamedStream<'_>>, SourceError>;
 }
+
+/// A stream's name and a reader of its bytes.
+pub type NamedStream<'a> = (String, Box<dyn Read + 'a>);
 
 /// What a database restore was asked to do.
 pub struct DbRestore<'a> {

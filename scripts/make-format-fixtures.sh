@@ -120,13 +120,16 @@ def entry(full, rel, links):
         e.update(type="dir")
     else:
         key = (st.st_dev, st.st_ino)
+        data = open(full, "rb").read()
+        facts = dict(size=len(data), sha256=hashlib.sha256(data).hexdigest())
         if st.st_nlink > 1 and key in links:
-            e.update(type="hardlink", target=links[key])
+            # A hard link's index entry carries the size and SHA-256 of the
+            # file it links to (its tar entry has no data).
+            e.update(type="hardlink", target=links[key], **facts)
             return e
         if st.st_nlink > 1:
             links[key] = rel
-        data = open(full, "rb").read()
-        e.update(type="file", size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        e.update(type="file", **facts,
                  mtime=st.st_mtime_ns // 10**9, mtime_nsec=st.st_mtime_ns % 10**9)
     return e
 
@@ -161,8 +164,10 @@ expected = {
 show = json.load(open(os.path.join(w, "show.json")))
 for src in expected["sources"]:
     rec = next(s for s in show["sources"] if s["name"] == src["name"])
-    got = [(f["path"], f["type"], f.get("sha256"), f.get("target")) for f in rec["files"]]
-    want = [(e["path"], e["type"], e.get("sha256"), e.get("target")) for e in src["entries"]]
+    got = [(f["path"], f["type"], f.get("sha256"), f.get("target"),
+            f["size"] if f["type"] in ("file", "hardlink") else None) for f in rec["files"]]
+    want = [(e["path"], e["type"], e.get("sha256"), e.get("target"), e.get("size"))
+            for e in src["entries"]]
     if got != want:
         sys.exit(f"coffer's index for {src['name']} differs from the tree:\n{got}\n{want}")
 with open(os.path.join(fix, "EXPECTED.json"), "w") as f:
@@ -178,4 +183,4 @@ COFFER_WRITE_FIXTURES=1 cargo test --quiet --test format -- --ignored --exact ge
 log "checking (format_doc_quotes_the_constants fails until docs/FORMAT.md shows the new ids)"
 cargo test --quiet --test format >&2 || true
 du -sh "$FIX" "$VEC" >&2
-log "done; update the examples in docs/FORMAT.md (config, key slot, manifest) to the new ids, then commit"
+log "done; update the examples in docs/FORMAT.md (config, key slot and its AAD, manifest, index line) to the new ids and hashes, then commit"

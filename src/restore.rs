@@ -385,6 +385,24 @@ pub struct RestoredSource {
     pub next_steps: Vec<String>,
 }
 
+impl RestoredSource {
+    fn new(src: &SourceRecord, destination: String) -> Self {
+        RestoredSource {
+            name: src.name.clone(),
+            kind: src.kind.clone(),
+            destination,
+            files: 0,
+            dirs: 0,
+            links: 0,
+            bytes: 0,
+            duration_ms: 0,
+            planned: Vec::new(),
+            not_stored: Vec::new(),
+            next_steps: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct RestoreReport {
     pub snapshot: String,
@@ -506,19 +524,7 @@ pub async fn restore(
     }
     for (src, dest) in db_plans {
         let started = Instant::now();
-        let mut done = RestoredSource {
-            name: src.name.clone(),
-            kind: src.kind.clone(),
-            destination: dest.clone(),
-            files: 0,
-            dirs: 0,
-            links: 0,
-            bytes: 0,
-            duration_ms: 0,
-            planned: Vec::new(),
-            not_stored: Vec::new(),
-            next_steps: Vec::new(),
-        };
+        let mut done = RestoredSource::new(src, dest.clone());
         if opts.dry_run {
             done.planned.push(format!("restore into {dest}"));
         } else {
@@ -679,19 +685,7 @@ async fn dry_run(
             })?;
         let mut stream = ObjectStream::open(&repo, &at, &index_ref, ObjectKind::Index);
         let reader = std::mem::replace(&mut stream.reader, stage_channel().1);
-        let mut out = RestoredSource {
-            name: src.name.clone(),
-            kind: src.kind.clone(),
-            destination: plan_root(&plan).display().to_string(),
-            files: 0,
-            dirs: 0,
-            links: 0,
-            bytes: 0,
-            duration_ms: 0,
-            planned: Vec::new(),
-            not_stored: Vec::new(),
-            next_steps: Vec::new(),
-        };
+        let mut out = RestoredSource::new(src, plan_root(&plan).display().to_string());
         let consumed = (|| -> Result<(), RestoreError> {
             let dec = zstd::stream::read::Decoder::new(reader)
                 .map_err(|e| classify(e, &at, &index_ref.object))?;
@@ -785,19 +779,8 @@ fn restore_source(
     };
     streams.finish(res)?;
     ex.apply_dir_metadata()?;
-    let mut out = RestoredSource {
-        name: src.name.clone(),
-        kind: src.kind.clone(),
-        destination: root.display().to_string(),
-        files: ex.files,
-        dirs: ex.dirs,
-        links: ex.links,
-        bytes: ex.bytes,
-        duration_ms: 0,
-        planned: Vec::new(),
-        not_stored: Vec::new(),
-        next_steps: Vec::new(),
-    };
+    let mut out = RestoredSource::new(src, root.display().to_string());
+    (out.files, out.dirs, out.links, out.bytes) = (ex.files, ex.dirs, ex.links, ex.bytes);
     match plan {
         Plan::Swap { dest } if is_mount_point(dest) => {
             replace_contents(staging.path(), dest)?;

@@ -685,7 +685,7 @@ async fn dry_run(
             })?;
         let mut stream = ObjectStream::open(&repo, &at, &index_ref, ObjectKind::Index);
         let reader = std::mem::replace(&mut stream.reader, stage_channel().1);
-        let mut out = RestoredSource::new(src, plan_root(&plan).display().to_string());
+        let mut out = RestoredSource::new(&src, plan_root(&plan).display().to_string());
         let consumed = (|| -> Result<(), RestoreError> {
             let dec = zstd::stream::read::Decoder::new(reader)
                 .map_err(|e| classify(e, &at, &index_ref.object))?;

@@ -8,7 +8,13 @@
 #   REPS        rounds (default 3); in each round every tool runs once, the
 #               tools interleaved (the order rotates by one each round)
 #   WORK        scratch and results (default /tmp/benchdata/coffer-bench)
-#   TOOLS       default "coffer restic borg"
+#   TOOLS       default "coffer restic borg", plus "db" when the database
+#               BENCH_DB already exists; "db" alone runs only the database part
+#               (no corpus needed)
+#   DB_URL      PostgreSQL server of the db part (default
+#               postgres://postgres@127.0.0.1:5432; password: PGPASSWORD/.pgpass)
+#   BENCH_DB    its database (default benchdb; made with `pgbench -i -s
+#               $PGBENCH_SCALE` when "db" is asked for and it is missing, scale 20)
 #   COFFER      the binary (default target/release/coffer: cargo build --release)
 #
 # Each round, for each tool: fresh repository + init (untimed), sync, timed
@@ -31,7 +37,19 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CORPUS=$(realpath -m "${1:-/tmp/benchdata/corpus}")
 export WORK=${WORK:-/tmp/benchdata/coffer-bench}
 export REPS=${REPS:-3}
-TOOLS=${TOOLS:-coffer restic borg}
+DB_URL=${DB_URL:-postgres://postgres@127.0.0.1:5432}
+BENCH_DB=${BENCH_DB:-benchdb}
+PGBENCH_SCALE=${PGBENCH_SCALE:-20}
+pg_q() { psql -XAtqw -d "$DB_URL/${2:-postgres}" -c "$1"; } # pg_q SQL [DB]
+if [ -z "${TOOLS:-}" ]; then
+	TOOLS="coffer restic borg"
+	# the database part joins the default run only when its database is there
+	if command -v psql >/dev/null 2>&1 && [ "$(pg_q "SELECT 1 FROM pg_database WHERE datname = '$BENCH_DB'" 2>/dev/null)" = 1 ]; then
+		TOOLS="$TOOLS db"
+	fi
+fi
+FILE_TOOLS=""
+for t in $TOOLS; do [ "$t" = db ] || FILE_TOOLS="$FILE_TOOLS $t"; done
 COFFER=${COFFER:-$ROOT/target/release/coffer}
 LIB=${BENCH_LIB:-$ROOT/../shared/bench/lib.sh}
 
@@ -69,21 +87,28 @@ q() { printf '%q' "$1"; } # quote a path for the command strings run by bash -c
 cpu_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8, $9}' /proc/stat; } # busy steal
 
 need /usr/bin/time python3 sha256sum find du
-[ -d "$CORPUS" ] || die "no corpus at $CORPUS (build one with make-corpus.sh, or pass a directory)"
+[ -z "${FILE_TOOLS// /}" ] || [ -d "$CORPUS" ] || die "no corpus at $CORPUS (build one with make-corpus.sh, or pass a directory)"
 case $REPS in '' | *[!0-9]* | 0) die "REPS must be a positive whole number, got '$REPS'" ;; esac
 for t in $TOOLS; do
 	case $t in
 	coffer) [ -x "$COFFER" ] || die "no coffer binary at $COFFER: run 'cargo build --release' first (or set COFFER)" ;;
 	restic | borg) need "$t" ;;
-	*) die "unknown tool '$t' in TOOLS (coffer, restic, borg)" ;;
+	db)
+		[ -x "$COFFER" ] || die "no coffer binary at $COFFER: run 'cargo build --release' first (or set COFFER)"
+		need psql pg_dump pg_restore
+		;;
+	*) die "unknown tool '$t' in TOOLS (coffer, restic, borg, db)" ;;
 	esac
 done
 case $(realpath -m "$WORK")/ in "$ROOT"/*) die "WORK=$WORK is inside the repository; generated data goes elsewhere" ;; esac
 
 PARENT=$(dirname "$CORPUS")
 NAME=$(basename "$CORPUS")
-IN=$(find "$CORPUS" -type f -printf '%s\n' | awk '{s += $1} END {printf "%d", s}')
-NFILES=$(find "$CORPUS" -type f | wc -l)
+IN=0 NFILES=0
+if [ -n "${FILE_TOOLS// /}" ]; then
+	IN=$(find "$CORPUS" -type f -printf '%s\n' | awk '{s += $1} END {printf "%d", s}')
+	NFILES=$(find "$CORPUS" -type f | wc -l)
+fi
 CACHE=$WORK/cache
 REPOS=$WORK/repos
 RESTORE=$WORK/restore
@@ -102,7 +127,7 @@ printf 'bench-not-secret\n' >"$CACHE/password"
 export RESTIC_PASSWORD_FILE=$CACHE/password RESTIC_CACHE_DIR=$CACHE/restic
 export BORG_PASSPHRASE=bench-not-secret BORG_BASE_DIR=$CACHE/borg BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 CCFG=$CACHE/coffer.toml
-case " $TOOLS " in *" coffer "*)
+case " $TOOLS " in *" coffer "* | *" db "*)
 	# a private copy, so that a rebuild of target/ during the run cannot mix binaries
 	COFFER_BUILT=$(date -r "$COFFER" '+%Y-%m-%d %H:%M:%S')
 	cp "$COFFER" "$CACHE/coffer.bin" || die "cannot copy $COFFER"
@@ -125,8 +150,8 @@ esac
 	echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 	echo "host: $(nproc) cores (nproc), $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), kernel $(uname -r)"
 	echo "loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-	echo "corpus: $CORPUS, $NFILES files, $(awk -v b="$IN" 'BEGIN{printf "%.1f", b/1e6}') MB"
-	case " $TOOLS " in *" coffer "*)
+	[ -z "${FILE_TOOLS// /}" ] || echo "corpus: $CORPUS, $NFILES files, $(awk -v b="$IN" 'BEGIN{printf "%.1f", b/1e6}') MB"
+	case " $TOOLS " in *" coffer "* | *" db "*)
 		echo "coffer: $("$COFFER" --version 2>&1 | head -n1), binary built $COFFER_BUILT (sha256 $(sha256sum "$COFFER" | cut -c1-12)), work tree at run $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')" ;;
 	esac
 	case " $TOOLS " in *" restic "*) echo "restic: $(restic version | head -n1)" ;; esac
@@ -135,8 +160,93 @@ esac
 } >"$RES/env.txt"
 cat "$RES/env.txt" >&2
 
-note "reading and hashing the corpus once (warms the page cache)"
-manifest "$CORPUS" >"$MANIFEST" || die "could not hash the corpus"
+if [ -n "${FILE_TOOLS// /}" ]; then
+	note "reading and hashing the corpus once (warms the page cache)"
+	manifest "$CORPUS" >"$MANIFEST" || die "could not hash the corpus"
+fi
+
+# ------------------------------------------------------------- database (db)
+# Each round: bare `pg_dump -Fc` (its default zlib compression) and
+# `pg_dump -Fc -Z0` (what coffer runs: coffer compresses with zstd) to
+# /dev/null, and `coffer snapshot` of a postgres source on the same database
+# (pg_dump's stream sealed into a fresh local repository, plus the row counts
+# coffer takes in the dump's snapshot); then bare `CREATE DATABASE` +
+# `pg_restore --single-transaction` of a `pg_dump -Fc` file made once before
+# the rounds, and `coffer restore latest --to-database` into a new database
+# (which also creates it, restores in one transaction and renames it into
+# place). The order of the dump tools and of the restore tools rotates each
+# round. Round 1 checks both restores against the database (per-table row
+# counts and sum(abalance) of pgbench_accounts).
+DREPO=$REPOS/coffer-db
+DCFG=$CACHE/coffer-db.toml
+DUMPFILE=$CACHE/$BENCH_DB.dump
+DB_IN=0
+db_prepare() {
+	if [ "$(pg_q "SELECT 1 FROM pg_database WHERE datname = '$BENCH_DB'")" != 1 ]; then
+		need pgbench
+		note "creating $BENCH_DB: pgbench -i -s $PGBENCH_SCALE (once; about a minute at scale 20)"
+		pg_q "CREATE DATABASE $BENCH_DB" >>"$LOG" 2>&1 || die "cannot create $BENCH_DB on $DB_URL; see $LOG"
+		pgbench -i -q -s "$PGBENCH_SCALE" "$DB_URL/$BENCH_DB" >>"$LOG" 2>&1 || die "pgbench -i failed; see $LOG"
+		pg_q "VACUUM ANALYZE" "$BENCH_DB" >>"$LOG" 2>&1
+	fi
+	DB_IN=$(pg_q "SELECT pg_database_size('$BENCH_DB')")
+	cat >"$DCFG" <<-TOML
+		[repository]
+		url = "$DREPO"
+		key_file = "$CACHE/coffer.key"
+
+		[[sources]]
+		name = "db"
+		type = "postgres"
+		url = "$DB_URL/$BENCH_DB"
+	TOML
+	note "making the pg_dump -Fc file for the bare pg_restore (not timed)"
+	pg_dump -Fc -w -d "$DB_URL/$BENCH_DB" -f "$DUMPFILE" >>"$LOG" 2>&1 || die "pg_dump of $BENCH_DB failed; see $LOG"
+}
+db_fingerprint() { # per-table row counts and a balance sum, of database $1
+	pg_q "SELECT string_agg(t || '=' || n, ' ' ORDER BY t) || ' abalance=' || (SELECT sum(abalance) FROM pgbench_accounts)
+		FROM (SELECT 'accounts' t, count(*) n FROM pgbench_accounts UNION ALL SELECT 'branches', count(*) FROM pgbench_branches
+		UNION ALL SELECT 'tellers', count(*) FROM pgbench_tellers UNION ALL SELECT 'history', count(*) FROM pgbench_history) c" "$1"
+}
+db_drop_restored() { pg_q "DROP DATABASE IF EXISTS coffer_bench_bare WITH (FORCE)" >>"$LOG" 2>&1; pg_q "DROP DATABASE IF EXISTS coffer_bench_coffer WITH (FORCE)" >>"$LOG" 2>&1; }
+db_round() {
+	local i=$1 C U want got
+	C="$(q "$COFFER") --config $(q "$DCFG")"
+	U=$(q "$DB_URL/$BENCH_DB")
+	rm -rf "$DREPO"
+	db_drop_restored
+	bash -c "$C init" >>"$LOG" 2>&1 || die "coffer init (db) failed; see $LOG"
+	local -a dumps=(
+		"timed db/pg_dump $i $DB_IN $(q "pg_dump -Fc -w -d $U >/dev/null")"
+		"timed db/pg_dump-Z0 $i $DB_IN $(q "pg_dump -Fc -Z0 -w -d $U >/dev/null")"
+		"timed db/coffer-snapshot $i $DB_IN $(q "$C snapshot") $(q "$DREPO")"
+	)
+	local -a restores=(
+		"timed db/pg_restore $i $DB_IN $(q "psql -XAtqw -d $(q "$DB_URL/postgres") -c 'CREATE DATABASE coffer_bench_bare' && pg_restore --exit-on-error --single-transaction -w -d $(q "$DB_URL/coffer_bench_bare") $(q "$DUMPFILE")")"
+		"timed db/coffer-restore $i $DB_IN $(q "$C restore latest --to-database $(q "$DB_URL/coffer_bench_coffer")")"
+	)
+	local k n=${#dumps[@]}
+	for k in $(seq 0 $((n - 1))); do eval "${dumps[$(((k + i - 1) % n))]}" || die "db dump step failed; see $LOG"; done
+	n=${#restores[@]}
+	for k in $(seq 0 $((n - 1))); do eval "${restores[$(((k + i - 1) % n))]}" || die "db restore step failed; see $LOG"; done
+	if [ "$i" = 1 ]; then
+		want=$(db_fingerprint "$BENCH_DB")
+		for d in coffer_bench_bare coffer_bench_coffer; do
+			got=$(db_fingerprint "$d")
+			[ "$got" = "$want" ] || die "VERIFY FAILED: $d holds '$got', $BENCH_DB holds '$want'"
+		done
+		printf 'db\tok (both restores: %s)\n' "$want" >>"$RES/verify.tsv"
+		note "verified: both restores hold what $BENCH_DB holds ($want)"
+	fi
+	db_drop_restored
+	rm -rf "$DREPO"
+}
+case " $TOOLS " in *" db "*)
+	db_prepare
+	echo "postgres: $(pg_q "SHOW server_version"), $(pg_dump --version), database $BENCH_DB $(awk -v b="$DB_IN" 'BEGIN{printf "%.1f", b/1e6}') MB (pg_database_size), pg_dump -Fc file $(awk -v b="$(du -sb "$DUMPFILE" | cut -f1)" 'BEGIN{printf "%.1f", b/1e6}') MB" >>"$RES/env.txt"
+	tail -n1 "$RES/env.txt" >&2
+	;;
+esac
 
 # verify_restore TOOL DEST: the tree named like the corpus under DEST (the
 # shallowest one) must hold exactly the corpus's files and bytes.
@@ -182,7 +292,7 @@ round() {
 
 read -r BUSY0 STEAL0 < <(cpu_jiffies)
 T0=$(date +%s.%N)
-read -ra T <<<"$TOOLS"
+read -ra T <<<"$FILE_TOOLS"
 for i in $(seq 1 "$REPS"); do
 	for k in "${!T[@]}"; do
 		t=${T[$(((k + i - 1) % ${#T[@]}))]}
@@ -190,6 +300,13 @@ for i in $(seq 1 "$REPS"); do
 		round "$t" "$i"
 	done
 done
+case " $TOOLS " in *" db "*)
+	for i in $(seq 1 "$REPS"); do
+		note "round $i/$REPS: db (PostgreSQL $BENCH_DB)"
+		db_round "$i"
+	done
+	;;
+esac
 read -r BUSY1 STEAL1 < <(cpu_jiffies)
 {
 	echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -267,5 +384,45 @@ if "coffer" in tools and len(tools) > 1:
             cells.append(fmt(s, unit="x") + (verdict(s, ok) if p == "restic" and s else ""))
         print(f"| coffer vs {p} | " + " | ".join(cells) + " |")
 PY
+case " $TOOLS " in *" db "*)
+	python3 - "$RES" <<'PY' | tee -a "$RES/summary.md"
+import csv, statistics, sys
+res = sys.argv[1]
+runs = {}
+for r in csv.DictReader(open(f"{res}/runs.tsv"), delimiter="\t"):
+    if r["rc"] == "0" and r["label"].startswith("db/"):
+        runs.setdefault(r["label"], {})[r["iter"]] = r
+med = statistics.median
+wall = lambda r: float(r["wall_s"])
+cpu = lambda r: float(r["user_s"]) + float(r["sys_s"])
+rss = lambda r: int(r["maxrss_kib"]) / 1024
+def stats(label, key):
+    vals = [key(r) for r in runs.get(label, {}).values()]
+    return (med(vals), min(vals), max(vals)) if vals else None
+def fmt(s, p=2, unit=""):
+    return "-" if s is None else f"{s[0]:.{p}f}{unit} ({s[1]:.{p}f}-{s[2]:.{p}f})"
+def ratio(a, b):
+    x, y = runs.get(a, {}), runs.get(b, {})
+    rs = [wall(x[i]) / wall(y[i]) for i in x if i in y and wall(y[i]) > 0]
+    return (med(rs), min(rs), max(rs)) if rs else None
+print("\n## PostgreSQL (db)\n")
+print("Medians over the rounds, (min-max). CPU = user+sys of the command and its children"
+      " (the server's backends are not included); peak RSS = largest single client process.\n")
+print("| step | wall s | CPU s | peak RSS MiB | repo MB |")
+print("|---|---|---|---|---|")
+for label in ["db/pg_dump", "db/pg_dump-Z0", "db/coffer-snapshot", "db/pg_restore", "db/coffer-restore"]:
+    out = stats(label, lambda r: int(r["out_bytes"] or 0) / 1e6) if label == "db/coffer-snapshot" else None
+    print(f"| {label[3:]} | {fmt(stats(label, wall))} | {fmt(stats(label, cpu), 1)} | {fmt(stats(label, rss), 0)} | {fmt(out, 1) if out else '-'} |")
+print("\nWall-time ratios, per round, then median (min-max); target: coffer snapshot <= 1.2x bare pg_dump.\n")
+print("| ratio | wall |")
+print("|---|---|")
+s = ratio("db/coffer-snapshot", "db/pg_dump")
+verdict = "" if s is None else (" **met**" if s[0] <= 1.2 else " **NOT met**")
+print(f"| coffer snapshot / pg_dump -Fc | {fmt(s, unit='x')}{verdict} |")
+print(f"| coffer snapshot / pg_dump -Fc -Z0 | {fmt(ratio('db/coffer-snapshot', 'db/pg_dump-Z0'), unit='x')} |")
+print(f"| coffer restore --to-database / createdb + pg_restore | {fmt(ratio('db/coffer-restore', 'db/pg_restore'), unit='x')} |")
+PY
+	;;
+esac
 echo
 echo "results: $RES" >&2

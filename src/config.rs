@@ -445,13 +445,43 @@ fn validate_source(s: &SourceConfig) -> Result<(), (Option<&'static str>, String
                 format!("`url` {u:?} does not look like a {} URL", s.kind.as_str()),
             ));
         }
+        if matches!(s.kind, Postgres | Mysql) && url_database(u).is_none() {
+            return Err((
+                Some("url"),
+                format!(
+                    "`url` {u:?} names no database; a {} source backs up one database, e.g. \"{}://user@127.0.0.1/shop\"",
+                    s.kind.as_str(),
+                    s.kind.as_str()
+                ),
+            ));
+        }
     }
     Ok(())
+}
+
+/// The database a `scheme://authority/database?params` URL names, if any.
+fn url_database(u: &str) -> Option<&str> {
+    let rest = &u[u.find("://")? + 3..];
+    let path = &rest[rest.find('/')? + 1..];
+    let db = path.split(['?', '#']).next().unwrap_or("");
+    (!db.is_empty()).then_some(db)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_urls_must_name_a_database() {
+        assert_eq!(url_database("postgres://app@127.0.0.1:5432/shop"), Some("shop"));
+        assert_eq!(url_database("mysql://root@h/orders?ssl=1"), Some("orders"));
+        assert_eq!(url_database("postgres://app@127.0.0.1:5432/"), None);
+        assert_eq!(url_database("postgres://app@127.0.0.1:5432"), None);
+        let m = parse("[[sources]]\nname = \"db\"\ntype = \"postgres\"\nurl = \"postgres://app@127.0.0.1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("names no database") && m.contains("line"), "{m}");
+    }
 
     fn parse(t: &str) -> Result<Config, ConfigError> {
         Config::parse(t, Path::new("coffer.toml"))

@@ -1905,10 +1905,18 @@ pub async fn drill(
                 details: &src2.details,
                 scratch_url: scratch2.as_deref(),
             };
-            let mut streams = ChunkStreams::open(&repo2, &m2, &src2)?;
+            let mut streams = ChunkStreams::open(&repo2, &m2, &src2).map_err(|e| (e, None))?;
             let res = crate::source::drill(kind, &req, &mut streams);
-            streams.finish()?;
-            Ok::<_, RestoreError>(res)
+            // The archive's own verdict comes first: a damaged archive makes the
+            // tool fail too, and "damaged data" is what the engineer must hear.
+            if let Err(e) = streams.finish() {
+                let tool = match &res {
+                    Some(Err(t)) => Some(t.to_string()),
+                    _ => None,
+                };
+                return Err((e, tool));
+            }
+            Ok(res)
         })
         .await
         .map_err(|e| RestoreError::Usage(format!("drill task failed: {e}")))?;
@@ -1928,16 +1936,23 @@ pub async fn drill(
                 report.skipped.push(src.name.clone());
                 continue;
             }
-            Err(e) => crate::source::DrillResult {
-                name: src.name.clone(),
-                kind: src.kind.clone(),
-                ok: false,
-                scratch: String::new(),
-                restore_ms: 0,
-                checks: Vec::new(),
-                failures: vec![e.to_string()],
-                error: Some(e.to_string()),
-            },
+            Err((e, tool)) => {
+                let integrity = e.is_integrity();
+                let mut failures = vec![e.to_string()];
+                failures.extend(tool.map(|t| format!("the restore tool said: {t}")));
+                crate::source::DrillResult {
+                    name: src.name.clone(),
+                    kind: src.kind.clone(),
+                    ok: false,
+                    scratch: String::new(),
+                    restore_ms: 0,
+                    checks: Vec::new(),
+                    failures,
+                    // An integrity failure is a failed check (exit 3), not an
+                    // operational error (exit 1).
+                    error: (!integrity).then(|| e.to_string()),
+                }
+            }
         };
         report.ok &= r.ok;
         report.sources.push(r);

@@ -652,9 +652,8 @@ fn damaged_archive_is_never_restored() {
     );
 
     let o = cmd(&env).args(["drill", &id]).output().unwrap();
-    assert!(
-        o.status.code() != Some(0),
-        "drill of a damaged archive fails"
-    );
+    assert_code(&o, 3, "drill of a damaged archive");
+    let out = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(out.contains(&id), "the damaged snapshot is named: {out}");
     tmp_is_empty(&env);
 }

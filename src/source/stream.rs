@@ -305,19 +305,25 @@ pub fn tool_stream(name: &str, spec: &ToolSpec) -> Result<super::DumpStream, Sou
 pub fn feed_tool(spec: &ToolSpec, r: &mut dyn Read) -> Result<u64, SourceError> {
     let (tool, mut stdin) = spec.spawn_writer()?;
     let copied = io::copy(r, &mut stdin);
+    if let Err(e) = &copied
+        && e.kind() != io::ErrorKind::BrokenPipe
+    {
+        // Kill before closing stdin: a closed pipe is a clean end of input,
+        // and a client in single-transaction mode would commit what it read
+        // of a damaged archive.
+        tool.kill();
+        drop(stdin);
+        return Err(SourceError::Io(copied.unwrap_err()));
+    }
     drop(stdin);
     match copied {
         Ok(n) => tool.wait().map(|_| n),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+        Err(_) => {
             tool.wait()?;
             Err(SourceError::Failed(format!(
                 "{} stopped reading its input before the end",
                 spec.what
             )))
-        }
-        Err(e) => {
-            tool.kill();
-            Err(SourceError::Io(e))
         }
     }
 }
@@ -361,6 +367,32 @@ mod tests {
         let _ = r.read_to_end(&mut Vec::new());
         let e = (s.done)().unwrap_err().to_string();
         assert!(e.contains("signal 9"), "{e}");
+    }
+
+    /// A reader that yields some bytes, then fails like a damaged archive.
+    struct FailsMidway(usize);
+    impl Read for FailsMidway {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "damaged"));
+            }
+            let n = self.0.min(buf.len());
+            buf[..n].fill(b'x');
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_failing_input_kills_the_tool_before_it_sees_a_clean_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("committed");
+        // The tool "commits" only when its input ends cleanly.
+        let script = format!("cat >/dev/null && touch {}", marker.display());
+        let spec = ToolSpec::new("restore tool", vec!["sh".into(), "-c".into(), script]);
+        let e = feed_tool(&spec, &mut FailsMidway(100_000)).unwrap_err();
+        assert!(e.to_string().contains("damaged"), "{e}");
+        assert!(!marker.exists(), "the tool saw a clean end of input");
     }
 
     #[test]

@@ -473,13 +473,18 @@ mod tests {
 
     #[test]
     fn database_urls_must_name_a_database() {
-        assert_eq!(url_database("postgres://app@127.0.0.1:5432/shop"), Some("shop"));
+        assert_eq!(
+            url_database("postgres://app@127.0.0.1:5432/shop"),
+            Some("shop")
+        );
         assert_eq!(url_database("mysql://root@h/orders?ssl=1"), Some("orders"));
         assert_eq!(url_database("postgres://app@127.0.0.1:5432/"), None);
         assert_eq!(url_database("postgres://app@127.0.0.1:5432"), None);
-        let m = parse("[[sources]]\nname = \"db\"\ntype = \"postgres\"\nurl = \"postgres://app@127.0.0.1\"\n")
-            .unwrap_err()
-            .to_string();
+        let m = parse(
+            "[[sources]]\nname = \"db\"\ntype = \"postgres\"\nurl = \"postgres://app@127.0.0.1\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(m.contains("names no database") && m.contains("line"), "{m}");
     }
 

@@ -258,6 +258,18 @@ ensure_machine_services() {
     fi
 }
 
+# ---------------------------------------------------------------- systemd-analyze
+# tests/systemd.rs runs `systemd-analyze verify` on the units in systemd/.
+# Only the tool is needed (no running systemd); install it if absent.
+ensure_systemd_analyze() {
+    command -v systemd-analyze >/dev/null 2>&1 && return 0
+    log "systemd-analyze not found: installing the systemd package"
+    apt-get update -qq >&2 || die "apt-get update failed (needed to install systemd)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >&2 \
+        || die "apt-get install systemd failed"
+    command -v systemd-analyze >/dev/null 2>&1 || die "systemd-analyze still missing after installing systemd"
+}
+
 # ---------------------------------------------------------------- commands
 write_env() {
     local moto_port="$1" adapter_port="$2" azurite_port="$3" self="$ROOT/scripts/test-servers.sh"
@@ -300,6 +312,7 @@ cmd_start() {
     ensure_venv
     ensure_azurite
     ensure_machine_services
+    ensure_systemd_analyze
     local moto_port gcs_port adapter_port
     moto_port="$(free_port)"
     echo "$moto_port" >"$STATE/moto.port"

@@ -1,0 +1,190 @@
+//! `--ping URL`: healthchecks.io-style pings, so a dead-man's switch notices
+//! a backup that failed or never ran.
+//!
+//! `POST URL/start` when the run starts, `POST URL` when it ends with exit
+//! code 0, `POST URL/fail` otherwise (partial runs included: something that
+//! should be in the snapshot is not). The body is a short log excerpt
+//! (operation, host, exit code, the error or the summary), at most
+//! [`MAX_BODY`] bytes, as healthchecks.io keeps the first 10 KB. A ping that
+//! cannot be delivered is the caller's warning, never the run's failure:
+//! each ping gets [`TIMEOUT`] and [`ATTEMPTS`] tries.
+
+use std::time::Duration;
+
+use url::Url;
+
+use crate::metrics::RunRecord;
+
+/// What healthchecks.io keeps of a ping body.
+pub const MAX_BODY: usize = 10_000;
+/// Per attempt, connection and response together.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+pub const ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PingError {
+    #[error("ping {url} failed after {attempts} attempt(s): {reason}")]
+    Failed {
+        url: String,
+        attempts: u32,
+        reason: String,
+    },
+}
+
+/// The three pings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Start,
+    Success,
+    Fail,
+}
+
+/// Parses a `--ping` value: an absolute http(s) URL.
+pub fn parse_url(s: &str) -> Result<Url, String> {
+    let u = Url::parse(s)
+        .map_err(|e| format!("not a URL ({e}); give e.g. https://hc-ping.com/<uuid>"))?;
+    match u.scheme() {
+        "http" | "https" => Ok(u),
+        other => Err(format!(
+            "scheme {other}: is not supported; give an http:// or https:// URL"
+        )),
+    }
+}
+
+/// `URL`, `URL/start` or `URL/fail` (query string kept).
+pub fn endpoint(base: &Url, kind: Kind) -> Url {
+    let mut u = base.clone();
+    let suffix = match kind {
+        Kind::Start => "start",
+        Kind::Fail => "fail",
+        Kind::Success => return u,
+    };
+    let path = format!("{}/{suffix}", base.path().trim_end_matches('/'));
+    u.set_path(&path);
+    u
+}
+
+/// The body of the final ping: what ran where, how it ended, and why.
+pub fn body(rec: &RunRecord, host: &str) -> String {
+    let mut b = format!(
+        "coffer {} on {host}: exit code {} ({})\n",
+        rec.operation,
+        rec.exit_code,
+        crate::hooks::Status::from_exit_code(rec.exit_code).as_str()
+    );
+    if let Some(s) = &rec.summary {
+        b.push_str(s);
+        b.push('\n');
+    }
+    if let Some(e) = &rec.error {
+        b.push_str(e);
+        b.push('\n');
+    }
+    truncate(b, MAX_BODY)
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    const MARK: &str = "\n[truncated]\n";
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max - MARK.len();
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s.push_str(MARK);
+    s
+}
+
+/// Sends one ping, retrying on network errors and 5xx answers.
+pub async fn send(base: &Url, kind: Kind, body: String) -> Result<(), PingError> {
+    let url = endpoint(base, kind);
+    let fail = |attempts, reason: String| PingError::Failed {
+        url: redact(&url),
+        attempts,
+        reason,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .user_agent(concat!("coffer/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| fail(0, e.to_string()))?;
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        if attempt > 1 {
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt - 1))).await;
+        }
+        match client.post(url.clone()).body(body.clone()).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            // A 4xx will not change on retry (wrong UUID, bad URL).
+            Ok(r) if r.status().is_client_error() => {
+                return Err(fail(attempt, format!("server answered {}", r.status())));
+            }
+            Ok(r) => last = format!("server answered {}", r.status()),
+            Err(e) => last = error_chain(&e),
+        }
+    }
+    Err(fail(ATTEMPTS, last))
+}
+
+/// reqwest's Display hides the cause ("error sending request"); the cause
+/// (connection refused, timeout, DNS) is what the reader needs.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// The URL without user info: a ping URL may carry a token as password.
+fn redact(u: &Url) -> String {
+    let mut u = u.clone();
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_keep_query_and_handle_trailing_slash() {
+        let u = parse_url("https://hc.example/ping/abc/?rid=1").unwrap();
+        assert_eq!(
+            endpoint(&u, Kind::Start).as_str(),
+            "https://hc.example/ping/abc/start?rid=1"
+        );
+        assert_eq!(
+            endpoint(&u, Kind::Fail).as_str(),
+            "https://hc.example/ping/abc/fail?rid=1"
+        );
+        assert_eq!(endpoint(&u, Kind::Success), u);
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_a_reason() {
+        assert!(
+            parse_url("hc-ping.com/abc")
+                .unwrap_err()
+                .contains("not a URL")
+        );
+        assert!(parse_url("ftp://x/y").unwrap_err().contains("http://"));
+    }
+
+    #[test]
+    fn body_is_capped() {
+        let mut r = RunRecord::new("snapshot");
+        r.exit_code = 1;
+        r.error = Some("é".repeat(20_000));
+        let b = body(&r, "h");
+        assert!(b.len() <= MAX_BODY);
+        assert!(b.starts_with("coffer snapshot on h: exit code 1 (failed)\n"));
+        assert!(b.ends_with("[truncated]\n"));
+    }
+}

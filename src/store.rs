@@ -299,6 +299,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Every object under `prefix` with its size and last-modified time
+    /// (`prune` leaves objects younger than its grace period alone).
+    pub async fn list_with_times(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64, chrono::DateTime<chrono::Utc>)>, StoreError> {
+        let p = ObjPath::from(prefix);
+        let mut s = self.inner.list(Some(&p));
+        let mut out = Vec::new();
+        while let Some(item) = s.next().await {
+            let m = item.map_err(|e| self.err("list", prefix, e))?;
+            out.push((m.location.to_string(), m.size, m.last_modified));
+        }
+        Ok(out)
+    }
+
     /// Starts a streamed upload of `path`, to be fed from a blocking thread.
     /// Must be called inside the tokio runtime.
     pub fn upload(&self, path: &str) -> UploadWriter {

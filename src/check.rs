@@ -1,0 +1,399 @@
+//! `coffer check`: the pre-flight. Each check gives one verdict with a
+//! detail saying what was seen (or what failed and what to do); the run
+//! fails when any check fails. Nothing is read from snapshots and nothing is
+//! left behind: the writability probe object is deleted again.
+//!
+//! The source checks run each dump source's own `prepare` step (the one a
+//! snapshot runs before it writes anything): a connection with the
+//! configured credentials, the dump tool installed and, for PostgreSQL, not
+//! older than the server. Directory and files sources are checked for
+//! readability of their configured paths (the top of a directory, each file);
+//! a command source for its program on PATH.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::{Config, SourceConfig, SourceKind};
+use crate::crypto::{self, Credential};
+use crate::repo::{self, CONFIG_OBJECT, Repository};
+use crate::source::{self, Details};
+use crate::store::{Store, StoreError};
+
+/// One check's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckItem {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub ok: bool,
+    pub checks: Vec<CheckItem>,
+}
+
+/// What `check` is given: main resolves the settings, and a failure to
+/// resolve one (an unopenable store, an unreadable key file) is a failed
+/// check, not an early exit.
+pub struct CheckInputs<'a> {
+    pub config: &'a Config,
+    pub store: Result<Store, String>,
+    pub credential: Result<Credential, String>,
+    /// `--max-age`, and how it was written.
+    pub max_age: Option<(Duration, String)>,
+    pub now: DateTime<Utc>,
+}
+
+fn item(name: impl Into<String>, r: Result<String, String>) -> CheckItem {
+    let (ok, detail) = match r {
+        Ok(d) => (true, d),
+        Err(d) => (false, d),
+    };
+    // One line per check: a tool's multi-line stderr is folded.
+    let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
+    CheckItem {
+        name: name.into(),
+        ok,
+        detail,
+    }
+}
+
+/// Runs every check, in the order they are printed.
+pub async fn check(inp: CheckInputs<'_>) -> CheckReport {
+    let mut checks = vec![item("config valid", config_detail(inp.config, &inp.store))];
+    let store = inp.store.as_ref().ok();
+    let reachable = match &inp.store {
+        Ok(s) => reachable(s).await,
+        Err(e) => Err(e.clone()),
+    };
+    let is_reachable = reachable.is_ok();
+    checks.push(item("repository reachable", reachable));
+    let not_checked = || Err("not checked: the repository is not reachable".to_string());
+    checks.push(item(
+        "repository writable",
+        match store {
+            Some(s) if is_reachable => writable(s).await,
+            _ => not_checked(),
+        },
+    ));
+    let opened = match (store, &inp.credential) {
+        (Some(s), Ok(cred)) if is_reachable => repo::open(s, cred)
+            .await
+            .map(|r| {
+                let d = format!("opened by {} (key slot {})", cred.describe(), r.slot_id);
+                (r, d)
+            })
+            .map_err(|e| e.to_string()),
+        (_, Err(e)) => Err(e.clone()),
+        _ => Err("not checked: the repository is not reachable".to_string()),
+    };
+    let repo = match opened {
+        Ok((r, d)) => {
+            checks.push(item("key opens repository", Ok(d)));
+            Some(r)
+        }
+        Err(e) => {
+            checks.push(item("key opens repository", Err(e)));
+            None
+        }
+    };
+    let sources: Vec<_> = inp
+        .config
+        .sources
+        .iter()
+        .map(|s| {
+            let s = s.clone();
+            tokio::task::spawn_blocking(move || {
+                let name = format!("source {} ({}) reachable", s.name, s.kind.as_str());
+                item(name, check_source(&s))
+            })
+        })
+        .collect();
+    for (s, h) in inp.config.sources.iter().zip(sources) {
+        checks.push(h.await.unwrap_or_else(|e| {
+            item(
+                format!("source {} reachable", s.name),
+                Err(format!("the check panicked: {e}")),
+            )
+        }));
+    }
+    if let Some((age, text)) = &inp.max_age {
+        let name = format!("newest snapshot younger than {text}");
+        checks.push(item(
+            name,
+            match &repo {
+                Some(r) => freshness(r, *age, text, inp.now).await,
+                None => Err("not checked: the repository could not be opened".into()),
+            },
+        ));
+    }
+    CheckReport {
+        ok: checks.iter().all(|c| c.ok),
+        checks,
+    }
+}
+
+fn config_detail(cfg: &Config, store: &Result<Store, String>) -> Result<String, String> {
+    let url = store.as_ref().map(|s| s.url().to_string()).ok();
+    match (&cfg.path, url) {
+        (Some(p), _) => Ok(format!(
+            "{} ({} source{})",
+            p.display(),
+            cfg.sources.len(),
+            if cfg.sources.len() == 1 { "" } else { "s" }
+        )),
+        (None, Some(u)) => Ok(format!(
+            "no config file; repository {u} from --repo or COFFER_REPO, no sources"
+        )),
+        (None, None) => Err(
+            "no config file (./coffer.toml, /etc/coffer/coffer.toml) and no --config or COFFER_CONFIG"
+                .into(),
+        ),
+    }
+}
+
+async fn reachable(store: &Store) -> Result<String, String> {
+    match store.get(CONFIG_OBJECT).await {
+        Ok(_) => Ok(store.url().to_string()),
+        Err(StoreError::NotFound { .. }) => Err(format!(
+            "{} answers, but holds no coffer repository (no `config` object); check the URL, or create one with `coffer init`",
+            store.url()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Writes and deletes a probe object whose name reveals nothing.
+async fn writable(store: &Store) -> Result<String, String> {
+    let name = format!("probe-{}", crypto::random_id(8));
+    let body = Bytes::from(crypto::random_id(16));
+    store
+        .put(&name, body, true)
+        .await
+        .map_err(|e| format!("{e}; the backup user needs write access to it"))?;
+    store.delete(&name).await.map_err(|e| {
+        format!(
+            "wrote probe object {name} but could not delete it: {e}; snapshots work, prune will not"
+        )
+    })?;
+    Ok(format!("wrote and deleted probe object {name}"))
+}
+
+async fn freshness(
+    repo: &Repository,
+    max_age: Duration,
+    text: &str,
+    now: DateTime<Utc>,
+) -> Result<String, String> {
+    let (all, damaged) = repo.manifests().await.map_err(|e| e.to_string())?;
+    let unreadable = if damaged.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} manifest(s) unreadable and not counted: {})",
+            damaged.len(),
+            damaged
+                .iter()
+                .map(|d| d.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let Some(newest) = all.last() else {
+        return Err(format!("the repository holds no snapshot{unreadable}"));
+    };
+    let age = now.signed_duration_since(newest.time);
+    let age_text = match age.to_std() {
+        Ok(d) => humantime::format_duration(Duration::from_secs(d.as_secs())).to_string(),
+        Err(_) => "0s (taken in the future by this clock)".into(),
+    };
+    let msg = format!(
+        "snapshot {} taken {} UTC, {age_text} ago{unreadable}",
+        newest.id,
+        newest.time.format("%Y-%m-%d %H:%M:%S")
+    );
+    match age.to_std() {
+        Ok(d) if d >= max_age => Err(format!(
+            "{msg}: older than {text}; take one with `coffer snapshot`"
+        )),
+        _ => Ok(msg),
+    }
+}
+
+/// True when `prog` runs: a path to an executable file, or a name found on PATH.
+pub fn program_found(prog: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let exec = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if prog.contains('/') {
+        return exec(Path::new(prog));
+    }
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|d| exec(&d.join(prog))))
+        .unwrap_or(false)
+}
+
+fn detail_str(d: &Details, key: &str) -> String {
+    match d.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "?".into(),
+    }
+}
+
+/// One source's check (blocking: it runs the source's tools).
+fn check_source(src: &SourceConfig) -> Result<String, String> {
+    match src.kind {
+        SourceKind::Directory => {
+            let p = src.path.as_deref().expect("validated");
+            let meta = std::fs::metadata(p)
+                .map_err(|e| format!("cannot read directory {}: {e}", p.display()))?;
+            if !meta.is_dir() {
+                return Err(format!("{} is not a directory", p.display()));
+            }
+            std::fs::read_dir(p)
+                .map_err(|e| format!("cannot list directory {}: {e}", p.display()))?;
+            Ok(format!("{}: a readable directory", p.display()))
+        }
+        SourceKind::Files => {
+            let paths = src.paths.as_deref().expect("validated");
+            let bad: Vec<String> = paths
+                .iter()
+                .filter_map(|p| {
+                    std::fs::File::open(p)
+                        .err()
+                        .map(|e| format!("{}: {e}", p.display()))
+                })
+                .collect();
+            if bad.is_empty() {
+                Ok(format!("{} file(s) readable", paths.len()))
+            } else {
+                Err(format!("cannot read {}", bad.join("; ")))
+            }
+        }
+        SourceKind::Command => {
+            let argv = src.dump.as_deref().unwrap_or(&[]);
+            let prog = argv.first().map(String::as_str).unwrap_or("");
+            if program_found(prog) {
+                Ok(format!("dump program {prog:?} found"))
+            } else {
+                Err(format!(
+                    "dump program {prog:?} not found (not an executable path, nor on PATH); install it or fix `dump`"
+                ))
+            }
+        }
+        SourceKind::Postgres | SourceKind::Mysql | SourceKind::Redis | SourceKind::Sqlite => {
+            if src.kind == SourceKind::Redis && !program_found("redis-cli") {
+                return Err(
+                    "the dump tool redis-cli is not installed (not on PATH); install the Redis client tools"
+                        .into(),
+                );
+            }
+            let mut d = Details::new();
+            let mut dumper = source::dumper(src).map_err(|e| e.to_string())?;
+            dumper.prepare(&mut d).map_err(|e| e.to_string())?;
+            drop(dumper);
+            Ok(match src.kind {
+                SourceKind::Postgres => format!(
+                    "{}: server {}, pg_dump {} (not older than the server)",
+                    detail_str(&d, "url"),
+                    detail_str(&d, "server_version"),
+                    detail_str(&d, "pg_dump_version")
+                ),
+                SourceKind::Mysql => {
+                    let server = detail_str(&d, "server_version");
+                    let tool = detail_str(&d, "tool_version");
+                    if let Some(why) = mysql_tool_too_old(&tool, &server) {
+                        return Err(format!(
+                            "{}: {why}; install the client tools of the server's version and put them first on PATH",
+                            detail_str(&d, "url")
+                        ));
+                    }
+                    format!(
+                        "{}: server {server}, {} ({tool})",
+                        detail_str(&d, "url"),
+                        detail_str(&d, "tool"),
+                    )
+                }
+                SourceKind::Redis => format!(
+                    "{}: Redis {}, {}",
+                    detail_str(&d, "url"),
+                    detail_str(&d, "redis_version"),
+                    detail_str(&d, "redis_cli_version")
+                ),
+                _ => format!(
+                    "{}: a readable SQLite database (SQLite {})",
+                    detail_str(&d, "path"),
+                    detail_str(&d, "sqlite_version")
+                ),
+            })
+        }
+    }
+}
+
+/// The leading `major.minor` of a version text.
+fn major_minor(s: &str) -> Option<(u32, u32)> {
+    let mut it = s.trim().split(|c: char| !c.is_ascii_digit());
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Why a MySQL/MariaDB dump tool is older than its server, if it is. The
+/// tool's `--version` names the release it ships with after "Distrib" (or,
+/// for MySQL 8, after "Ver"); tools of the other flavour are not compared
+/// (their version numbers are unrelated).
+pub fn mysql_tool_too_old(tool_version: &str, server_version: &str) -> Option<String> {
+    if tool_version.contains("MariaDB") != server_version.contains("MariaDB") {
+        return None;
+    }
+    let release = tool_version
+        .split_once("Distrib ")
+        .or_else(|| tool_version.split_once("Ver "))
+        .map(|(_, r)| r)?;
+    let tool = major_minor(release)?;
+    let server = major_minor(server_version)?;
+    (tool < server).then(|| {
+        format!(
+            "the dump tool ({}) is older than the server ({})",
+            tool_version.trim(),
+            server_version.trim()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mysql_dump_tool_versions_compare_by_release() {
+        let maria =
+            "mariadb-dump  Ver 10.19 Distrib 10.11.19-MariaDB, for debian-linux-gnu (x86_64)";
+        assert_eq!(
+            mysql_tool_too_old(maria, "10.11.19-MariaDB-0+deb12u1"),
+            None
+        );
+        assert_eq!(mysql_tool_too_old(maria, "10.6.2-MariaDB"), None);
+        assert!(
+            mysql_tool_too_old(maria, "11.4.2-MariaDB")
+                .unwrap()
+                .contains("older than the server (11.4.2-MariaDB)")
+        );
+        let mysql8 = "mysqldump  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)";
+        assert_eq!(mysql_tool_too_old(mysql8, "8.0.36"), None);
+        assert!(mysql_tool_too_old(mysql8, "8.4.0").is_some());
+        let mysql57 = "mysqldump  Ver 10.13 Distrib 5.7.44, for Linux (x86_64)";
+        assert!(mysql_tool_too_old(mysql57, "8.0.36").is_some());
+        // Other flavour: not compared.
+        assert_eq!(mysql_tool_too_old(maria, "8.0.36"), None);
+    }
+}

@@ -1,0 +1,299 @@
+//! `coffer prune`: applies a retention policy ([`crate::retention`]) to a
+//! repository, and removes the left-overs of interrupted snapshots.
+//!
+//! Lock-free by construction, so there is no lock to go stale (guarantee 8
+//! of the contract):
+//! - a snapshot exists exactly while its manifest `snapshots/<id>` exists; a
+//!   removed snapshot loses its manifest first, then its `data/<id>/`
+//!   objects, so an interruption leaves only manifest-less data, never a
+//!   listed snapshot with missing data;
+//! - manifests are listed before data, so the data of a snapshot committed
+//!   while prune runs is seen, at worst, as manifest-less: a left-over;
+//! - a left-over prefix is deleted only when every one of its objects is
+//!   older than the grace period (default 24h) and its manifest still does
+//!   not exist just before the deletion. A snapshot being written has fresh
+//!   objects (or none listed yet), so it is never touched. The one case this
+//!   cannot see is a single snapshot run longer than the grace period whose
+//!   newest object is older than it: keep the grace period above the
+//!   longest snapshot run;
+//! - the data of a kept snapshot is never deleted, and nothing at all is
+//!   deleted while a manifest cannot be read (its data would look like a
+//!   left-over), as restic refuses to prune a repository it cannot read
+//!   whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::repo::{DATA_PREFIX, RepoError, Repository};
+use crate::retention::{self, Candidate, Policy, RetentionError};
+use crate::store::StoreError;
+
+/// The default grace period for left-overs of interrupted snapshots.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Deletions in flight at once.
+const CONCURRENCY: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error(transparent)]
+    Retention(#[from] RetentionError),
+    #[error(
+        "refusing to prune: {count} snapshot manifest(s) cannot be read, so which data belongs to a snapshot is unknown; nothing was deleted:\n{list}\nrun `coffer verify --all`, then restore or remove the damaged manifest(s) by hand"
+    )]
+    Damaged { count: usize, list: String },
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(
+        "{what}: {source}; rerun `coffer prune` to finish (what is already deleted stays consistent)"
+    )]
+    Delete {
+        what: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    pub policy: Policy,
+    pub dry_run: bool,
+    /// Left-overs younger than this stay.
+    pub grace: Duration,
+    /// The time left-over ages are measured from.
+    pub now: DateTime<Utc>,
+}
+
+/// One snapshot's verdict.
+#[derive(Debug, Serialize)]
+pub struct SnapshotVerdict {
+    pub id: String,
+    pub time: String,
+    pub host: String,
+    pub tags: Vec<String>,
+    /// "keep" or "remove".
+    pub action: &'static str,
+    /// The rules that keep it (empty when removed).
+    pub reasons: Vec<String>,
+    /// Objects (manifest and data) removed, or to be removed in a dry run.
+    pub objects: u64,
+}
+
+/// A `data/<id>/` prefix without a manifest.
+#[derive(Debug, Serialize)]
+pub struct Leftover {
+    pub id: String,
+    pub objects: u64,
+    pub bytes: u64,
+    /// Last-modified time of its newest object.
+    pub newest: String,
+    /// "remove" or "keep".
+    pub action: &'static str,
+    pub why: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PruneReport {
+    pub ok: bool,
+    pub dry_run: bool,
+    pub policy: String,
+    pub grace_secs: u64,
+    pub snapshots: Vec<SnapshotVerdict>,
+    pub kept: usize,
+    pub removed: usize,
+    /// Objects of removed snapshots deleted (would be, in a dry run).
+    pub removed_objects: u64,
+    pub leftovers: Vec<Leftover>,
+    /// Left-over objects deleted (would be, in a dry run).
+    pub leftovers_removed: u64,
+}
+
+fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn delete_all(repo: &Repository, paths: &[String], what: &str) -> Result<(), PruneError> {
+    let results: Vec<Result<(), StoreError>> = futures::stream::iter(paths)
+        .map(|p| repo.store.delete(p))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    for r in results {
+        r.map_err(|source| PruneError::Delete {
+            what: what.to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Applies `opts.policy` to `repo`; see the module doc for the order of
+/// deletions that makes it safe beside running snapshots.
+pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport, PruneError> {
+    if opts.policy.is_empty() {
+        return Err(RetentionError::NoRule.into());
+    }
+    // Manifests first: see the module doc.
+    let (manifests, damaged) = repo.manifests().await?;
+    if !damaged.is_empty() {
+        return Err(PruneError::Damaged {
+            count: damaged.len(),
+            list: damaged
+                .iter()
+                .map(|d| format!("  snapshot {}: {} ({})", d.id, d.object, d.reason))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        });
+    }
+    let candidates: Vec<Candidate> = manifests
+        .iter()
+        .map(|m| Candidate {
+            id: m.id.clone(),
+            time: m.time,
+            tags: m.tags.clone(),
+        })
+        .collect();
+    let decisions = retention::apply(&opts.policy, &candidates);
+
+    let mut data: BTreeMap<String, Vec<(String, u64, DateTime<Utc>)>> = BTreeMap::new();
+    for (path, size, modified) in repo
+        .store
+        .list_with_times(DATA_PREFIX)
+        .await
+        .map_err(RepoError::from)?
+    {
+        if let Some((snap, _)) = path
+            .strip_prefix(DATA_PREFIX)
+            .and_then(|rest| rest.split_once('/'))
+        {
+            data.entry(snap.to_string())
+                .or_default()
+                .push((path, size, modified));
+        }
+    }
+    let committed: BTreeSet<&str> = manifests.iter().map(|m| m.id.as_str()).collect();
+    let by_id: BTreeMap<&str, &crate::manifest::Manifest> =
+        manifests.iter().map(|m| (m.id.as_str(), m)).collect();
+
+    let mut verdicts = Vec::new();
+    let mut removed_objects = 0u64;
+    for d in &decisions {
+        let m = by_id[d.id.as_str()];
+        let mut objects = 0;
+        if !d.keep() {
+            let paths: Vec<String> = data
+                .get(&d.id)
+                .map(|v| v.iter().map(|(p, _, _)| p.clone()).collect())
+                .unwrap_or_default();
+            objects = 1 + paths.len() as u64;
+            if !opts.dry_run {
+                // The manifest first: the snapshot stops existing before any
+                // of its data goes.
+                let manifest = Repository::manifest_object(&d.id);
+                repo.store
+                    .delete(&manifest)
+                    .await
+                    .map_err(|source| PruneError::Delete {
+                        what: format!("deleting manifest {manifest} of snapshot {}", d.id),
+                        source,
+                    })?;
+                delete_all(
+                    repo,
+                    &paths,
+                    &format!("deleting the data of removed snapshot {}", d.id),
+                )
+                .await?;
+                tracing::info!("removed snapshot {} ({objects} objects)", d.id);
+            }
+            removed_objects += objects;
+        }
+        verdicts.push(SnapshotVerdict {
+            id: d.id.clone(),
+            time: rfc3339(&d.time),
+            host: m.host.clone(),
+            tags: m.tags.clone(),
+            action: if d.keep() { "keep" } else { "remove" },
+            reasons: d.reasons.iter().map(|r| r.to_string()).collect(),
+            objects,
+        });
+    }
+
+    let grace = chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX);
+    let mut leftovers = Vec::new();
+    let mut leftovers_removed = 0u64;
+    for (id, objs) in &data {
+        if committed.contains(id.as_str()) {
+            continue;
+        }
+        let newest = objs
+            .iter()
+            .map(|(_, _, t)| *t)
+            .max()
+            .expect("a listed prefix has objects");
+        let objects = objs.len() as u64;
+        let bytes = objs.iter().map(|(_, s, _)| *s).sum();
+        let age = opts.now.signed_duration_since(newest);
+        let mut lo = Leftover {
+            id: id.clone(),
+            objects,
+            bytes,
+            newest: rfc3339(&newest),
+            action: "keep",
+            why: String::new(),
+        };
+        if age < grace {
+            lo.why = format!(
+                "its newest object is younger than the grace period ({}): perhaps a snapshot still being written",
+                humantime::format_duration(opts.grace)
+            );
+            leftovers.push(lo);
+            continue;
+        }
+        // Committed since the manifests were listed (a snapshot that ran
+        // longer than the grace period): it is a snapshot, not a left-over.
+        match repo.store.size(&Repository::manifest_object(id)).await {
+            Ok(_) => {
+                lo.why = "its manifest appeared while prune ran".into();
+                leftovers.push(lo);
+                continue;
+            }
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(RepoError::from(e).into()),
+        }
+        lo.action = "remove";
+        lo.why = format!(
+            "no manifest, and every object is older than the grace period ({})",
+            humantime::format_duration(opts.grace)
+        );
+        if !opts.dry_run {
+            let paths: Vec<String> = objs.iter().map(|(p, _, _)| p.clone()).collect();
+            delete_all(
+                repo,
+                &paths,
+                &format!("deleting left-over data/{id}/ of an interrupted snapshot"),
+            )
+            .await?;
+            tracing::info!("removed left-over data/{id}/ ({objects} objects)");
+        }
+        leftovers_removed += objects;
+        leftovers.push(lo);
+    }
+
+    let kept = decisions.iter().filter(|d| d.keep()).count();
+    Ok(PruneReport {
+        ok: true,
+        dry_run: opts.dry_run,
+        policy: opts.policy.describe(),
+        grace_secs: opts.grace.as_secs(),
+        kept,
+        removed: decisions.len() - kept,
+        snapshots: verdicts,
+        removed_objects,
+        leftovers,
+        leftovers_removed,
+    })
+}

@@ -513,9 +513,19 @@ pub async fn restore(
             continue;
         }
         if is_dump_source(&src.kind) {
-            let req = db_request(m, src, config, opts);
-            let dest = crate::source::restore_destination(kind_of(src)?, &req)
-                .map_err(|e| source_error(m, src, e))?;
+            let mut req = db_request(m, src, config, opts);
+            let kind = kind_of(src)?;
+            let dest = match crate::source::restore_destination(kind, &req) {
+                // A dry run shows where the restore would go and what it
+                // still needs, rather than refusing like the real one.
+                Err(crate::source::SourceError::Usage(why)) if opts.dry_run && !opts.force => {
+                    req.force = true;
+                    let dest = crate::source::restore_destination(kind, &req)
+                        .map_err(|e| source_error(m, src, e))?;
+                    format!("{dest} (needs --force: {why})")
+                }
+                other => other.map_err(|e| source_error(m, src, e))?,
+            };
             db_plans.push((src, dest));
             continue;
         }
@@ -1045,6 +1055,7 @@ impl FileWriter {
                     WriteOp::Data(d) => {
                         let (p, f) = cur.as_mut().expect("data after open");
                         f.write_all(&d).map_err(io_err("write", p))?;
+                        crate::progress::add(d.len() as u64);
                     }
                     WriteOp::Close(ie, as_root) => {
                         let (p, f) = cur.take().expect("close after open");

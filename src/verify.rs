@@ -152,7 +152,7 @@ async fn check_object(
     let mut r = repo.store.download(&o.object);
     let object = o.object.clone();
     let (r, res) = tokio::task::spawn_blocking(move || {
-        let res = io::copy(&mut r, &mut io::sink());
+        let res = io::copy(&mut r, &mut crate::progress::Counted(io::sink()));
         (r, res)
     })
     .await

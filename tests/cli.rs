@@ -1237,3 +1237,47 @@ fn json_errors_keep_stdout_a_single_document() {
     }
     assert!(!stderr(&o).is_empty(), "the error is on stderr");
 }
+
+// ------------------------------------------------------------------ progress
+
+/// Runs `coffer ARGS` with a pseudo-terminal as stdin/stdout/stderr (util-linux
+/// `script`), returning everything the terminal received.
+fn on_a_terminal(env: &Env, args: &str) -> String {
+    let bin = env!("CARGO_BIN_EXE_coffer");
+    let line = format!("{bin} --config {} {args}", env.config.display());
+    let typescript = env.path("typescript");
+    let o = Command::new("script")
+        .args(["-qec", &line])
+        .arg(&typescript)
+        .current_dir(env.dir.path())
+        .output()
+        .expect("util-linux `script` runs (it is part of every Debian system)");
+    assert_code(&o, 0, &format!("coffer {args} on a terminal"));
+    String::from_utf8_lossy(&fs::read(&typescript).unwrap()).into_owned()
+}
+
+#[test]
+fn progress_is_drawn_on_a_terminal_and_never_otherwise() {
+    let (env, _data) = env_with_tree();
+    let tty = on_a_terminal(&env, "snapshot");
+    assert!(
+        tty.contains("snapshot") && tty.contains("/s)"),
+        "a terminal shows a progress bar with a rate:\n{tty}"
+    );
+    let quiet = on_a_terminal(&env, "--no-progress snapshot");
+    assert!(
+        !quiet.contains("/s)"),
+        "--no-progress draws nothing:\n{quiet}"
+    );
+
+    let o = env.cmd().arg("snapshot").output().unwrap();
+    assert_code(&o, 0, "snapshot to pipes");
+    assert!(
+        !stderr(&o).contains("/s)") && !stderr(&o).contains('\r'),
+        "no bar when stderr is not a terminal:\n{}",
+        stderr(&o)
+    );
+    let o = env.cmd().args(["verify", "--deep"]).output().unwrap();
+    assert_code(&o, 0, "verify to pipes");
+    assert!(!stderr(&o).contains("/s)"), "{}", stderr(&o));
+}

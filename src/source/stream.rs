@@ -304,7 +304,7 @@ pub fn tool_stream(name: &str, spec: &ToolSpec) -> Result<super::DumpStream, Sou
 /// (closing its stdin) is reported by its status, not as a broken pipe.
 pub fn feed_tool(spec: &ToolSpec, r: &mut dyn Read) -> Result<u64, SourceError> {
     let (tool, mut stdin) = spec.spawn_writer()?;
-    let copied = io::copy(r, &mut stdin);
+    let copied = io::copy(r, &mut crate::progress::Counted(&mut stdin));
     if let Err(e) = &copied
         && e.kind() != io::ErrorKind::BrokenPipe
     {

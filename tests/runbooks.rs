@@ -1,0 +1,299 @@
+//! The on-call runbooks run as written: every ```sh block of
+//! docs/runbooks/pre-migration.md and emergency-restore.md is extracted from
+//! the markdown and run with bash (`set -euo pipefail`), in order, against a
+//! real PostgreSQL server, with the incident that the runbook is for staged
+//! between the blocks. A runbook whose commands stop working, or whose
+//! blocks change in number, fails here. (```text blocks are examples for the
+//! reader and are not run. The nightly-backups runbook's cron lines run in
+//! tests/ops.rs and its units in tests/systemd.rs; the bucket-copy
+//! runbook's commands in tests/copy.rs.)
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The ```sh blocks of a runbook, in order.
+fn sh_blocks(runbook: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/runbooks")
+        .join(runbook);
+    let md =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in md.lines() {
+        match (&mut cur, line.trim_end()) {
+            (None, "```sh") => cur = Some(String::new()),
+            (Some(b), "```") => {
+                blocks.push(std::mem::take(b));
+                cur = None;
+            }
+            (Some(b), l) => {
+                b.push_str(l);
+                b.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    assert!(cur.is_none(), "{runbook}: unclosed ```sh block");
+    blocks
+}
+
+/// Runs one block in the test's directory with `coffer` first on PATH and
+/// the test's config in COFFER_CONFIG; fails the test, showing the block and
+/// its output, unless it succeeds.
+fn run_block(env: &Env, runbook: &str, n: usize, block: &str, vars: &[(&str, &str)]) -> Output {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_coffer")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = Command::new("bash");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COFFER_") && !k.starts_with("COFFER_TEST_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c.current_dir(env.dir.path())
+        .env("PATH", path)
+        .env("COFFER_CONFIG", &env.config)
+        .envs(vars.iter().copied())
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{block}"))
+        .stdin(Stdio::null());
+    let o = c.output().expect("run bash");
+    assert!(
+        o.status.success(),
+        "{runbook}, sh block {n} failed ({}):\n{block}\n--- stdout:\n{}\n--- stderr:\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    o
+}
+
+fn psql(db: &str, script: &str) -> String {
+    let o = Command::new("psql")
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-w", "-d"])
+        .arg(format!("{PG}/{db}"))
+        .args(["-c", script])
+        .output()
+        .expect(
+            "psql runs: these tests need PostgreSQL's client tools and a server on 127.0.0.1:5432",
+        );
+    assert!(
+        o.status.success(),
+        "psql on {db}: {}\n{script}",
+        text(&o.stderr)
+    );
+    text(&o.stdout).trim().to_string()
+}
+
+/// A database with a table of 100 rows, dropped when the guard goes.
+struct Db(String);
+
+impl Db {
+    fn new() -> Db {
+        let name = unique("rb").replace('-', "_");
+        psql("postgres", &format!("CREATE DATABASE {name}"));
+        psql(
+            &name,
+            "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL);
+             INSERT INTO items (name) SELECT 'item ' || g FROM generate_series(1, 100) g;",
+        );
+        Db(name)
+    }
+    fn url(&self) -> String {
+        format!("{PG}/{}", self.0)
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-X", "-q", "-w", "-d"])
+            .arg(format!("{PG}/postgres"))
+            .args([
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0),
+            ])
+            .output();
+    }
+}
+
+/// A filesystem repository with a `postgres` source `db` and a `directory`
+/// source `media`.
+fn app() -> (Env, Db, std::path::PathBuf) {
+    let db = Db::new();
+    let mut env = Env::init(Backend::Fs);
+    let media = env.path("media");
+    sample_tree(&media, None);
+    env.sources.push_str(&format!(
+        "[[sources]]\nname = \"db\"\ntype = \"postgres\"\nurl = {:?}\n\n",
+        db.url()
+    ));
+    env.add_dir_source("media", &media, &[]);
+    (env, db, media)
+}
+
+#[test]
+fn pre_migration_snapshot_and_rollback() {
+    let rb = "pre-migration.md";
+    let blocks = sh_blocks(rb);
+    assert_eq!(
+        blocks.len(),
+        2,
+        "{rb}: the test stages two steps around the migration"
+    );
+    let (env, db, media) = app();
+    let media_before = describe_tree(&media);
+
+    let o = run_block(&env, rb, 1, &blocks[0], &[("APP_VERSION", "v41")]);
+    let id = fs::read_to_string(env.path("pre-migration-snapshot.id"))
+        .expect("block 1 keeps the snapshot id")
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 16, "a snapshot id: {id:?}");
+    assert!(text(&o.stdout).contains(&id), "{}", text(&o.stdout));
+    let shown = env.cmd().args(["show", &id, "--json"]).output().unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["tags"], serde_json::json!(["pre-migration"]));
+    assert_eq!(shown["labels"]["version"], "v41");
+
+    // The migration goes wrong half-way.
+    psql(
+        &db.0,
+        "ALTER TABLE items ADD COLUMN price numeric;
+         CREATE TABLE audit (id int);
+         DELETE FROM items WHERE id > 60;",
+    );
+    fs::write(media.join("created-by-the-migration.txt"), "new").unwrap();
+    fs::remove_dir_all(media.join("sub")).ok();
+
+    let o = run_block(&env, rb, 2, &blocks[1], &[]);
+    let out = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(
+        out.contains(&db.0) && out.contains("needs --force"),
+        "the dry run names the database it would replace and that it needs --force:\n{out}"
+    );
+    assert_eq!(psql(&db.0, "SELECT count(*) FROM items"), "100");
+    assert_eq!(
+        psql(
+            &db.0,
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'items' AND column_name = 'price'"
+        ),
+        "0",
+        "the migration's column is gone"
+    );
+    assert_eq!(
+        psql(
+            &db.0,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'audit'"
+        ),
+        "0",
+        "the migration's table is gone"
+    );
+    assert_eq!(
+        describe_tree(&media),
+        media_before,
+        "media as before the migration"
+    );
+}
+
+#[test]
+fn emergency_restore_brings_back_the_last_good_snapshot() {
+    let rb = "emergency-restore.md";
+    let blocks = sh_blocks(rb);
+    assert_eq!(
+        blocks.len(),
+        4,
+        "{rb}: find, check, restore, check the result"
+    );
+    let (env, db, _media) = app();
+    // Last night's backup, then the incident.
+    let o = env
+        .cmd()
+        .args(["snapshot", "--tag", "nightly"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    psql(&db.0, "DELETE FROM items WHERE id % 2 = 0");
+    assert_eq!(psql(&db.0, "SELECT count(*) FROM items"), "50");
+
+    let o = run_block(&env, rb, 1, &blocks[0], &[]);
+    assert!(text(&o.stdout).contains("nightly"), "{}", text(&o.stdout));
+    run_block(&env, rb, 2, &blocks[1], &[]);
+    run_block(&env, rb, 3, &blocks[2], &[]);
+    assert_eq!(
+        psql(&db.0, "SELECT count(*) FROM items"),
+        "100",
+        "every row is back"
+    );
+    let o = run_block(&env, rb, 4, &blocks[3], &[]);
+    assert!(
+        text(&o.stdout).contains("db public.items 100"),
+        "block 4 prints the recorded row counts:\n{}",
+        text(&o.stdout)
+    );
+}
+
+#[test]
+fn emergency_restore_stops_at_a_damaged_snapshot() {
+    let rb = "emergency-restore.md";
+    let blocks = sh_blocks(rb);
+    let (env, db, _media) = app();
+    let o = env.cmd().args(["snapshot", "--json"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // Damage every archive object of the snapshot.
+    for e in walkdir::WalkDir::new(env.path("repo/data")) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let mut b = fs::read(e.path()).unwrap();
+            let at = b.len() / 2;
+            b[at] ^= 0xff;
+            fs::write(e.path(), b).unwrap();
+        }
+    }
+    psql(&db.0, "DELETE FROM items");
+    // Step 2 (verify --deep) must stop the engineer: bash exits on its failure.
+    let mut c = Command::new("bash");
+    c.current_dir(env.dir.path())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                Path::new(env!("CARGO_BIN_EXE_coffer"))
+                    .parent()
+                    .unwrap()
+                    .display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
+        .env("COFFER_CONFIG", &env.config)
+        .env_remove("COFFER_KEY_FILE")
+        .env_remove("COFFER_REPO")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{}", blocks[1]));
+    let o = c.output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "verify --deep fails with exit 3: {}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        psql(&db.0, "SELECT count(*) FROM items"),
+        "0",
+        "nothing was restored"
+    );
+}

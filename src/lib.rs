@@ -10,20 +10,30 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod check;
 pub mod config;
 pub mod crypto;
+pub mod hooks;
 pub mod manifest;
+pub mod metrics;
+pub mod ping;
+pub mod progress;
+pub mod prune;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod snapshot;
 pub mod source;
 pub mod store;
+pub mod transfer;
 pub mod verify;
 
+use crate::prune::PruneError;
 use crate::repo::RepoError;
 use crate::restore::RestoreError;
 use crate::snapshot::SnapshotError;
 use crate::store::StoreError;
+use crate::transfer::TransferError;
 
 /// Exit codes of the contract.
 pub mod exit {
@@ -46,6 +56,12 @@ pub enum Error {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Hook(#[from] hooks::HookError),
+    #[error(transparent)]
+    Prune(#[from] PruneError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -112,7 +128,18 @@ impl Error {
                     _ => exit::FAILURE,
                 },
             },
-            Error::Failure(_) => exit::FAILURE,
+            Error::Prune(p) => match p {
+                PruneError::Retention(_) => exit::USAGE,
+                PruneError::Damaged { .. } => exit::INTEGRITY,
+                PruneError::Repo(r) => repo_code(r),
+                PruneError::Delete { source, .. } => store_code(source),
+            },
+            Error::Transfer(t) => match t {
+                TransferError::Store(s) => store_code(s),
+                t if t.is_usage() => exit::USAGE,
+                _ => exit::FAILURE,
+            },
+            Error::Failure(_) | Error::Hook(_) => exit::FAILURE,
             Error::Integrity(_) => exit::INTEGRITY,
         }
     }

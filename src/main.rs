@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use coffer::config::Config;
 use coffer::crypto::{self, Credential};
+use coffer::hooks::{self, Hooks};
 use coffer::manifest::{Manifest, SnapshotStatus, SourceStatus};
+use coffer::metrics::RunRecord;
 use coffer::repo::{self, RepoError, Repository};
 use coffer::restore::{self, RestoreOptions};
 use coffer::snapshot::{self, SnapshotError, SnapshotOptions};
@@ -56,6 +58,12 @@ struct Global {
     /// Never draw progress bars
     #[arg(long, global = true)]
     no_progress: bool,
+    /// Write Prometheus textfile-collector metrics of this run to PATH, atomically
+    #[arg(long, global = true, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
+    /// healthchecks.io-style pings: URL/start, URL on success, URL/fail on failure
+    #[arg(long, global = true, value_name = "URL", value_parser = coffer::ping::parse_url)]
+    ping: Option<url::Url>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +165,23 @@ enum Command {
         #[arg(long)]
         deep: bool,
     },
+    /// Forget the snapshots no retention rule keeps and delete their objects
+    Prune(PruneArgs),
+    /// Pre-flight: config, repository, key and sources ready (one line per check)
+    Check {
+        /// Also check that the newest snapshot is younger than DURATION (e.g. 1h, 26h)
+        #[arg(long, value_name = "DURATION")]
+        max_age: Option<String>,
+    },
+    /// Print shell completions to stdout (e.g. `coffer completions bash > /etc/bash_completion.d/coffer`)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout (e.g. `coffer man | man -l -`)
+    Man,
+    /// Copy objects between two stores (path, file://, s3://, gs://, az://): what is missing or different at DST
+    Copy(CopyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -186,7 +211,7 @@ fn main() -> ExitCode {
             env!("CARGO_PKG_VERSION")
         );
     }));
-    let cli = match Cli::try_parse() {
+    let (cli, op, dry_run) = match parse_cli() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -210,9 +235,14 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.global.json;
-    let code = match rt.block_on(run(cli)) {
+    let monitor = Monitor::new(&cli.global, &op, dry_run);
+    let mut rec = RunRecord::new(&op);
+    rt.block_on(monitor.start());
+    let code = match rt.block_on(run(cli, &mut rec)) {
         Ok(code) => code,
         Err(e) => {
+            rec.error.get_or_insert_with(|| e.to_string());
+            coffer::progress::finish();
             let code = e.exit_code();
             if json {
                 print_json(&json!({"ok": false, "error": e.to_string(), "exit_code": code}));
@@ -221,9 +251,119 @@ fn main() -> ExitCode {
             code
         }
     };
+    rec.exit_code = code;
+    rt.block_on(monitor.finish(&rec));
     // Background tasks (abandoned uploads) must not keep us alive.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     ExitCode::from(code as u8)
+}
+
+/// Parses the command line, also returning the command's name (`snapshot`,
+/// `key`, ...) and whether it is a dry run, for metrics, pings and hooks.
+fn parse_cli() -> Result<(Cli, String, bool), clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let m = Cli::command().try_get_matches()?;
+    let cli = Cli::from_arg_matches(&m)?;
+    let (op, sub) = m.subcommand().unwrap_or(("", &m));
+    let dry_run = sub
+        .try_get_one::<bool>("dry_run")
+        .ok()
+        .flatten()
+        .copied()
+        .unwrap_or(false);
+    Ok((cli, op.to_string(), dry_run))
+}
+
+/// `--metrics-file` and `--ping` of one run. Neither applies to dry runs
+/// (they back nothing up) nor to `completions` and `man`. Their failures are
+/// warnings: monitoring must never fail a backup.
+struct Monitor {
+    metrics_file: Option<PathBuf>,
+    ping: Option<url::Url>,
+    op: String,
+    started: std::time::Instant,
+}
+
+impl Monitor {
+    fn new(g: &Global, op: &str, dry_run: bool) -> Monitor {
+        let on = !dry_run && !matches!(op, "completions" | "man");
+        Monitor {
+            metrics_file: g.metrics_file.clone().filter(|_| on),
+            ping: g.ping.clone().filter(|_| on),
+            op: op.to_string(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    async fn start(&self) {
+        if let Some(u) = &self.ping {
+            let body = format!("coffer {} starting on {}", self.op, repo::host_name());
+            if let Err(e) = coffer::ping::send(u, coffer::ping::Kind::Start, body).await {
+                eprintln!("warning: {e}");
+            }
+        }
+    }
+
+    async fn finish(&self, rec: &RunRecord) {
+        if let Some(p) = &self.metrics_file
+            && let Err(e) =
+                coffer::metrics::write(p, rec, std::time::SystemTime::now(), self.started.elapsed())
+        {
+            eprintln!("warning: {e}; monitoring will see this run as missing");
+        }
+        if let Some(u) = &self.ping {
+            let kind = if rec.exit_code == exit::OK {
+                coffer::ping::Kind::Success
+            } else {
+                coffer::ping::Kind::Fail
+            };
+            let body = coffer::ping::body(rec, &repo::host_name());
+            if let Err(e) = coffer::ping::send(u, kind, body).await {
+                eprintln!("warning: {e}");
+            }
+        }
+    }
+}
+
+/// Writes generated text to stdout; a closed pipe (`coffer man | head`) is
+/// the reader's choice, not an error.
+fn write_generated(out: &[u8], what: &str) -> Result<i32, Error> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(out).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(exit::OK),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::OK),
+        Err(e) => Err(Error::Failure(format!(
+            "cannot write {what} to stdout: {e}"
+        ))),
+    }
+}
+
+/// Runs the `after_*` and `on_error` hooks on an operation's result.
+async fn finish_hooks(
+    hooks: &Hooks,
+    rec: &mut RunRecord,
+    res: Result<i32, Error>,
+) -> Result<i32, Error> {
+    let (code, error) = match &res {
+        Ok(c) => (*c, rec.error.clone()),
+        Err(e) => (e.exit_code(), Some(e.to_string())),
+    };
+    let outcome = hooks::Outcome {
+        snapshot_id: rec.snapshot_id.clone(),
+        exit_code: code,
+        error,
+    };
+    let (new_code, problems) = hooks.finish(&outcome).await;
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    match res {
+        Ok(_) if new_code != code => {
+            rec.error = problems.first().map(|p| p.to_string());
+            Ok(new_code)
+        }
+        other => other,
+    }
 }
 
 fn init_logging(g: &Global) {
@@ -248,12 +388,14 @@ fn init_logging(g: &Global) {
 }
 
 fn print_json(v: &serde_json::Value) {
+    coffer::progress::finish();
     let mut out = std::io::stdout().lock();
     let _ = serde_json::to_writer_pretty(&mut out, v);
     let _ = writeln!(out);
 }
 
 fn println_out(s: &str) {
+    coffer::progress::finish();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{s}");
 }
@@ -378,9 +520,38 @@ async fn open_repo(g: &Global, s: &Settings) -> Result<Repository, Error> {
     Ok(repo::open(&store, &cred).await?)
 }
 
-async fn run(cli: Cli) -> Result<i32, Error> {
+async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
     let g = &cli.global;
+    let bar = match &cli.command {
+        Command::Snapshot { .. } => Some("snapshot"),
+        Command::Restore { .. } => Some("restore"),
+        Command::Verify { .. } => Some("verify"),
+        Command::Drill { .. } => Some("drill"),
+        _ => None,
+    };
+    if let Some(what) = bar
+        && std::io::stderr().is_terminal()
+        && !g.no_progress
+        && !g.quiet
+        && !g.json
+    {
+        coffer::progress::enable(what);
+    }
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "coffer", &mut out);
+            write_generated(&out, "shell completions")
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| Error::Failure(format!("cannot render the man page: {e}")))?;
+            write_generated(&out, "the man page")
+        }
         Command::Key(KeyCommand::Generate { path }) => {
             crypto::generate_key_file(&path).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -433,40 +604,57 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             dry_run,
         } => {
             let s = load_settings(g)?;
-            let mut labels = BTreeMap::new();
-            for l in &label {
-                let (k, v) = snapshot::parse_label(l)?;
-                labels.insert(k, v);
-            }
-            snapshot::select_sources(&s.config, &only)?;
-            let r = open_repo(g, &s).await?;
-            let opts = SnapshotOptions {
-                only,
-                tags: tag,
-                labels,
-                dry_run,
-                compression: s.config.repository.compression.unwrap_or(3),
-            };
-            match snapshot::snapshot(&r, &s.config, &opts).await {
-                Ok(out) => {
-                    report_snapshot(g, &out.manifest, out.committed, dry_run);
-                    Ok(if out.manifest.status == SnapshotStatus::Partial {
-                        exit::PARTIAL
-                    } else {
-                        exit::OK
-                    })
+            let mut hooks = Hooks::new(
+                &s.config.hooks,
+                hooks::Operation::Snapshot,
+                s.repo_url.as_deref(),
+                !dry_run,
+            );
+            let res: Result<i32, Error> = async {
+                let mut labels = BTreeMap::new();
+                for l in &label {
+                    let (k, v) = snapshot::parse_label(l)?;
+                    labels.insert(k, v);
                 }
-                Err(SnapshotError::AllFailed(why)) => {
-                    if g.json {
-                        print_json(
-                            &json!({"ok": false, "status": "failed", "error": format!("every source failed; nothing was committed:\n{why}"), "exit_code": exit::FAILURE}),
-                        );
+                let selected = snapshot::select_sources(&s.config, &only)?;
+                rec.plan_sources(selected.iter().map(|c| (c.name.as_str(), c.kind.as_str())));
+                let r = open_repo(g, &s).await?;
+                hooks.before(None).await?;
+                let opts = SnapshotOptions {
+                    only,
+                    tags: tag,
+                    labels,
+                    dry_run,
+                    compression: s.config.repository.compression.unwrap_or(3),
+                };
+                match snapshot::snapshot(&r, &s.config, &opts).await {
+                    Ok(out) => {
+                        rec.record_manifest(&out.manifest);
+                        if out.committed && g.metrics_file.is_some() {
+                            rec.snapshots_total = r.snapshot_ids().await.ok().map(|v| v.len() as u64);
+                        }
+                        report_snapshot(g, &out.manifest, out.committed, dry_run);
+                        Ok(if out.manifest.status == SnapshotStatus::Partial {
+                            exit::PARTIAL
+                        } else {
+                            exit::OK
+                        })
                     }
-                    eprintln!("error: every source failed; nothing was committed:\n{why}");
-                    Ok(exit::FAILURE)
+                    Err(SnapshotError::AllFailed(why)) => {
+                        rec.error = Some(format!("every source failed; nothing was committed:\n{why}"));
+                        if g.json {
+                            print_json(
+                                &json!({"ok": false, "status": "failed", "error": format!("every source failed; nothing was committed:\n{why}"), "exit_code": exit::FAILURE}),
+                            );
+                        }
+                        eprintln!("error: every source failed; nothing was committed:\n{why}");
+                        Ok(exit::FAILURE)
+                    }
+                    Err(e) => Err(e.into()),
                 }
-                Err(e) => Err(e.into()),
             }
+            .await;
+            finish_hooks(&hooks, rec, res).await
         }
         Command::Snapshots {
             tag,
@@ -556,85 +744,104 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             tag,
         } => {
             let s = load_settings(g)?;
-            let r = open_repo(g, &s).await?;
-            let m = r.resolve(&snapshot, tag.as_deref()).await?;
-            let opts = RestoreOptions {
-                only,
-                target,
-                include,
-                force,
-                dry_run,
-                to_database,
-            };
-            let rep = restore::restore(&r, &m, &s.config, &opts).await?;
-            if g.json {
-                let mut v = serde_json::to_value(&rep).expect("report serialises");
-                v["ok"] = json!(true);
-                print_json(&v);
-            } else {
-                for src in &rep.sources {
-                    if dry_run {
-                        println_out(&format!(
-                            "would restore source {} ({}) to {}: {} files, {} dirs, {} links, {}",
-                            src.name,
-                            src.kind,
-                            src.destination,
-                            src.files,
-                            src.dirs,
-                            src.links,
-                            human_bytes(src.bytes)
-                        ));
-                        for p in &src.planned {
-                            println_out(&format!("  {p}"));
+            let mut hooks = Hooks::new(
+                &s.config.hooks,
+                hooks::Operation::Restore,
+                s.repo_url.as_deref(),
+                !dry_run,
+            );
+            let res: Result<i32, Error> = async {
+                let r = open_repo(g, &s).await?;
+                let m = r.resolve(&snapshot, tag.as_deref()).await?;
+                rec.snapshot_id = Some(m.id.clone());
+                hooks.before(Some(&m.id)).await?;
+                let opts = RestoreOptions {
+                    only,
+                    target,
+                    include,
+                    force,
+                    dry_run,
+                    to_database,
+                };
+                let rep = restore::restore(&r, &m, &s.config, &opts).await?;
+                if g.json {
+                    let mut v = serde_json::to_value(&rep).expect("report serialises");
+                    v["ok"] = json!(true);
+                    print_json(&v);
+                } else {
+                    for src in &rep.sources {
+                        if dry_run {
+                            println_out(&format!(
+                                "would restore source {} ({}) to {}: {} files, {} dirs, {} links, {}",
+                                src.name,
+                                src.kind,
+                                src.destination,
+                                src.files,
+                                src.dirs,
+                                src.links,
+                                human_bytes(src.bytes)
+                            ));
+                            for p in &src.planned {
+                                println_out(&format!("  {p}"));
+                            }
+                        } else if restore::is_dump_source(&src.kind) {
+                            println_out(&format!(
+                                "restored source {} ({}) from snapshot {} into {}: {} in {:.1} s",
+                                src.name,
+                                src.kind,
+                                rep.snapshot,
+                                src.destination,
+                                human_bytes(src.bytes),
+                                src.duration_ms as f64 / 1000.0
+                            ));
+                        } else {
+                            println_out(&format!(
+                                "restored source {} ({}) from snapshot {} to {}: {} files, {} dirs, {} links, {} in {:.1} s",
+                                src.name,
+                                src.kind,
+                                rep.snapshot,
+                                src.destination,
+                                src.files,
+                                src.dirs,
+                                src.links,
+                                human_bytes(src.bytes),
+                                src.duration_ms as f64 / 1000.0
+                            ));
                         }
-                    } else if restore::is_dump_source(&src.kind) {
-                        println_out(&format!(
-                            "restored source {} ({}) from snapshot {} into {}: {} in {:.1} s",
-                            src.name,
-                            src.kind,
-                            rep.snapshot,
-                            src.destination,
-                            human_bytes(src.bytes),
-                            src.duration_ms as f64 / 1000.0
-                        ));
-                    } else {
-                        println_out(&format!(
-                            "restored source {} ({}) from snapshot {} to {}: {} files, {} dirs, {} links, {} in {:.1} s",
-                            src.name,
-                            src.kind,
-                            rep.snapshot,
-                            src.destination,
-                            src.files,
-                            src.dirs,
-                            src.links,
-                            human_bytes(src.bytes),
-                            src.duration_ms as f64 / 1000.0
-                        ));
                     }
-                }
-                for src in &rep.sources {
-                    for step in &src.next_steps {
-                        eprintln!("next step for source {}: {step}", src.name);
+                    for src in &rep.sources {
+                        for step in &src.next_steps {
+                            eprintln!("next step for source {}: {step}", src.name);
+                        }
+                        for p in &src.not_stored {
+                            eprintln!(
+                                "warning: source {}: {p} could not be read when snapshot {} was taken; it is not in the restored copy",
+                                src.name, rep.snapshot
+                            );
+                        }
                     }
-                    for p in &src.not_stored {
+                    for sk in &rep.skipped {
                         eprintln!(
-                            "warning: source {}: {p} could not be read when snapshot {} was taken; it is not in the restored copy",
-                            src.name, rep.snapshot
+                            "warning: source {sk} failed when snapshot {} was taken; nothing restored for it",
+                            rep.snapshot
                         );
                     }
                 }
-                for sk in &rep.skipped {
-                    eprintln!(
-                        "warning: source {sk} failed when snapshot {} was taken; nothing restored for it",
+                if !rep.skipped.is_empty() {
+                    rec.error = Some(format!(
+                        "source(s) {} failed when snapshot {} was taken; nothing restored for them",
+                        rep.skipped.join(", "),
                         rep.snapshot
-                    );
+                    ));
                 }
+                Ok(if rep.skipped.is_empty() {
+                    exit::OK
+                } else {
+                    exit::PARTIAL
+                })
             }
-            Ok(if rep.skipped.is_empty() {
-                exit::OK
-            } else {
-                exit::PARTIAL
-            })
+            .await;
+            finish_hooks(&hooks, rec, res).await
         }
         Command::Dump {
             snapshot,
@@ -721,6 +928,9 @@ async fn run(cli: Cli) -> Result<i32, Error> {
             }
             Ok(code)
         }
+        Command::Prune(args) => prune_command(g, args).await,
+        Command::Copy(args) => copy_command(g, args).await,
+        Command::Check { max_age } => check_command(g, max_age).await,
         Command::Verify {
             snapshot,
             all,
@@ -1066,4 +1276,412 @@ async fn show(g: &Global, r: &Repository, m: &Manifest, files: bool) -> Result<i
     }
     print!("{out}");
     Ok(exit::OK)
+}
+
+/// `coffer prune` flags; each given flag replaces that rule of `[retention]`.
+#[derive(Args, Debug)]
+struct PruneArgs {
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest hours that have one
+    #[arg(long, value_name = "N")]
+    keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest days that have one
+    #[arg(long, value_name = "N")]
+    keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest ISO weeks that have one
+    #[arg(long, value_name = "N")]
+    keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest months that have one
+    #[arg(long, value_name = "N")]
+    keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest years that have one
+    #[arg(long, value_name = "N")]
+    keep_yearly: Option<u32>,
+    /// Keep every snapshot taken within DURATION before the newest one (e.g. 30d)
+    #[arg(long, value_name = "DURATION")]
+    keep_within: Option<String>,
+    /// Keep every snapshot with this tag (repeatable)
+    #[arg(long, value_name = "TAG")]
+    keep_tag: Vec<String>,
+    /// Left-overs of interrupted snapshots younger than this stay [default: 24h]
+    #[arg(long, value_name = "DURATION")]
+    grace: Option<String>,
+    /// Report what would be removed, delete nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn prune_policy(
+    cfg: &coffer::config::RetentionConfig,
+    a: &PruneArgs,
+) -> Result<coffer::retention::Policy, Error> {
+    use coffer::retention::{Period, Policy, RetentionError, parse_duration};
+    let usage = |e: RetentionError| Error::Usage(e.to_string());
+    let mut p = Policy::from_config(cfg).map_err(usage)?;
+    if let Some(n) = a.keep_last {
+        p.last = n;
+    }
+    for (period, n) in [
+        (Period::Hourly, a.keep_hourly),
+        (Period::Daily, a.keep_daily),
+        (Period::Weekly, a.keep_weekly),
+        (Period::Monthly, a.keep_monthly),
+        (Period::Yearly, a.keep_yearly),
+    ] {
+        if let Some(n) = n {
+            p.set_count(period, n);
+        }
+    }
+    if let Some(w) = &a.keep_within {
+        p.within = Some((
+            parse_duration("--keep-within", w).map_err(usage)?,
+            w.trim().to_string(),
+        ));
+    }
+    if !a.keep_tag.is_empty() {
+        p.tags = a.keep_tag.clone();
+    }
+    if p.is_empty() {
+        return Err(coffer::prune::PruneError::from(RetentionError::NoRule).into());
+    }
+    Ok(p)
+}
+
+async fn prune_command(g: &Global, a: PruneArgs) -> Result<i32, Error> {
+    use coffer::prune::{self, PruneOptions};
+    let s = load_settings(g)?;
+    let policy = prune_policy(&s.config.retention, &a)?;
+    let grace = match &a.grace {
+        Some(t) => coffer::retention::parse_duration("--grace", t)
+            .map_err(|e| Error::Usage(e.to_string()))?,
+        None => prune::DEFAULT_GRACE,
+    };
+    let r = open_repo(g, &s).await?;
+    let opts = PruneOptions {
+        policy,
+        dry_run: a.dry_run,
+        grace,
+        now: chrono::Utc::now(),
+    };
+    let rep = prune::prune(&r, &opts).await?;
+    if g.json {
+        print_json(&serde_json::to_value(&rep).expect("report serialises"));
+        return Ok(exit::OK);
+    }
+    let mut out = format!(
+        "{:<16}  {:<20}  {:<6}  {}\n",
+        "ID", "TIME (UTC)", "ACTION", "KEPT BY"
+    );
+    for v in &rep.snapshots {
+        out.push_str(&format!(
+            "{:<16}  {:<20}  {:<6}  {}\n",
+            v.id,
+            v.time.replace('T', " ").trim_end_matches('Z'),
+            v.action,
+            v.reasons.join(", ")
+        ));
+    }
+    for l in &rep.leftovers {
+        out.push_str(&format!(
+            "left-over data/{}/ ({} objects, {}, newest {}): {}: {}\n",
+            l.id,
+            l.objects,
+            human_bytes(l.bytes),
+            l.newest,
+            l.action,
+            l.why
+        ));
+    }
+    let verb = if rep.dry_run {
+        "dry run, nothing deleted: would remove"
+    } else {
+        "removed"
+    };
+    out.push_str(&format!(
+        "{verb} {} of {} snapshots ({} objects) and {} left-over objects; kept {} ({})\n",
+        rep.removed,
+        rep.snapshots.len(),
+        rep.removed_objects,
+        rep.leftovers_removed,
+        rep.kept,
+        rep.policy
+    ));
+    print!("{out}");
+    Ok(exit::OK)
+}
+
+/// `coffer check`. A config file that cannot be parsed is still exit 2, as
+/// everywhere, after its FAIL line; every other failed check is exit 1.
+async fn check_command(g: &Global, max_age: Option<String>) -> Result<i32, Error> {
+    use coffer::check::{self, CheckInputs, CheckItem, CheckReport};
+    let print = |rep: &CheckReport| {
+        if g.json {
+            print_json(&serde_json::to_value(rep).expect("report serialises"));
+        } else {
+            let mut out = String::new();
+            for c in &rep.checks {
+                out.push_str(&format!(
+                    "{:<4} {}: {}\n",
+                    if c.ok { "ok" } else { "FAIL" },
+                    c.name,
+                    c.detail
+                ));
+            }
+            print!("{out}");
+        }
+    };
+    let max_age = match max_age {
+        Some(t) => Some((
+            coffer::retention::parse_duration("--max-age", &t)
+                .map_err(|e| Error::Usage(e.to_string()))?,
+            t.trim().to_string(),
+        )),
+        None => None,
+    };
+    let s = match load_settings(g) {
+        Ok(s) => s,
+        Err(e) => {
+            print(&CheckReport {
+                ok: false,
+                checks: vec![CheckItem {
+                    name: "config valid".into(),
+                    ok: false,
+                    detail: e.to_string(),
+                }],
+            });
+            return Ok(e.exit_code());
+        }
+    };
+    let store = open_store(&s, false).map_err(|e| match e {
+        Error::Store(coffer::store::StoreError::NotFound { store, .. }) => format!(
+            "{store} does not exist (no such directory); check the URL, or create a repository with `coffer init`"
+        ),
+        e => e.to_string(),
+    });
+    let credential = credential(g, &s).map_err(|e| e.to_string());
+    let rep = check::check(CheckInputs {
+        config: &s.config,
+        store,
+        credential,
+        max_age,
+        now: chrono::Utc::now(),
+    })
+    .await;
+    print(&rep);
+    if !rep.ok && !g.json {
+        let failed: Vec<&str> = rep
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name.as_str())
+            .collect();
+        eprintln!(
+            "error: {} check(s) failed: {}",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
+    Ok(if rep.ok { exit::OK } else { exit::FAILURE })
+}
+
+#[derive(Args, Debug)]
+struct CopyArgs {
+    /// Where to copy from: a path, file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix
+    src: String,
+    /// Where to copy to (same forms)
+    dst: String,
+    /// Delete objects at DST that are absent from SRC (only when every copy succeeded)
+    #[arg(long)]
+    delete: bool,
+    /// With --delete: refuse to delete more than N objects (exit 1, nothing deleted)
+    #[arg(long, value_name = "N", requires = "delete")]
+    max_delete: Option<u64>,
+    /// Print what would be copied and deleted; write nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Compare both sides without copying; list the differences, exit 1 on any
+    #[arg(long, conflicts_with_all = ["dry_run", "delete"])]
+    check: bool,
+    /// Compare equal-size objects by SHA-256 (stored metadata, else read and hashed)
+    #[arg(long)]
+    checksum: bool,
+    /// Objects in flight at once
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    concurrency: usize,
+    /// Only keys matching GLOB (relative to the prefix; without `/` it matches the last segment; repeatable)
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+    /// Skip keys matching GLOB (repeatable)
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// A SRC store option KEY=VALUE (object_store configuration keys; repeatable)
+    #[arg(long, value_name = "KEY=VALUE")]
+    src_opt: Vec<String>,
+    /// A DST store option KEY=VALUE (repeatable)
+    #[arg(long, value_name = "KEY=VALUE")]
+    dst_opt: Vec<String>,
+}
+
+fn store_options(flag: &str, kvs: &[String]) -> Result<BTreeMap<String, String>, Error> {
+    let mut m = BTreeMap::new();
+    for kv in kvs {
+        let (k, v) = kv
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "{flag} {kv:?}: expected KEY=VALUE, e.g. {flag} aws_region=eu-west-1"
+                ))
+            })?;
+        m.insert(k.to_string(), v.to_string());
+    }
+    Ok(m)
+}
+
+/// Draws the copy's progress bar and prints its per-object lines.
+struct CopyProgress {
+    bar: Option<indicatif::ProgressBar>,
+    dry_run: bool,
+    check: bool,
+    json: bool,
+    quiet: bool,
+}
+
+impl coffer::transfer::Progress for CopyProgress {
+    fn event(&self, e: &coffer::transfer::Event<'_>) {
+        use coffer::transfer::Event;
+        let line = |s: String| match &self.bar {
+            Some(b) => b.println(s),
+            None => println_out(&s),
+        };
+        match e {
+            Event::Queued { bytes, .. } => {
+                if let Some(b) = &self.bar {
+                    b.inc_length(*bytes);
+                    b.set_message(format!("{} objects", b.position()));
+                }
+            }
+            Event::Copied { .. } | Event::Skipped { .. } => {
+                if let (Some(b), Event::Copied { bytes, .. }) = (&self.bar, e) {
+                    b.inc(*bytes);
+                }
+            }
+            Event::WouldCopy { key, bytes, why } if !self.json => {
+                line(format!("would copy {key} ({}; {why})", human_bytes(*bytes)))
+            }
+            Event::WouldDelete { key, bytes } if !self.json => {
+                line(format!("would delete {key} ({})", human_bytes(*bytes)))
+            }
+            Event::Differs { key, what } if !self.json && self.check => {
+                line(format!("differs: {key}: {what}"))
+            }
+            Event::Failed { key, error } => {
+                let s = format!("error: {key}: {error}");
+                match &self.bar {
+                    Some(b) => b.println(s),
+                    None => eprintln!("{s}"),
+                }
+            }
+            Event::Retrying {
+                key,
+                attempt,
+                error,
+            } if !self.quiet => {
+                tracing::warn!("{key}: attempt {attempt} failed ({error}); retrying");
+            }
+            _ => {}
+        }
+        let _ = self.dry_run;
+    }
+}
+
+async fn copy_command(g: &Global, a: CopyArgs) -> Result<i32, Error> {
+    let opts = coffer::transfer::CopyOptions {
+        src_options: store_options("--src-opt", &a.src_opt)?,
+        dst_options: store_options("--dst-opt", &a.dst_opt)?,
+        delete: a.delete,
+        max_delete: a.max_delete,
+        dry_run: a.dry_run,
+        check: a.check,
+        checksum: a.checksum,
+        concurrency: a.concurrency,
+        include: a.include,
+        exclude: a.exclude,
+    };
+    let bar =
+        (std::io::stderr().is_terminal() && !g.no_progress && !g.quiet && !a.check && !a.dry_run)
+            .then(|| {
+                let b = indicatif::ProgressBar::new(0);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+                    )
+                    .expect("valid template"),
+                );
+                b.enable_steady_tick(std::time::Duration::from_millis(200));
+                b
+            });
+    let progress = std::sync::Arc::new(CopyProgress {
+        bar: bar.clone(),
+        dry_run: a.dry_run,
+        check: a.check,
+        json: g.json,
+        quiet: g.quiet,
+    });
+    let rep = coffer::transfer::copy(&a.src, &a.dst, &opts, progress).await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if g.json {
+        print_json(&serde_json::to_value(&rep).expect("report serialises"));
+    } else if !g.quiet || !rep.ok {
+        let secs = rep.duration_ms as f64 / 1000.0;
+        if a.check {
+            eprintln!(
+                "check {} -> {}: {} object(s) differ, {} identical ({}) in {secs:.1} s",
+                rep.src,
+                rep.dst,
+                rep.differences_count,
+                rep.skipped.objects,
+                human_bytes(rep.skipped.bytes)
+            );
+        } else {
+            eprintln!(
+                "{}copy {} -> {}: {} {} object(s) ({}), skipped {} ({}), {} {} ({}), failed {}, in {secs:.1} s{}",
+                if a.dry_run {
+                    "dry run, nothing written: "
+                } else {
+                    ""
+                },
+                rep.src,
+                rep.dst,
+                if a.dry_run { "would copy" } else { "copied" },
+                rep.copied.objects,
+                human_bytes(rep.copied.bytes),
+                rep.skipped.objects,
+                human_bytes(rep.skipped.bytes),
+                if a.dry_run { "would delete" } else { "deleted" },
+                rep.deleted.objects,
+                human_bytes(rep.deleted.bytes),
+                rep.failed_count,
+                if rep.server_side {
+                    " (server-side)"
+                } else {
+                    ""
+                },
+            );
+        }
+    }
+    if let Some(why) = &rep.delete_skipped {
+        eprintln!("error: {why}");
+    }
+    if rep.failed_count > 0 {
+        eprintln!(
+            "error: {} object(s) failed (named above); run the same command again to copy what is left",
+            rep.failed_count
+        );
+    }
+    Ok(if rep.ok { exit::OK } else { exit::FAILURE })
 }

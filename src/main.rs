@@ -506,7 +506,17 @@ fn open_store(s: &Settings, create: bool) -> Result<Store, Error> {
             "no repository given: set [repository].url in the config, --repo or COFFER_REPO".into(),
         )
     })?;
-    Ok(Store::open(url, &s.config.repository.options, create)?)
+    // `[repository.options]` belong to the configured store: `--repo` naming
+    // a store of another kind (the S3 repository's copy on GCS, say) must not
+    // get S3 keys it would refuse; its settings come from the environment.
+    let scheme = |u: &str| u.split_once("://").map_or("file", |(s, _)| s).to_string();
+    let configured = s.config.repository.url.as_deref();
+    let empty = BTreeMap::new();
+    let options = match configured {
+        Some(c) if scheme(c) != scheme(url) => &empty,
+        _ => &s.config.repository.options,
+    };
+    Ok(Store::open(url, options, create)?)
 }
 
 async fn open_repo(g: &Global, s: &Settings) -> Result<Repository, Error> {

@@ -495,6 +495,7 @@ pub async fn restore(
     // Check every destination before touching any.
     let mut plans = Vec::new();
     let mut db_plans = Vec::new();
+    let mut dump_file_plans = Vec::new();
     for src in selected {
         if src.status == SourceStatus::Failed {
             if !opts.only.is_empty() {
@@ -510,6 +511,24 @@ pub async fn restore(
                 m.id
             );
             report.skipped.push(src.name.clone());
+            continue;
+        }
+        if is_dump_source(&src.kind)
+            && let (Some(dir), None) = (&opts.target, &opts.to_database)
+        {
+            // Under --target a database source becomes files: its dump as
+            // its own tool reads it (what `coffer dump` writes), never a
+            // database replaced on a server.
+            let dest = dir.join(&src.name);
+            if !opts.force && !opts.dry_run && is_non_empty(&dest) {
+                return Err(RestoreError::Usage(format!(
+                    "{} exists and is not empty: add --force to replace it with source {} of snapshot {}",
+                    dest.display(),
+                    src.name,
+                    m.id
+                )));
+            }
+            dump_file_plans.push((src, dest));
             continue;
         }
         if is_dump_source(&src.kind) {
@@ -531,6 +550,38 @@ pub async fn restore(
         }
         let plan = plan_destination(m, src, opts)?;
         plans.push((src, plan));
+    }
+    for (src, dest) in dump_file_plans {
+        let started = Instant::now();
+        let mut done = RestoredSource::new(src, dest.display().to_string());
+        let names = stream_names(src);
+        for n in &names {
+            if n.is_empty() || n.starts_with('.') || n.contains('/') {
+                return Err(RestoreError::Integrity {
+                    snapshot: m.id.clone(),
+                    source_name: src.name.clone(),
+                    object: Repository::manifest_object(&m.id),
+                    reason: format!("stream name {n:?} is not a plain file name"),
+                });
+            }
+        }
+        if opts.dry_run {
+            for n in &names {
+                done.planned
+                    .push(format!("write {}", dest.join(n).display()));
+            }
+        } else {
+            let (repo, m2, src2, dest2) = (repo.clone(), m.clone(), src.clone(), dest.clone());
+            let (files, bytes) = tokio::task::spawn_blocking(move || {
+                write_dump_files(&repo, &m2, &src2, &dest2, &names)
+            })
+            .await
+            .map_err(|e| RestoreError::Usage(format!("restore task failed: {e}")))??;
+            done.files = files;
+            done.bytes = bytes;
+        }
+        done.duration_ms = started.elapsed().as_millis() as u64;
+        report.sources.push(done);
     }
     for (src, dest) in db_plans {
         let started = Instant::now();
@@ -1600,6 +1651,44 @@ fn dump_stream<W: Write>(
     // The reader thread's verdict (integrity) explains any failure above.
     streams.finish()?;
     res
+}
+
+fn stream_names(src: &SourceRecord) -> Vec<String> {
+    src.details
+        .get("streams")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.get("name").and_then(|n| n.as_str()).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Writes each stream of a dump source to `dest/<stream>`: into a temporary
+/// file beside it, fsynced, renamed into place only once authenticated, so a
+/// damaged archive leaves no file that looks like a dump.
+fn write_dump_files(
+    repo: &Repository,
+    m: &Manifest,
+    src: &SourceRecord,
+    dest: &Path,
+    names: &[String],
+) -> Result<(u64, u64), RestoreError> {
+    fs::create_dir_all(dest).map_err(io_err("create directory", dest))?;
+    let mut bytes = 0;
+    for n in names {
+        let path = dest.join(n);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".coffer-restore-")
+            .tempfile_in(dest)
+            .map_err(io_err("create a temporary file in", dest))?;
+        bytes += dump_stream(repo, m, src, Some(n.clone()), tmp.as_file_mut())?;
+        tmp.as_file().sync_all().map_err(io_err("fsync", &path))?;
+        tmp.persist(&path)
+            .map_err(|e| io_err("rename into place", &path)(e.error))?;
+    }
+    Ok((names.len() as u64, bytes))
 }
 
 /// Per-source file listing for `show --files`: reads the index only.

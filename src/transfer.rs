@@ -23,7 +23,9 @@
 //! - `--checksum` compares SHA-256 on both sides, read from metadata where
 //!   stored, else by reading and hashing the object.
 //!
-//! Every copied object is hashed while it streams. Where a source hash is
+//! Every copied object that crosses a network is hashed while it streams
+//! (a filesystem-to-filesystem copy checks the size only, and fsyncs each
+//! file before renaming it into place). Where a source hash is
 //! known (stored in the source's metadata, or computed beforehand for a local
 //! file going to a cloud store so that it can be written as metadata) the
 //! streamed hash must match it; the size is checked at the destination after
@@ -53,6 +55,15 @@ use crate::store::{Store, StoreError};
 /// Objects up to this size are read whole and written with one PUT; larger
 /// ones go as multipart uploads of parts this big (S3 needs >= 5 MiB).
 const PART: usize = 8 << 20;
+/// The memory budget of streamed copies, in MiB (see [`Ctx::budget`]).
+const BUDGET_MIB: u32 = 64;
+/// What one multipart upload holds: the part being read, the part being
+/// filled and the parts in flight.
+const LARGE_COST_MIB: u32 = ((2 + PARTS_IN_FLIGHT) * PART / (1 << 20)) as u32;
+const _: () = assert!(
+    LARGE_COST_MIB <= BUDGET_MIB,
+    "one large object must fit the budget"
+);
 /// Parts in flight per multipart upload.
 const PARTS_IN_FLIGHT: usize = 2;
 /// Reads of a local file, and writes to one, go in blocks this big.
@@ -575,6 +586,10 @@ struct Ctx {
     opts: CopyOptions,
     server_side: bool,
     progress: Arc<dyn Progress>,
+    /// MiB of object bytes that may be held in memory at once, over all
+    /// objects in flight: `--concurrency` sets how many objects move at
+    /// once, this how much of them is buffered, whatever their sizes.
+    budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs `coffer copy SRC DST` (or its `--check` / `--dry-run`).
@@ -601,6 +616,7 @@ pub async fn copy(
         opts: opts.clone(),
         server_side,
         progress,
+        budget: Arc::new(tokio::sync::Semaphore::new(BUDGET_MIB as usize)),
     });
 
     // The merge runs as its own task, feeding a bounded queue of work.
@@ -1233,6 +1249,17 @@ async fn copy_once(ctx: &Ctx, src: &Entry) -> Result<u64, Fail> {
     if ctx.src.is_local() && ctx.dst.is_local() {
         return copy_local_local(ctx, src).await;
     }
+    // Objects below a part are read whole; larger ones hold a fixed amount.
+    let cost = if src.size < PART as u64 {
+        (src.size.div_ceil(1 << 20) as u32).max(1)
+    } else {
+        LARGE_COST_MIB
+    };
+    let _budget = ctx
+        .budget
+        .acquire_many(cost)
+        .await
+        .expect("the budget is never closed");
     let (mut reader, stored_sha) = open_source(&ctx.src, &src.key).await?;
     // A local file going to a cloud store is hashed first, so that its hash
     // is written as metadata when the upload starts (the hash of a large
@@ -1427,6 +1454,9 @@ impl LocalWriter {
                 );
                 filetime::set_file_handle_times(&self.file, None, Some(t))
                     .map_err(|e| io_fail("set the mtime of DST", e))?;
+                // The copy may be the only other copy of a backup: its bytes
+                // must be on disk before its name says it is complete.
+                self.file.sync_all().map_err(|e| io_fail("fsync DST", e))?;
                 std::fs::rename(&self.tmp, &self.path)
                     .map_err(|e| io_fail("rename DST into place", e))
             })();
@@ -1457,7 +1487,9 @@ async fn copy_local_local(ctx: &Ctx, src: &Entry) -> Result<u64, Fail> {
         let run = |w: &mut LocalWriter| -> Result<u64, Fail> {
             let mut f = std::fs::File::open(&from).map_err(|e| io_fail("open SRC", e))?;
             let mut buf = vec![0u8; LOCAL_BLOCK];
-            let mut h = Sha256::new();
+            // No hash here: a filesystem SRC has no stored SHA-256 to compare
+            // one with; the size is checked at DST (`--checksum` compares
+            // both sides' bytes).
             let mut size = 0u64;
             loop {
                 let n = match f.read(&mut buf) {
@@ -1466,13 +1498,11 @@ async fn copy_local_local(ctx: &Ctx, src: &Entry) -> Result<u64, Fail> {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(io_fail("read SRC", e)),
                 };
-                h.update(&buf[..n]);
                 w.file
                     .write_all(&buf[..n])
                     .map_err(|e| io_fail("write DST", e))?;
                 size += n as u64;
             }
-            let _ = h.finalize();
             Ok(size)
         };
         match run(&mut w) {

@@ -297,3 +297,167 @@ fn emergency_restore_stops_at_a_damaged_snapshot() {
         "nothing was restored"
     );
 }
+
+/// Every regular file under `root` with its bytes (copy skips symlinks).
+fn file_bytes(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+            (rel, fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+/// Runs a block with the cloud credentials in the environment only, as an
+/// operator would have them, from an empty directory (no coffer.toml).
+fn run_cloud_block(dir: &Path, rb: &str, n: usize, block: &str, vars: &[(&str, String)]) -> Output {
+    let need = |v: &str| {
+        std::env::var(v).unwrap_or_else(|_| {
+            panic!("{v} is not set: run the suite with `bash scripts/test.sh` (it starts the S3 and GCS servers)")
+        })
+    };
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_coffer")).parent().unwrap();
+    let mut c = Command::new("bash");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COFFER_") && !k.starts_with("COFFER_TEST_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c.current_dir(dir)
+        .env("PATH", format!("{}:{}", bin_dir.display(), need("PATH")))
+        .env("AWS_ENDPOINT", need("COFFER_TEST_S3_ENDPOINT"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", need("AWS_ACCESS_KEY_ID"))
+        .env("AWS_SECRET_ACCESS_KEY", need("AWS_SECRET_ACCESS_KEY"))
+        .env(
+            "GOOGLE_SERVICE_ACCOUNT",
+            need("COFFER_TEST_GCS_SERVICE_ACCOUNT"),
+        )
+        .env("GOOGLE_ALLOW_HTTP", "true")
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{block}"))
+        .stdin(Stdio::null());
+    let o = c.output().expect("run bash");
+    assert!(
+        o.status.success(),
+        "{rb}, sh block {n} failed ({}):\n{block}\n--- stdout:\n{}\n--- stderr:\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    o
+}
+
+#[test]
+fn bucket_copy_moves_media_and_a_repository_fs_s3_gcs() {
+    let rb = "bucket-copy.md";
+    let blocks = sh_blocks(rb);
+    assert_eq!(
+        blocks.len(),
+        5,
+        "{rb}: fs->S3, S3->GCS, same store, --delete, repository"
+    );
+    // A repository on S3 with one snapshot: section 5 replicates it to GCS.
+    let mut env = Env::init(Backend::S3);
+    let media = env.path("media");
+    sample_tree(&media, None);
+    env.add_dir_source("media", &media, &[]);
+    env.snapshot_ok();
+    let work = env.path("work");
+    fs::create_dir_all(&work).unwrap();
+
+    let s3 = env.url.clone() + "-media";
+    let s3_2 = env.url.clone() + "-media-2";
+    let gcs = format!(
+        "gs://{}/{}",
+        std::env::var("COFFER_TEST_GCS_BUCKET").expect("COFFER_TEST_GCS_BUCKET"),
+        unique("runbook-media")
+    );
+    let dr = format!(
+        "gs://{}/{}",
+        std::env::var("COFFER_TEST_GCS_BUCKET").unwrap(),
+        unique("runbook-dr")
+    );
+    let media_s = media.display().to_string();
+    let vars = [
+        ("SRC", media_s.clone()),
+        ("DST", s3.clone()),
+        ("FROM", s3.clone()),
+        ("TO", gcs.clone()),
+        ("SAME_STORE_TO", s3_2.clone()),
+        ("REPO", env.url.clone()),
+        ("DR", dr.clone()),
+        ("COFFER_KEY_FILE", env.key.display().to_string()),
+    ];
+    for (i, b) in blocks.iter().take(3).enumerate() {
+        if i == 2 {
+            // Section 3 copies within one store: server-side.
+            let o = run_cloud_block(&work, rb, i + 1, b, &vars);
+            assert!(
+                format!("{}{}", text(&o.stdout), text(&o.stderr)).contains("server-side"),
+                "{}",
+                text(&o.stderr)
+            );
+        } else {
+            run_cloud_block(&work, rb, i + 1, b, &vars);
+        }
+    }
+    // What reached GCS (through S3) is the media tree, byte for byte.
+    let back = env.path("back");
+    let o = run_cloud_block(
+        &work,
+        rb,
+        0,
+        "coffer copy \"$TO\" \"$BACK\"",
+        &[("TO", gcs.clone()), ("BACK", back.display().to_string())],
+    );
+    assert!(o.status.success());
+    assert_eq!(
+        file_bytes(&back),
+        file_bytes(&media),
+        "the files that went fs -> S3 -> GCS -> fs (object stores keep bytes, not modes)"
+    );
+
+    // Section 4: a file gone from SRC is deleted at DST.
+    let gone = walkdir::WalkDir::new(&media)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_type().is_file())
+        .unwrap()
+        .into_path();
+    fs::remove_file(&gone).unwrap();
+    let o = run_cloud_block(&work, rb, 4, &blocks[3], &vars);
+    let key = gone.strip_prefix(&media).unwrap().display().to_string();
+    assert!(
+        format!("{}{}", text(&o.stdout), text(&o.stderr)).contains(&key),
+        "the deleted key is named:\n{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let check = run_cloud_block(&work, rb, 0, "coffer copy \"$SRC\" \"$DST\" --check", &vars);
+    assert!(check.status.success(), "DST mirrors SRC after --delete");
+
+    // Section 5: the repository's copy on GCS lists and verifies.
+    let o = run_cloud_block(&work, rb, 5, &blocks[4], &vars);
+    assert!(text(&o.stdout).contains("media"), "{}", text(&o.stdout));
+
+    // With the S3 repository's config in force, `--repo` naming the GCS copy
+    // does not get the config's S3 options.
+    let o = env
+        .cmd()
+        .args(["--repo", &dr, "snapshots"])
+        .env(
+            "GOOGLE_SERVICE_ACCOUNT",
+            std::env::var("COFFER_TEST_GCS_SERVICE_ACCOUNT").unwrap(),
+        )
+        .env("GOOGLE_ALLOW_HTTP", "true")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("media"), "{}", text(&o.stdout));
+}

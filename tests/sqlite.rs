@@ -350,7 +350,6 @@ fn restore_refuses_while_another_process_holds_a_lock_unless_forced() {
     for args in [
         vec!["restore", &id],
         vec!["restore", &id, "--to-database", db.to_str().unwrap()],
-        vec!["restore", &id, "--dry-run"],
     ] {
         let o = cmd(&env).args(&args).output().unwrap();
         assert_code(&o, 2, &format!("{args:?} while locked"));
@@ -361,6 +360,18 @@ fn restore_refuses_while_another_process_holds_a_lock_unless_forced() {
         );
         assert!(err.contains("--force"), "{err}");
     }
+    // A dry run writes nothing and so refuses nothing: it says what the real
+    // restore needs.
+    let o = cmd(&env)
+        .args(["restore", &id, "--dry-run"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "restore --dry-run while locked");
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("needs --force") && out.contains("in use") && out.contains(&pid),
+        "{out}"
+    );
     assert_eq!(count(&db, "sessions"), 150, "untouched");
 
     let o = cmd(&env)
@@ -656,4 +667,64 @@ fn damaged_archive_is_never_restored() {
     let out = format!("{}{}", text(&o.stdout), text(&o.stderr));
     assert!(out.contains(&id), "the damaged snapshot is named: {out}");
     tmp_is_empty(&env);
+}
+
+#[test]
+fn restore_with_target_writes_the_database_file_under_it_and_leaves_the_original() {
+    let (env, db) = world(300);
+    let id = snapshot(&env)["id"].as_str().unwrap().to_string();
+    {
+        let c = Connection::open(&db).unwrap();
+        insert_rows(&c, 5000, 7);
+    }
+    let before = fs::read(&db).unwrap();
+    let target = env.path("r");
+
+    let o = cmd(&env)
+        .args([
+            "restore",
+            &id,
+            "--target",
+            target.to_str().unwrap(),
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "restore --target --dry-run");
+    let file = target.join("sessions/database.sqlite3");
+    assert!(
+        text(&o.stdout).contains(&file.display().to_string()),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(!target.exists(), "a dry run writes nothing");
+
+    let o = cmd(&env)
+        .args(["restore", &id, "--target", target.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "restore --target");
+    assert_eq!(
+        fs::read_dir(target.join("sessions")).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+    assert_eq!(count(&file, "sessions"), 300, "the snapshot's rows");
+    let c = Connection::open(&file).unwrap();
+    let ok: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    assert_eq!(
+        fs::read(&db).unwrap(),
+        before,
+        "the configured database is untouched"
+    );
+
+    let o = cmd(&env)
+        .args(["restore", &id, "--target", target.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_code(&o, 2, "restore --target over a non-empty directory");
+    assert!(text(&o.stderr).contains("--force"), "{}", text(&o.stderr));
 }

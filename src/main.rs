@@ -224,10 +224,15 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli.global);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if op == "copy" {
+        // copy's blocking tasks (local reads and writes, hashing) are short and
+        // never wait on each other, so a few threads suffice; each extra
+        // thread that allocates part buffers gets its own glibc malloc arena,
+        // and the arenas' freed buffers doubled the peak RSS (docs/BENCH.md).
+        rt.max_blocking_threads(2);
+    }
+    let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -417,7 +417,10 @@ fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> BoxStream<'stati
 /// in memory at a time.
 fn list_local(root: PathBuf, url: String) -> BoxStream<'static, Result<Entry, TransferError>> {
     let (tx, rx) = mpsc::channel::<Result<Entry, TransferError>>(1024);
-    tokio::task::spawn_blocking(move || {
+    // Its own thread, not one of tokio's blocking pool: the walk lives as
+    // long as the listing and waits on its consumer, and the pool is kept
+    // small for copy (see main.rs), so it must stay free for short tasks.
+    std::thread::spawn(move || {
         if !root.exists() {
             return; // a destination not created yet: empty
         }

@@ -459,7 +459,7 @@ fn killed_copy_is_resumed_by_a_rerun() {
     copy_json(&fs_src, &s3, &[], 0);
     let dst = place(Backend::Fs, dir.path(), "dst");
     let mut child = spawn_copy(&s3, &dst);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let done = fs::read_dir(&dst.0).map(|d| d.count()).unwrap_or(0);
         if done >= 8 {
@@ -612,4 +612,49 @@ fn bad_inputs_give_clear_errors() {
         "{}",
         stderr(&o)
     );
+}
+
+/// Both local listings longer than their channels, with copies to do while
+/// both walks wait on the merge: the walks must not take the threads that
+/// the copies need (the blocking pool is small for copy). A hang here is a
+/// deadlock, so the run is bounded.
+#[test]
+fn long_local_listings_on_both_sides_with_work_to_do_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    for i in 0..3000 {
+        let d = src.join(format!("d{:02}", i % 30));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(format!("f{i:05}")), format!("object {i}")).unwrap();
+    }
+    let run = |args: &[&str]| {
+        let mut c = coffer_cmd();
+        c.arg("copy")
+            .arg(&src)
+            .arg(&dst)
+            .args(args)
+            .timeout(Duration::from_secs(600));
+        c.output().unwrap()
+    };
+    let o = run(&["--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Remove every other file at DST: the rerun lists 3000 + 1500 entries
+    // and copies 1500.
+    let mut n = 0;
+    for e in walkdir::WalkDir::new(&dst).sort_by_file_name() {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            n += 1;
+            if n % 2 == 0 {
+                fs::remove_file(e.path()).unwrap();
+            }
+        }
+    }
+    let o = run(&["--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["copied"]["objects"], 1500, "{doc}");
+    assert_eq!(doc["skipped"]["objects"], 1500, "{doc}");
+    let o = run(&["--check", "--checksum"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }

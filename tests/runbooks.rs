@@ -48,30 +48,35 @@ fn sh_blocks(runbook: &str) -> Vec<String> {
     blocks
 }
 
-/// Runs one block in the test's directory with `coffer` first on PATH and
-/// the test's config in COFFER_CONFIG; fails the test, showing the block and
-/// its output, unless it succeeds.
-fn run_block(env: &Env, runbook: &str, n: usize, block: &str, vars: &[(&str, &str)]) -> Output {
+/// Runs one block with bash (`set -euo pipefail`) in `dir`, `coffer` first
+/// on PATH, the caller's COFFER_* settings removed and `vars` set.
+fn sh(dir: &Path, block: &str, vars: &[(&str, String)]) -> Output {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_coffer")).parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let mut c = Command::new("bash");
     for (k, _) in std::env::vars() {
         if k.starts_with("COFFER_") && !k.starts_with("COFFER_TEST_") || k == "RUST_LOG" {
             c.env_remove(k);
         }
     }
-    c.current_dir(env.dir.path())
-        .env("PATH", path)
-        .env("COFFER_CONFIG", &env.config)
-        .envs(vars.iter().copied())
+    c.current_dir(dir)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .arg("-c")
         .arg(format!("set -euo pipefail\n{block}"))
         .stdin(Stdio::null());
-    let o = c.output().expect("run bash");
+    c.output().expect("run bash")
+}
+
+/// [`sh`], failing the test, with the block and its output, unless it succeeds.
+fn must_pass(dir: &Path, runbook: &str, n: usize, block: &str, vars: &[(&str, String)]) -> Output {
+    let o = sh(dir, block, vars);
     assert!(
         o.status.success(),
         "{runbook}, sh block {n} failed ({}):\n{block}\n--- stdout:\n{}\n--- stderr:\n{}",
@@ -80,6 +85,14 @@ fn run_block(env: &Env, runbook: &str, n: usize, block: &str, vars: &[(&str, &st
         text(&o.stderr)
     );
     o
+}
+
+/// Runs one block of an on-call runbook in the test's directory with the
+/// test's config in COFFER_CONFIG; it must succeed.
+fn run_block(env: &Env, runbook: &str, n: usize, block: &str, vars: &[(&str, &str)]) -> Output {
+    let mut all = vec![("COFFER_CONFIG", env.config.display().to_string())];
+    all.extend(vars.iter().map(|(k, v)| (*k, v.to_string())));
+    must_pass(env.dir.path(), runbook, n, block, &all)
 }
 
 fn psql(db: &str, script: &str) -> String {
@@ -266,25 +279,11 @@ fn emergency_restore_stops_at_a_damaged_snapshot() {
     }
     psql(&db.0, "DELETE FROM items");
     // Step 2 (verify --deep) must stop the engineer: bash exits on its failure.
-    let mut c = Command::new("bash");
-    c.current_dir(env.dir.path())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                Path::new(env!("CARGO_BIN_EXE_coffer"))
-                    .parent()
-                    .unwrap()
-                    .display(),
-                std::env::var("PATH").unwrap()
-            ),
-        )
-        .env("COFFER_CONFIG", &env.config)
-        .env_remove("COFFER_KEY_FILE")
-        .env_remove("COFFER_REPO")
-        .arg("-c")
-        .arg(format!("set -euo pipefail\n{}", blocks[1]));
-    let o = c.output().unwrap();
+    let o = sh(
+        env.dir.path(),
+        &blocks[1],
+        &[("COFFER_CONFIG", env.config.display().to_string())],
+    );
     assert_eq!(
         o.status.code(),
         Some(3),
@@ -312,45 +311,27 @@ fn file_bytes(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 }
 
 /// Runs a block with the cloud credentials in the environment only, as an
-/// operator would have them, from an empty directory (no coffer.toml).
+/// operator would have them, from a directory without a coffer.toml.
 fn run_cloud_block(dir: &Path, rb: &str, n: usize, block: &str, vars: &[(&str, String)]) -> Output {
     let need = |v: &str| {
         std::env::var(v).unwrap_or_else(|_| {
             panic!("{v} is not set: run the suite with `bash scripts/test.sh` (it starts the S3 and GCS servers)")
         })
     };
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_coffer")).parent().unwrap();
-    let mut c = Command::new("bash");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("COFFER_") && !k.starts_with("COFFER_TEST_") || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c.current_dir(dir)
-        .env("PATH", format!("{}:{}", bin_dir.display(), need("PATH")))
-        .env("AWS_ENDPOINT", need("COFFER_TEST_S3_ENDPOINT"))
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", need("AWS_ACCESS_KEY_ID"))
-        .env("AWS_SECRET_ACCESS_KEY", need("AWS_SECRET_ACCESS_KEY"))
-        .env(
+    let mut all = vec![
+        ("AWS_ENDPOINT", need("COFFER_TEST_S3_ENDPOINT")),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", need("AWS_ACCESS_KEY_ID")),
+        ("AWS_SECRET_ACCESS_KEY", need("AWS_SECRET_ACCESS_KEY")),
+        (
             "GOOGLE_SERVICE_ACCOUNT",
             need("COFFER_TEST_GCS_SERVICE_ACCOUNT"),
-        )
-        .env("GOOGLE_ALLOW_HTTP", "true")
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .arg("-c")
-        .arg(format!("set -euo pipefail\n{block}"))
-        .stdin(Stdio::null());
-    let o = c.output().expect("run bash");
-    assert!(
-        o.status.success(),
-        "{rb}, sh block {n} failed ({}):\n{block}\n--- stdout:\n{}\n--- stderr:\n{}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    o
+        ),
+        ("GOOGLE_ALLOW_HTTP", "true".into()),
+    ];
+    all.extend(vars.iter().cloned());
+    must_pass(dir, rb, n, block, &all)
 }
 
 #[test]

@@ -1591,16 +1591,7 @@ fn dump_stream<W: Write>(
     path: Option<String>,
     out: &mut W,
 ) -> Result<u64, RestoreError> {
-    let names: Vec<String> = src
-        .details
-        .get("streams")
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.get("name").and_then(|n| n.as_str()).map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = stream_names(src);
     let want = match path {
         Some(p) => p,
         None => src

@@ -86,17 +86,41 @@ fn repo_code(e: &RepoError) -> i32 {
         | RepoError::NoKeySlots(_)
         | RepoError::DamagedManifest { .. }
         | RepoError::DamagedConfig { .. } => exit::INTEGRITY,
+        // `latest` on an empty repository names a snapshot that does not
+        // exist, like an unknown id: both are usage errors (issue 9).
         RepoError::UnknownSnapshot(_)
+        | RepoError::NoSnapshots(_)
         | RepoError::AmbiguousSnapshot { .. }
         | RepoError::NoCredential
         | RepoError::UnknownSlot(_)
         | RepoError::SlotInUse(..)
         | RepoError::AlreadyInitialised(_)
         | RepoError::NotARepository(_) => exit::USAGE,
-        RepoError::NoSnapshots(_)
-        | RepoError::UnsupportedVersion { .. }
+        RepoError::UnsupportedVersion { .. }
         | RepoError::Credential(_)
         | RepoError::SnapshotExists(_) => exit::FAILURE,
+    }
+}
+
+fn restore_code(e: &RestoreError) -> i32 {
+    match e {
+        RestoreError::Integrity { .. } | RestoreError::Contained { .. } => exit::INTEGRITY,
+        RestoreError::UnknownSource { .. }
+        | RestoreError::NeedsForce { .. }
+        | RestoreError::BadInclude(..)
+        | RestoreError::NoSuchFile { .. }
+        | RestoreError::Usage(_) => exit::USAGE,
+        RestoreError::Store(s) => store_code(s),
+        RestoreError::SourceFailed { .. }
+        | RestoreError::Io { .. }
+        | RestoreError::OutputClosed => exit::FAILURE,
+        // The cause decides: a part-way stop over damaged data is still 3.
+        RestoreError::PartlyRestored { error, .. } => restore_code(error),
+        RestoreError::Source { error, .. } => match error {
+            crate::source::SourceError::Usage(_) => exit::USAGE,
+            crate::source::SourceError::Check(_) => exit::INTEGRITY,
+            _ => exit::FAILURE,
+        },
     }
 }
 
@@ -113,21 +137,7 @@ impl Error {
                 | SnapshotError::NoSources
                 | SnapshotError::BadLabel(_) => exit::USAGE,
             },
-            Error::Restore(r) => match r {
-                RestoreError::Integrity { .. } | RestoreError::Contained { .. } => exit::INTEGRITY,
-                RestoreError::UnknownSource { .. }
-                | RestoreError::NeedsForce { .. }
-                | RestoreError::BadInclude(..)
-                | RestoreError::NoSuchFile { .. }
-                | RestoreError::Usage(_) => exit::USAGE,
-                RestoreError::Store(s) => store_code(s),
-                RestoreError::SourceFailed { .. } | RestoreError::Io { .. } => exit::FAILURE,
-                RestoreError::Source { error, .. } => match error {
-                    crate::source::SourceError::Usage(_) => exit::USAGE,
-                    crate::source::SourceError::Check(_) => exit::INTEGRITY,
-                    _ => exit::FAILURE,
-                },
-            },
+            Error::Restore(r) => restore_code(r),
             Error::Prune(p) => match p {
                 PruneError::Retention(_) => exit::USAGE,
                 PruneError::Damaged { .. } => exit::INTEGRITY,

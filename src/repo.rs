@@ -73,7 +73,9 @@ pub enum RepoError {
     MissingManifest(String),
     #[error("{spec:?} is ambiguous: it matches snapshots {matches}; give more of the id")]
     AmbiguousSnapshot { spec: String, matches: String },
-    #[error("the repository holds no snapshot{0}")]
+    #[error(
+        "no snapshot matches `latest`: the repository holds no snapshot{0}; list them with `coffer snapshots`, or take one with `coffer snapshot`"
+    )]
     NoSnapshots(String),
     #[error("snapshot {0} already exists")]
     SnapshotExists(String),

@@ -81,6 +81,24 @@ pub enum RestoreError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `coffer dump`'s reader closed the pipe (`pg_restore -l`, `head`):
+    /// its choice, not a failure. [`dump`] turns this into success.
+    #[error("the reader closed standard output")]
+    OutputClosed,
+    /// A later commit step failed after sources that cannot be undone were
+    /// committed: says which, and what to run to finish or undo.
+    #[error(
+        "{error}\nsnapshot {snapshot}: the restore stopped at source {failed}. Already restored: {done}. Not restored (as they were before): {left}.\n  to finish, once the cause above is fixed: {finish}\n  to undo instead, restore those sources from an older snapshot (see `coffer snapshots`): {undo}"
+    )]
+    PartlyRestored {
+        snapshot: String,
+        failed: String,
+        done: String,
+        left: String,
+        finish: String,
+        undo: String,
+        error: Box<RestoreError>,
+    },
     #[error("snapshot {snapshot}, source {source_name}: {error}")]
     Source {
         snapshot: String,
@@ -98,10 +116,13 @@ pub enum RestoreError {
 
 impl RestoreError {
     pub fn is_integrity(&self) -> bool {
-        matches!(
-            self,
-            RestoreError::Integrity { .. } | RestoreError::Contained { .. }
-        )
+        match self {
+            RestoreError::PartlyRestored { error, .. } => error.is_integrity(),
+            e => matches!(
+                e,
+                RestoreError::Integrity { .. } | RestoreError::Contained { .. }
+            ),
+        }
     }
 }
 
@@ -551,88 +572,411 @@ pub async fn restore(
         let plan = plan_destination(m, src, opts)?;
         plans.push((src, plan));
     }
+    if opts.dry_run {
+        dry_run_all(
+            repo,
+            m,
+            &mut report,
+            dump_file_plans,
+            db_plans,
+            plans,
+            &include,
+        )
+        .await?;
+        return Ok(report);
+    }
+
+    // 1. Stage: every file source, and every dump written out as files, is
+    //    unpacked and authenticated beside its destination. Nothing at any
+    //    destination has changed yet; a failure here drops the staging
+    //    directories and leaves everything as it was.
+    let mut staged = Vec::new();
     for (src, dest) in dump_file_plans {
-        let started = Instant::now();
-        let mut done = RestoredSource::new(src, dest.display().to_string());
-        let names = stream_names(src);
-        for n in &names {
-            if n.is_empty() || n.starts_with('.') || n.contains('/') {
-                return Err(RestoreError::Integrity {
-                    snapshot: m.id.clone(),
-                    source_name: src.name.clone(),
-                    object: Repository::manifest_object(&m.id),
-                    reason: format!("stream name {n:?} is not a plain file name"),
-                });
+        let (repo, m2, src2) = (repo.clone(), m.clone(), src.clone());
+        staged.push(blocking(move || stage_dump_files(&repo, &m2, &src2, dest)).await?);
+    }
+    for (src, plan) in plans {
+        let (repo, m2, src2, inc) = (repo.clone(), m.clone(), src.clone(), include.clone());
+        staged.push(blocking(move || stage_source(&repo, &m2, &src2, plan, &inc)).await?);
+    }
+    // 2. Authenticate every database archive that would be restored after
+    //    another database was already replaced, so that damage found there
+    //    cannot leave one database rolled back and the next not. (The first
+    //    one is authenticated as it streams: its own transaction is undone
+    //    when damage shows, and nothing else has been committed by then.)
+    for (src, _) in db_plans.iter().skip(1) {
+        let (repo, m2, src2) = (repo.clone(), m.clone(), (*src).clone());
+        blocking(move || authenticate_dump(&repo, &m2, &src2)).await?;
+    }
+
+    // 3. Commit, in this order: directory swaps (each kept undoable until
+    //    the end), then each database in its own transaction, then what
+    //    cannot be undone (files sources and `--include` in place, mount
+    //    points). A failure undoes the swaps; what was committed that cannot
+    //    be undone is named, with the commands to finish or undo.
+    let mut progress = Commits::new(m, opts);
+    let (swappable, others): (Vec<_>, Vec<_>) =
+        staged.into_iter().partition(StagedSource::undoable);
+    let mut swapped = Vec::new();
+    for st in swappable {
+        let name = st.out.name.clone();
+        match blocking(move || st.commit_swap()).await {
+            Ok((sw, out)) => {
+                swapped.push(sw);
+                report.sources.push(out);
             }
+            Err(e) => return Err(progress.fail(&name, e, swapped).await),
         }
-        if opts.dry_run {
-            for n in &names {
-                done.planned
-                    .push(format!("write {}", dest.join(n).display()));
-            }
-        } else {
-            let (repo, m2, src2, dest2) = (repo.clone(), m.clone(), src.clone(), dest.clone());
-            let (files, bytes) = tokio::task::spawn_blocking(move || {
-                write_dump_files(&repo, &m2, &src2, &dest2, &names)
-            })
-            .await
-            .map_err(|e| RestoreError::Usage(format!("restore task failed: {e}")))??;
-            done.files = files;
-            done.bytes = bytes;
-        }
-        done.duration_ms = started.elapsed().as_millis() as u64;
-        report.sources.push(done);
     }
     for (src, dest) in db_plans {
         let started = Instant::now();
-        let mut done = RestoredSource::new(src, dest.clone());
-        if opts.dry_run {
-            done.planned.push(format!("restore into {dest}"));
-        } else {
-            let (repo, m2, src2, cfg2, opts2) = (
-                repo.clone(),
-                m.clone(),
-                src.clone(),
-                config.clone(),
-                opts.clone(),
-            );
-            let r = tokio::task::spawn_blocking(move || {
-                let req = db_request(&m2, &src2, &cfg2, &opts2);
-                let kind = kind_of(&src2)?;
-                let mut streams = ChunkStreams::open(&repo, &m2, &src2)?;
-                let res = crate::source::restore(kind, &req, &mut streams);
-                // A damaged archive is the cause of whatever the tool saw.
-                streams.finish()?;
-                res.map_err(|e| source_error(&m2, &src2, e))
-            })
-            .await
-            .map_err(|e| RestoreError::Usage(format!("restore task failed: {e}")))??;
-            done.destination = r.destination;
-            done.bytes = r.bytes;
-            done.next_steps = r.next_steps;
-        }
+        let mut done = RestoredSource::new(src, dest);
+        let (repo, m2, src2, cfg2, opts2) = (
+            repo.clone(),
+            m.clone(),
+            src.clone(),
+            config.clone(),
+            opts.clone(),
+        );
+        let r = blocking(move || {
+            let req = db_request(&m2, &src2, &cfg2, &opts2);
+            let kind = kind_of(&src2)?;
+            let mut streams = ChunkStreams::open(&repo, &m2, &src2)?;
+            let res = crate::source::restore(kind, &req, &mut streams);
+            // A damaged archive is the cause of whatever the tool saw.
+            streams.finish()?;
+            res.map_err(|e| source_error(&m2, &src2, e))
+        })
+        .await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => return Err(progress.fail(&src.name, e, swapped).await),
+        };
+        done.destination = r.destination;
+        done.bytes = r.bytes;
+        done.next_steps = r.next_steps;
         done.duration_ms = started.elapsed().as_millis() as u64;
+        progress.committed(&done);
+        report.sources.push(done);
+    }
+    for st in others {
+        let name = st.out.name.clone();
+        match blocking(move || st.commit_in_place()).await {
+            Ok(out) => {
+                progress.committed(&out);
+                report.sources.push(out);
+            }
+            Err(e) => return Err(progress.fail(&name, e, swapped).await),
+        }
+    }
+    // Every source is in place: what the swaps moved aside can go.
+    blocking(move || {
+        for sw in swapped {
+            sw.forget_old();
+        }
+        Ok(())
+    })
+    .await?;
+    // Report in the snapshot's order, whatever the commit order was.
+    report.sources.sort_by_key(|d| {
+        m.sources
+            .iter()
+            .position(|s| s.name == d.name)
+            .unwrap_or(usize::MAX)
+    });
+    Ok(report)
+}
+
+/// Runs blocking restore work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RestoreError> + Send + 'static,
+) -> Result<T, RestoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RestoreError::Usage(format!("restore task failed: {e}")))?
+}
+
+/// `restore --dry-run`: where each source would go and what it would write.
+async fn dry_run_all(
+    repo: &Repository,
+    m: &Manifest,
+    report: &mut RestoreReport,
+    dump_file_plans: Vec<(&SourceRecord, PathBuf)>,
+    db_plans: Vec<(&SourceRecord, String)>,
+    plans: Vec<(&SourceRecord, Plan)>,
+    include: &Option<GlobSet>,
+) -> Result<(), RestoreError> {
+    for (src, dest) in dump_file_plans {
+        let mut done = RestoredSource::new(src, dest.display().to_string());
+        for n in &checked_stream_names(m, src)? {
+            done.planned
+                .push(format!("write {}", dest.join(n).display()));
+        }
+        report.sources.push(done);
+    }
+    for (src, dest) in db_plans {
+        let mut done = RestoredSource::new(src, dest.clone());
+        done.planned.push(format!("restore into {dest}"));
         report.sources.push(done);
     }
     for (src, plan) in plans {
         let started = Instant::now();
-        let mut done = if opts.dry_run {
-            dry_run(repo, m, src, &plan, &include).await?
-        } else {
-            let repo = repo.clone();
-            let m2 = m.clone();
-            let src2 = src.clone();
-            let plan2 = plan.clone();
-            let inc = include.clone();
-            tokio::task::spawn_blocking(move || restore_source(&repo, &m2, &src2, &plan2, &inc))
-                .await
-                .map_err(|e| RestoreError::Usage(format!("restore task failed: {e}")))??
-        };
+        let mut done = dry_run(repo, m, src, &plan, include).await?;
         done.duration_ms = started.elapsed().as_millis() as u64;
         done.not_stored = src.problems.iter().map(|p| p.path.clone()).collect();
         report.sources.push(done);
     }
-    Ok(report)
+    Ok(())
+}
+
+/// The stream names of a dump source, each checked to be a plain file name
+/// (they become file names under `--target`).
+fn checked_stream_names(m: &Manifest, src: &SourceRecord) -> Result<Vec<String>, RestoreError> {
+    let names = stream_names(src);
+    for n in &names {
+        if n.is_empty() || n.starts_with('.') || n.contains('/') {
+            return Err(RestoreError::Integrity {
+                snapshot: m.id.clone(),
+                source_name: src.name.clone(),
+                object: Repository::manifest_object(&m.id),
+                reason: format!("stream name {n:?} is not a plain file name"),
+            });
+        }
+    }
+    Ok(names)
+}
+
+/// Reads a dump source's archive to its authenticated end, writing nothing.
+fn authenticate_dump(
+    repo: &Repository,
+    m: &Manifest,
+    src: &SourceRecord,
+) -> Result<(), RestoreError> {
+    use crate::source::Streams;
+    let mut streams = ChunkStreams::open(repo, m, src)?;
+    let res = (|| -> Result<(), RestoreError> {
+        while let Some((_, mut r)) = streams.next_stream().map_err(|e| source_error(m, src, e))? {
+            io::copy(&mut r, &mut io::sink()).map_err(|e| RestoreError::Io {
+                op: "read",
+                path: format!("source {} of snapshot {}", src.name, m.id),
+                source: e,
+            })?;
+        }
+        Ok(())
+    })();
+    // The reading thread's verdict explains any failure above.
+    streams.finish()?;
+    res
+}
+
+/// The commit phase's record: what is already in place and cannot be
+/// undone, for the message on-call reads when a later step fails.
+struct Commits {
+    snapshot: String,
+    /// Every selected source still to commit, in commit order unknown here:
+    /// the ones not in `done` when a step fails.
+    selected: Vec<String>,
+    done: Vec<(String, String)>,
+    target: Option<PathBuf>,
+    to_database: Option<String>,
+}
+
+impl Commits {
+    fn new(m: &Manifest, opts: &RestoreOptions) -> Commits {
+        Commits {
+            snapshot: m.id.clone(),
+            selected: m
+                .sources
+                .iter()
+                .filter(|s| s.status != SourceStatus::Failed)
+                .filter(|s| opts.only.is_empty() || opts.only.contains(&s.name))
+                .map(|s| s.name.clone())
+                .collect(),
+            done: Vec::new(),
+            target: opts.target.clone(),
+            to_database: opts.to_database.clone(),
+        }
+    }
+
+    /// A source committed that cannot be undone.
+    fn committed(&mut self, d: &RestoredSource) {
+        self.done.push((d.name.clone(), d.destination.clone()));
+    }
+
+    /// Undoes the swaps, then says what stayed committed, if anything.
+    async fn fail(&self, failed: &str, error: RestoreError, swapped: Vec<Swapped>) -> RestoreError {
+        let undo = blocking(move || {
+            let mut left = Vec::new();
+            for sw in swapped.into_iter().rev() {
+                if let Err(e) = sw.undo() {
+                    left.push(e);
+                }
+            }
+            Ok(left)
+        })
+        .await
+        .unwrap_or_default();
+        if self.done.is_empty() && undo.is_empty() {
+            return error;
+        }
+        let mut done: Vec<String> = self
+            .done
+            .iter()
+            .map(|(n, d)| format!("{n} (into {d})"))
+            .collect();
+        done.extend(undo.iter().map(|u| u.to_string()));
+        let left: Vec<&str> = self
+            .selected
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !self.done.iter().any(|(d, _)| d == n))
+            .collect();
+        let flags = |names: &[&str]| {
+            let mut f: String = names.iter().map(|n| format!(" --only {n}")).collect();
+            if let Some(t) = &self.target {
+                f.push_str(&format!(" --target {}", t.display()));
+            }
+            if let Some(d) = &self.to_database {
+                f.push_str(&format!(" --to-database {d}"));
+            }
+            f
+        };
+        let done_names: Vec<&str> = self.done.iter().map(|(n, _)| n.as_str()).collect();
+        RestoreError::PartlyRestored {
+            snapshot: self.snapshot.clone(),
+            failed: failed.to_string(),
+            done: done.join(", "),
+            left: left.join(", "),
+            finish: format!("coffer restore {}{} --force", self.snapshot, flags(&left)),
+            undo: format!("coffer restore OLDER{} --force", flags(&done_names)),
+            error: Box::new(error),
+        }
+    }
+}
+
+/// A directory swapped into place whose previous content is kept in `old`
+/// until the whole restore has committed, so that a later failure can put
+/// it back.
+struct Swapped {
+    dest: PathBuf,
+    old: PathBuf,
+    /// Whether `dest` existed before (an exchange) or not (a rename).
+    existed: bool,
+}
+
+/// Why a swap could not be undone, for the on-call message.
+#[derive(Debug)]
+struct UndoFailed {
+    dest: PathBuf,
+    old: PathBuf,
+    error: io::Error,
+}
+
+impl std::fmt::Display for UndoFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (restored; putting back its previous content failed: {}; that content is in {})",
+            self.dest.display(),
+            self.error,
+            self.old.display()
+        )
+    }
+}
+
+impl Swapped {
+    /// Puts the previous content back (or removes what the restore created).
+    fn undo(self) -> Result<(), UndoFailed> {
+        let fail = |error: io::Error| UndoFailed {
+            dest: self.dest.clone(),
+            old: self.old.clone(),
+            error,
+        };
+        if self.existed {
+            exchange(&self.old, &self.dest).map_err(fail)?;
+        } else {
+            fs::rename(&self.dest, &self.old).map_err(fail)?;
+        }
+        // `old` now holds the restored copy.
+        let _ = fs::remove_dir_all(&self.old);
+        Ok(())
+    }
+
+    /// The restore committed: the previous content goes.
+    fn forget_old(self) {
+        if self.existed {
+            let _ = fs::remove_dir_all(&self.old);
+        }
+    }
+}
+
+/// A file source (or a dump written as files) unpacked and authenticated in
+/// its staging directory, not yet in place.
+struct StagedSource {
+    src: SourceRecord,
+    snapshot: String,
+    plan: Plan,
+    staging: tempfile::TempDir,
+    entries: Vec<(String, EntryKind)>,
+    out: RestoredSource,
+    started: Instant,
+}
+
+impl StagedSource {
+    /// A swap of a whole directory that is not a mount point can be undone.
+    fn undoable(&self) -> bool {
+        matches!(&self.plan, Plan::Swap { dest } if !is_mount_point(dest))
+    }
+
+    fn finish(mut self) -> RestoredSource {
+        self.out.duration_ms = self.started.elapsed().as_millis() as u64;
+        self.out
+    }
+
+    /// Swaps the staged tree into place, keeping the previous content.
+    fn commit_swap(self) -> Result<(Swapped, RestoredSource), RestoreError> {
+        let Plan::Swap { dest } = &self.plan else {
+            unreachable!("only swaps are undoable")
+        };
+        let dest = dest.clone();
+        let staged = self.staging.path().to_path_buf();
+        let existed = fs::symlink_metadata(&dest).is_ok();
+        swap_in(&staged, &dest)?;
+        // From here the staging path is ours to manage (it holds the old
+        // content, or nothing).
+        let sw = Swapped {
+            dest,
+            old: self.staging.keep(),
+            existed,
+        };
+        let out = RestoredSource {
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            ..self.out
+        };
+        Ok((sw, out))
+    }
+
+    /// Commits what cannot be swapped whole: into a mount point, or entry by
+    /// entry (files sources and `--include` in place).
+    fn commit_in_place(self) -> Result<RestoredSource, RestoreError> {
+        match &self.plan {
+            Plan::Swap { dest } => replace_contents(self.staging.path(), dest)?,
+            Plan::PerEntry { root, .. } => {
+                let at = Where {
+                    snapshot: self.snapshot.clone(),
+                    source: self.src.name.clone(),
+                };
+                commit_entries(
+                    self.staging.path(),
+                    root,
+                    &self.entries,
+                    self.src.kind == "files",
+                    &at,
+                )?;
+            }
+        }
+        Ok(self.finish())
+    }
 }
 
 /// Where a source goes and how it is committed.
@@ -801,15 +1145,17 @@ async fn dry_run(
     .map_err(|e| RestoreError::Usage(format!("dry run task failed: {e}")))?
 }
 
-/// Unpacks one source into a fresh staging directory, then commits it.
-fn restore_source(
+/// Unpacks one file source into a fresh staging directory beside its
+/// destination and authenticates all of it. Changes no destination.
+fn stage_source(
     repo: &Repository,
     m: &Manifest,
     src: &SourceRecord,
-    plan: &Plan,
+    plan: Plan,
     include: &Option<GlobSet>,
-) -> Result<RestoredSource, RestoreError> {
-    let (staging_parent, root) = match plan {
+) -> Result<StagedSource, RestoreError> {
+    let started = Instant::now();
+    let (staging_parent, root) = match &plan {
         // A mount point cannot be renamed over: stage inside it instead.
         Plan::Swap { dest } if is_mount_point(dest) => (dest.clone(), dest.clone()),
         Plan::Swap { dest } => (
@@ -822,11 +1168,7 @@ fn restore_source(
             ..
         } => (staging_parent.clone(), root.clone()),
     };
-    fs::create_dir_all(&staging_parent).map_err(io_err("create directory", &staging_parent))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".coffer-restore-")
-        .tempdir_in(&staging_parent)
-        .map_err(io_err("create staging directory in", &staging_parent))?;
+    let staging = make_staging(&staging_parent)?;
     let mut ex = Extractor::new(staging.path().to_path_buf(), m, src, include.clone());
     let mut streams = SourceStreams::open(repo, m, src)?;
     let res = (|| {
@@ -840,46 +1182,80 @@ fn restore_source(
     };
     streams.finish(res)?;
     ex.apply_dir_metadata()?;
+    if let Plan::PerEntry { root, force, .. } = &plan
+        && !force
+        && let Some((rel, _)) = ex
+            .committed
+            .iter()
+            .find(|(rel, k)| *k != EntryKind::Dir && fs::symlink_metadata(root.join(rel)).is_ok())
+    {
+        return Err(RestoreError::NeedsForce {
+            path: root.join(rel).display().to_string(),
+        });
+    }
     let mut out = RestoredSource::new(src, root.display().to_string());
     (out.files, out.dirs, out.links, out.bytes) = (ex.files, ex.dirs, ex.links, ex.bytes);
-    match plan {
-        Plan::Swap { dest } if is_mount_point(dest) => {
-            replace_contents(staging.path(), dest)?;
-        }
-        Plan::Swap { dest } => {
-            let staged = staging.keep();
-            if let Err(e) = swap_in(&staged, dest) {
-                let _ = fs::remove_dir_all(&staged);
-                return Err(e);
-            }
-            // `staged` now holds what `dest` held before (or nothing).
-            let _ = fs::remove_dir_all(&staged);
-        }
-        Plan::PerEntry { root, force, .. } => {
-            if !force
-                && let Some((rel, _)) = ex.committed.iter().find(|(rel, k)| {
-                    *k != EntryKind::Dir && fs::symlink_metadata(root.join(rel)).is_ok()
-                })
-            {
-                return Err(RestoreError::NeedsForce {
-                    path: root.join(rel).display().to_string(),
-                });
-            }
-            let at = Where {
-                snapshot: m.id.clone(),
-                source: src.name.clone(),
-            };
-            commit_entries(
-                staging.path(),
-                root,
-                &ex.committed,
-                src.kind == "files",
-                &at,
-            )?;
-            out.destination = root.display().to_string();
-        }
+    out.not_stored = src.problems.iter().map(|p| p.path.clone()).collect();
+    Ok(StagedSource {
+        src: src.clone(),
+        snapshot: m.id.clone(),
+        plan,
+        staging,
+        entries: std::mem::take(&mut ex.committed),
+        out,
+        started,
+    })
+}
+
+/// A fresh, private staging directory in `parent`.
+fn make_staging(parent: &Path) -> Result<tempfile::TempDir, RestoreError> {
+    fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
+    tempfile::Builder::new()
+        .prefix(".coffer-restore-")
+        .tempdir_in(parent)
+        .map_err(io_err("create staging directory in", parent))
+}
+
+/// Stages each stream of a dump source as a file, for `--target`: the
+/// directory `dest` will hold exactly `<stream>` files, what `coffer dump`
+/// writes, each authenticated before the directory is swapped in.
+fn stage_dump_files(
+    repo: &Repository,
+    m: &Manifest,
+    src: &SourceRecord,
+    dest: PathBuf,
+) -> Result<StagedSource, RestoreError> {
+    let started = Instant::now();
+    let names = checked_stream_names(m, src)?;
+    let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let staging = make_staging(&parent)?;
+    let mut bytes = 0;
+    for n in &names {
+        let path = staging.path().join(n);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        bytes += dump_stream(repo, m, src, Some(n.clone()), &mut f)?;
+        f.sync_all().map_err(io_err("fsync", &path))?;
     }
-    Ok(out)
+    fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))
+        .map_err(io_err("set mode of", staging.path()))?;
+    let mut out = RestoredSource::new(src, dest.display().to_string());
+    out.files = names.len() as u64;
+    out.bytes = bytes;
+    Ok(StagedSource {
+        src: src.clone(),
+        snapshot: m.id.clone(),
+        plan: Plan::Swap { dest },
+        staging,
+        entries: Vec::new(),
+        out,
+        started,
+    })
 }
 
 /// True if `p` is a directory on another filesystem than its parent.
@@ -928,20 +1304,25 @@ fn replace_contents(staged: &Path, dest: &Path) -> Result<(), RestoreError> {
 /// when it does not.
 fn swap_in(staged: &Path, dest: &Path) -> Result<(), RestoreError> {
     match fs::symlink_metadata(dest) {
-        Ok(_) => rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            staged,
-            rustix::fs::CWD,
-            dest,
-            rustix::fs::RenameFlags::EXCHANGE,
-        )
-        .map_err(|e| RestoreError::Io {
+        Ok(_) => exchange(staged, dest).map_err(|e| RestoreError::Io {
             op: "swap the restored copy into place at",
             path: dest.display().to_string(),
-            source: e.into(),
+            source: e,
         }),
         Err(_) => fs::rename(staged, dest).map_err(io_err("move the restored copy to", dest)),
     }
+}
+
+/// Exchanges two paths atomically (`renameat2` with `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        a,
+        rustix::fs::CWD,
+        b,
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Renames staged entries into place one by one (files, links; directories
@@ -1371,20 +1752,42 @@ fn create_new(p: &Path) -> io::Result<fs::File> {
 // --------------------------------------------------------------------- dump
 
 /// Writes what a source holds to `out`: the whole tar stream, or with `path`
-/// one file's bytes. Returns the bytes written.
+/// one file's bytes.
+///
+/// A reader that closes the pipe early (`pg_restore -l` stops after the table
+/// of contents, `head` after its lines) ends the dump successfully, as other
+/// Unix filters do; an integrity failure found before that point is still an
+/// error, since every byte handed out was authenticated first.
 pub async fn dump<W: Write + Send + 'static>(
     repo: &Repository,
     m: &Manifest,
     source: &str,
     path: Option<String>,
     out: W,
-) -> Result<u64, RestoreError> {
+) -> Result<(), RestoreError> {
     let src = find_source(m, source)?.clone();
     let repo = repo.clone();
     let m = m.clone();
-    tokio::task::spawn_blocking(move || dump_blocking(&repo, &m, &src, path, out))
+    let res = tokio::task::spawn_blocking(move || dump_blocking(&repo, &m, &src, path, out))
         .await
-        .map_err(|e| RestoreError::Usage(format!("dump task failed: {e}")))?
+        .map_err(|e| RestoreError::Usage(format!("dump task failed: {e}")))?;
+    match res {
+        Ok(_) | Err(RestoreError::OutputClosed) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The error for a failed write to `coffer dump`'s output.
+fn output_error(e: io::Error) -> RestoreError {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        RestoreError::OutputClosed
+    } else {
+        RestoreError::Io {
+            op: "write",
+            path: "standard output".into(),
+            source: e,
+        }
+    }
 }
 
 fn dump_blocking<W: Write>(
@@ -1398,11 +1801,7 @@ fn dump_blocking<W: Write>(
         snapshot: m.id.clone(),
         source: src.name.clone(),
     };
-    let stdout_err = |e: io::Error| RestoreError::Io {
-        op: "write",
-        path: "standard output".into(),
-        source: e,
-    };
+    let stdout_err = output_error;
     if is_dump_source(&src.kind) {
         return dump_stream(repo, m, src, path, &mut out);
     }
@@ -1623,18 +2022,10 @@ fn dump_stream<W: Write>(
                 if e.kind() == io::ErrorKind::InvalidData {
                     RestoreError::Usage(e.to_string())
                 } else {
-                    RestoreError::Io {
-                        op: "write",
-                        path: "standard output".into(),
-                        source: e,
-                    }
+                    output_error(e)
                 }
             })?;
-            out.flush().map_err(|e| RestoreError::Io {
-                op: "write",
-                path: "standard output".into(),
-                source: e,
-            })?;
+            out.flush().map_err(output_error)?;
             return Ok(n);
         }
         Ok(0)
@@ -1654,32 +2045,6 @@ fn stream_names(src: &SourceRecord) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Writes each stream of a dump source to `dest/<stream>`: into a temporary
-/// file beside it, fsynced, renamed into place only once authenticated, so a
-/// damaged archive leaves no file that looks like a dump.
-fn write_dump_files(
-    repo: &Repository,
-    m: &Manifest,
-    src: &SourceRecord,
-    dest: &Path,
-    names: &[String],
-) -> Result<(u64, u64), RestoreError> {
-    fs::create_dir_all(dest).map_err(io_err("create directory", dest))?;
-    let mut bytes = 0;
-    for n in names {
-        let path = dest.join(n);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".coffer-restore-")
-            .tempfile_in(dest)
-            .map_err(io_err("create a temporary file in", dest))?;
-        bytes += dump_stream(repo, m, src, Some(n.clone()), tmp.as_file_mut())?;
-        tmp.as_file().sync_all().map_err(io_err("fsync", &path))?;
-        tmp.persist(&path)
-            .map_err(|e| io_err("rename into place", &path)(e.error))?;
-    }
-    Ok((names.len() as u64, bytes))
 }
 
 /// Per-source file listing for `show --files`: reads the index only.

@@ -904,9 +904,36 @@ fn latest_picks_the_newest() {
     // With no snapshot at all, `latest` is a clean error, not a crash.
     let empty = Env::init(Backend::Fs);
     let o = empty.cmd().args(["show", "latest"]).output().unwrap();
-    assert_ne!(o.status.code(), Some(0));
     assert_ne!(o.status.code(), Some(101), "{}", stderr(&o));
     assert!(stderr(&o).contains("no snapshot"), "{}", stderr(&o));
+}
+
+/// Issue 9: `latest` on an empty repository names a snapshot that does not
+/// exist, exactly like an unknown id: exit 2 for every command, with a
+/// message that says what to do.
+#[test]
+fn latest_on_an_empty_repository_is_an_unknown_snapshot() {
+    let empty = Env::init(Backend::Fs);
+    let t = empty.path("t");
+    let t = t.to_str().unwrap();
+    for args in [
+        vec!["show", "latest"],
+        vec!["verify", "latest"],
+        vec!["verify"],
+        vec!["restore", "latest", "--target", t],
+        vec!["dump", "latest", "media", "x"],
+        vec!["drill"],
+        vec!["show", "0123456789abcdef"],
+        vec!["restore", "0123456789abcdef", "--target", t],
+    ] {
+        let o = empty.cmd().args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains("no snapshot") && e.contains("coffer snapshots"),
+            "{args:?}: {e}"
+        );
+    }
 }
 
 #[test]
@@ -1280,4 +1307,39 @@ fn progress_is_drawn_on_a_terminal_and_never_otherwise() {
     let o = env.cmd().args(["verify", "--deep"]).output().unwrap();
     assert_code(&o, 0, "verify to pipes");
     assert!(!stderr(&o).contains("/s)"), "{}", stderr(&o));
+}
+
+/// Issue 9: a reader that closes the pipe early (`pg_restore -l`, `head`)
+/// is the reader's choice: `coffer dump` exits 0 with nothing on stderr,
+/// for the whole tar stream, for one file, and for a dump source.
+#[test]
+fn dump_into_a_reader_that_stops_early_exits_quietly() {
+    let mut env = Env::init(Backend::Fs);
+    let d = env.path("media");
+    fs::create_dir_all(&d).unwrap();
+    // Far larger than a pipe's buffer, so the reader's close is seen.
+    write(&d.join("big.bin"), &pseudo_random(6 << 20, 9));
+    env.add_dir_source("media", &d, &[]);
+    env.sources.push_str(
+        "[[sources]]\nname = \"out\"\ntype = \"command\"\ndump = [\"head\", \"-c\", \"9000000\", \"/dev/zero\"]\n\n",
+    );
+    env.write_config();
+    env.snapshot_ok();
+    for args in [
+        "dump latest media",
+        "dump latest media big.bin",
+        "dump latest out",
+    ] {
+        let o = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "{:?} --config {:?} {args} | head -c 100 >/dev/null; exit \"${{PIPESTATUS[0]}}\"",
+                assert_cmd::cargo::cargo_bin("coffer"),
+                env.config
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{args}");
+    }
 }

@@ -878,3 +878,191 @@ on_every_backend!(wrong_passphrase_is_refused_before_any_data_is_read, |b| {
     );
     f.finish();
 });
+
+// ------------------------------------------- (f) several sources, all or none
+
+/// A SQLite database at `path` holding one table with `rows` rows.
+fn sqlite_db(path: &Path, rows: u32) {
+    let _ = fs::remove_file(path);
+    let c = rusqlite::Connection::open(path).expect("open sqlite");
+    c.execute_batch("CREATE TABLE t(n INTEGER)")
+        .expect("create");
+    for n in 0..rows {
+        c.execute("INSERT INTO t VALUES (?1)", [n]).expect("insert");
+    }
+}
+
+fn sqlite_rows(path: &Path) -> u32 {
+    let c = rusqlite::Connection::open(path).expect("open sqlite");
+    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .expect("count")
+}
+
+fn add_source(env: &mut Env, toml: &str) {
+    env.sources.push_str(toml);
+    env.sources.push_str("\n\n");
+    env.write_config();
+}
+
+/// The stored index or archive object of one source of a snapshot.
+fn source_object(env: &Env, id: &str, source: &str, index: bool) -> String {
+    let m = load_manifest(env, id);
+    let s = m.source(source).expect("source in manifest");
+    let r = if index { &s.index } else { &s.archive };
+    r.as_ref().expect("object").object.clone()
+}
+
+/// Issue 9: a snapshot of two directory sources whose second index is
+/// damaged. Neither `restore --target` nor an in-place `restore --force`
+/// may leave the first source restored: every source is authenticated and
+/// staged before any destination changes.
+#[test]
+fn a_failed_restore_of_two_sources_changes_neither() {
+    let mut env = Env::init(Backend::Fs);
+    let (media, stat) = (env.path("media"), env.path("static"));
+    sample_tree(&media, None);
+    sample_tree(&stat, None);
+    env.add_dir_source("media", &media, &[]);
+    env.add_dir_source("static", &stat, &[]);
+    let id = env.snapshot_ok();
+    // Both trees move on: an in-place restore would change both.
+    write(&media.join("new-since.txt"), b"media moved on\n");
+    write(&stat.join("new-since.txt"), b"static moved on\n");
+    let before = (describe_tree(&media), describe_tree(&stat));
+    let index = source_object(&env, &id, "static", true);
+    let good = get(&env, &index);
+    let at = good.len() - 1;
+    with_damage_env(&env, &index, flipped(good, at), || {
+        let t = env.path("target");
+        let o = run(&env, &["restore", &id, "--target", t.to_str().unwrap()]);
+        assert_eq!(o.code, Some(3), "{}", o.text);
+        assert!(o.text.contains("static"), "{}", o.text);
+        assert_eq!(entries(&t), Vec::<String>::new(), "{}", o.text);
+
+        let o = run(&env, &["restore", &id, "--force"]);
+        assert_eq!(o.code, Some(3), "{}", o.text);
+        assert_eq!((describe_tree(&media), describe_tree(&stat)), before);
+        assert_no_staging(&env.path(""));
+    });
+    // Undamaged, both come back.
+    let o = run(&env, &["restore", &id, "--force"]);
+    assert_eq!(o.code, Some(0), "{}", o.text);
+    assert!(!media.join("new-since.txt").exists() && !stat.join("new-since.txt").exists());
+}
+
+/// Issue 9: a database source is restored only after every file source
+/// has staged, and a second database only once its archive authenticated:
+/// damage anywhere leaves every database as it was.
+#[test]
+fn damage_in_any_source_leaves_every_database_untouched() {
+    let mut env = Env::init(Backend::Fs);
+    let media = env.path("media");
+    sample_tree(&media, None);
+    let (a, b) = (env.path("a.sqlite3"), env.path("b.sqlite3"));
+    sqlite_db(&a, 3);
+    sqlite_db(&b, 3);
+    add_source(
+        &mut env,
+        &format!("[[sources]]\nname = \"a\"\ntype = \"sqlite\"\npath = {a:?}"),
+    );
+    add_source(
+        &mut env,
+        &format!("[[sources]]\nname = \"b\"\ntype = \"sqlite\"\npath = {b:?}"),
+    );
+    env.add_dir_source("media", &media, &[]);
+    let id = env.snapshot_ok();
+    sqlite_db(&a, 7);
+    sqlite_db(&b, 7);
+    let tree = describe_tree(&media);
+    // The directory's archive, then the second database's archive.
+    for (source, what) in [("media", "archive"), ("b", "archive")] {
+        let obj = source_object(&env, &id, source, false);
+        let good = get(&env, &obj);
+        let at = good.len() / 2;
+        with_damage_env(&env, &obj, flipped(good, at), || {
+            let o = run(&env, &["restore", &id, "--force"]);
+            assert_eq!(o.code, Some(3), "{source} {what}: {}", o.text);
+            assert!(o.text.contains(source), "{}", o.text);
+            assert_eq!((sqlite_rows(&a), sqlite_rows(&b)), (7, 7), "{}", o.text);
+            assert_eq!(describe_tree(&media), tree);
+        });
+    }
+    let o = run(&env, &["restore", &id, "--force"]);
+    assert_eq!(o.code, Some(0), "{}", o.text);
+    assert_eq!((sqlite_rows(&a), sqlite_rows(&b)), (3, 3));
+}
+
+/// Issue 9: when a database's restore fails after another database was
+/// committed, the directory swaps are undone, and the message names what
+/// was restored and the exact commands to finish or undo.
+#[test]
+fn a_restore_that_stops_after_a_database_says_what_was_committed() {
+    let mut env = Env::init(Backend::Fs);
+    let media = env.path("media");
+    sample_tree(&media, None);
+    let a = env.path("a.sqlite3");
+    sqlite_db(&a, 3);
+    add_source(
+        &mut env,
+        &format!("[[sources]]\nname = \"a\"\ntype = \"sqlite\"\npath = {a:?}"),
+    );
+    // A command source whose restore tool fails once it has read its input.
+    let flag = env.path("fail-restore");
+    add_source(
+        &mut env,
+        &format!(
+            "[[sources]]\nname = \"cmd\"\ntype = \"command\"\ndump = [\"echo\", \"hello\"]\nrestore = [\"sh\", \"-c\", \"cat >/dev/null; test ! -e {}\"]",
+            flag.display()
+        ),
+    );
+    env.add_dir_source("media", &media, &[]);
+    let id = env.snapshot_ok();
+    sqlite_db(&a, 7);
+    write(&media.join("new-since.txt"), b"moved on\n");
+    let tree = describe_tree(&media);
+    write(&flag, b"");
+    let o = run(&env, &["restore", &id, "--force"]);
+    assert_eq!(o.code, Some(1), "{}", o.text);
+    assert_eq!(describe_tree(&media), tree, "the swap was not undone");
+    assert_eq!(sqlite_rows(&a), 3, "a was committed before cmd failed");
+    for needle in [
+        "stopped at source cmd",
+        "Already restored: a (into",
+        "Not restored (as they were before): cmd, media",
+        &format!("coffer restore {id} --only cmd --only media --force"),
+        "coffer restore OLDER --only a --force",
+    ] {
+        assert!(o.text.contains(needle), "{needle:?} not in:\n{}", o.text);
+    }
+    assert_no_staging(&env.path(""));
+    fs::remove_file(&flag).unwrap();
+    let o = run(
+        &env,
+        &[
+            "restore", &id, "--only", "cmd", "--only", "media", "--force",
+        ],
+    );
+    assert_eq!(o.code, Some(0), "{}", o.text);
+    assert!(!media.join("new-since.txt").exists());
+}
+
+/// Like `with_damage`, for a test's own `Env`.
+fn with_damage_env(env: &Env, path: &str, bad: Vec<u8>, check: impl FnOnce()) {
+    let original = get(env, path);
+    assert_ne!(bad, original, "the damage to {path} changes nothing");
+    put(env, path, &bad);
+    check();
+    put(env, path, &original);
+}
+
+/// No `.coffer-restore-*` staging directory is left anywhere below `dir`.
+fn assert_no_staging(dir: &Path) {
+    for e in walkdir::WalkDir::new(dir).into_iter().flatten() {
+        let name = e.file_name().to_string_lossy();
+        assert!(
+            !name.starts_with(".coffer-restore-"),
+            "left behind: {}",
+            e.path().display()
+        );
+    }
+}

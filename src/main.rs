@@ -204,6 +204,12 @@ enum KeyCommand {
 }
 
 fn main() -> ExitCode {
+    // Everything coffer creates is private unless it says otherwise: a
+    // filesystem repository (0700 directories, 0600 objects, key slots
+    // included), a local `copy` destination, scratch and staging files.
+    // Restored files get the snapshot's modes and the metrics file 0644
+    // explicitly. Child processes (hooks, dump tools) inherit this umask.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     // A bug must still end in one clear line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!(

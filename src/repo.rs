@@ -119,6 +119,8 @@ pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
         Err(StoreError::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
     }
+    // Also when the directory was made beforehand, by someone's mkdir.
+    store.make_private()?;
     let id = crypto::random_id(16);
     let master = MasterKey::generate();
     let cfg = RepoConfig {
@@ -212,6 +214,9 @@ async fn read_slots(store: &Store) -> Result<Vec<KeySlot>, RepoError> {
 /// Opens the repository in `store` with `cred`. Reads only `config` and
 /// `keys/`: a wrong key is reported before any data is read.
 pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoError> {
+    if let Some(w) = store.exposure() {
+        tracing::warn!("{w}");
+    }
     let (cfg, config_sha256) = read_config(store).await?;
     let slots = read_slots(store).await?;
     if slots.is_empty() {

@@ -1378,7 +1378,7 @@ fn commit_entries(
     }
     let mkdirs = |dir: &Path| -> Result<(), RestoreError> {
         if follow_parents {
-            return fs::create_dir_all(dir).map_err(io_err("create directory", dir));
+            return create_dirs_0755(dir);
         }
         let mut p = root.to_path_buf();
         for c in dir.strip_prefix(root).unwrap_or(dir).components() {
@@ -1386,7 +1386,7 @@ fn commit_entries(
             match fs::symlink_metadata(&p) {
                 Ok(md) if md.is_dir() => {}
                 Ok(_) => return Err(refuse(&p, "it is a symlink or not a directory")),
-                Err(_) => fs::create_dir(&p).map_err(io_err("create directory", &p))?,
+                Err(_) => create_dir_0755(&p)?,
             }
         }
         Ok(())
@@ -1432,6 +1432,30 @@ fn commit_entries(
                     source: e,
                 }
             })?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates a directory the restore needs but the snapshot does not
+/// describe, as 0755: coffer runs under umask 077 (its repositories are
+/// private), and an application must still reach its restored files.
+fn create_dir_0755(p: &Path) -> Result<(), RestoreError> {
+    fs::create_dir(p).map_err(io_err("create directory", p))?;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o755)).map_err(io_err("set mode of", p))
+}
+
+/// `create_dir_all`, each directory it creates 0755 (see [`create_dir_0755`]).
+fn create_dirs_0755(dir: &Path) -> Result<(), RestoreError> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| fs::symlink_metadata(a).is_err())
+        .collect();
+    for d in missing.into_iter().rev() {
+        match create_dir_0755(d) {
+            Err(RestoreError::Io { source, .. })
+                if source.kind() == io::ErrorKind::AlreadyExists => {}
+            other => other?,
         }
     }
     Ok(())

@@ -69,6 +69,40 @@ pub struct Store {
     local_root: Option<std::path::PathBuf>,
 }
 
+impl Store {
+    /// For a filesystem store: makes its directory private (0700), as a
+    /// repository must be (`init`). Nothing to do for a cloud store.
+    pub fn make_private(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            StoreError::Io {
+                op: "make private (chmod 0700)",
+                store: self.url.clone(),
+                path: root.display().to_string(),
+                source: e,
+            }
+        })
+    }
+
+    /// For a filesystem store whose directory other local users can enter
+    /// or read: a sentence saying so and what to do.
+    pub fn exposure(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let root = self.local_root.as_ref()?;
+        let mode = std::fs::metadata(root).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "repository {} can be read by other local users (mode {mode:04o}), who could copy its key slots and guess the passphrase offline: run `chmod -R go-rwx {}`",
+                root.display(),
+                root.display()
+            )
+        })
+    }
+}
+
 /// Parts of a multipart upload to a cloud store. S3 needs at least 5 MiB per
 /// part but the last; the size grows with the part number so that S3's
 /// 10,000-part limit still allows objects of several hundred GiB.

@@ -1343,3 +1343,67 @@ fn dump_into_a_reader_that_stops_early_exits_quietly() {
         assert_eq!(stderr(&o), "", "{args}");
     }
 }
+
+/// Runs `coffer ARGS` under umask 022, as a login shell would.
+fn under_umask_022(env: &Env, args: &str) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "umask 022; exec {:?} --config {:?} {args}",
+            assert_cmd::cargo::cargo_bin("coffer"),
+            env.config
+        ))
+        .env_remove("COFFER_PASSPHRASE")
+        .output()
+        .unwrap()
+}
+
+/// Every directory below `root` (itself included) has mode `dirs`, every
+/// file `files`.
+fn assert_modes(root: &Path, dirs: u32, files: u32) {
+    let mut n = 0;
+    for e in walkdir::WalkDir::new(root) {
+        let e = e.unwrap();
+        let mode = e.metadata().unwrap().mode() & 0o7777;
+        let want = if e.file_type().is_dir() { dirs } else { files };
+        assert_eq!(mode, want, "{}: {mode:04o}", e.path().display());
+        n += 1;
+    }
+    assert!(n > 3, "nothing under {}", root.display());
+}
+
+/// Issue 10: a filesystem repository is private whatever the umask: 0700
+/// directories and 0600 objects (key slots and config included), also when
+/// the directory existed before `init`; a local `copy` destination the same;
+/// a repository others can read is warned about on every command.
+#[test]
+fn filesystem_repositories_and_copies_are_private_under_any_umask() {
+    let mut env = Env::new(Backend::Fs);
+    let repo = Path::new(&env.url).to_path_buf();
+    fs::create_dir_all(&repo).unwrap();
+    fs::set_permissions(&repo, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = under_umask_022(&env, "init");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let d = env.path("media");
+    sample_tree(&d, None);
+    env.add_dir_source("media", &d, &[]);
+    let o = under_umask_022(&env, "snapshot");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("other local users"), "{}", stderr(&o));
+    assert_modes(&repo, 0o700, 0o600);
+
+    let dst = env.path("copy-dst");
+    let o = under_umask_022(&env, &format!("copy {repo:?} {dst:?}"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_modes(&dst, 0o700, 0o600);
+
+    fs::set_permissions(&repo, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = under_umask_022(&env, "snapshots");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("can be read by other local users (mode 0755)")
+            && stderr(&o).contains("chmod -R go-rwx"),
+        "{}",
+        stderr(&o)
+    );
+}

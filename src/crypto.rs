@@ -41,7 +41,7 @@ const OBJECT_KEY_INFO: &[u8] = b"coffer/v1/object-key";
 const SLOT_AAD: &[u8] = b"coffer/v1/key-slot";
 const KEY_FILE_PREFIX: &str = "coffer-key-v1:";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CryptoError {
     #[error("not a coffer object (its first bytes are not the coffer magic)")]
     BadMagic,
@@ -281,6 +281,31 @@ pub struct OpenReader<R: Read> {
     /// One byte read ahead to tell a full final segment from a full middle one.
     peeked: Option<u8>,
     done: bool,
+    /// The first error, returned again by every later read: after a failure
+    /// the buffer holds unauthenticated bytes, which must never come out.
+    failed: Option<Latched>,
+}
+
+/// A copy of a reader's first error.
+enum Latched {
+    Crypto(CryptoError),
+    Other(io::ErrorKind, String),
+}
+
+impl Latched {
+    fn of(e: &io::Error) -> Latched {
+        match integrity_error(e) {
+            Some(c) => Latched::Crypto(c.clone()),
+            None => Latched::Other(e.kind(), e.to_string()),
+        }
+    }
+
+    fn to_io(&self) -> io::Error {
+        match self {
+            Latched::Crypto(c) => c.clone().into_io(),
+            Latched::Other(kind, msg) => io::Error::new(*kind, msg.clone()),
+        }
+    }
 }
 
 impl<R: Read> OpenReader<R> {
@@ -331,6 +356,7 @@ impl<R: Read> OpenReader<R> {
             pos: 0,
             peeked: None,
             done: false,
+            failed: None,
         })
     }
 
@@ -399,11 +425,17 @@ impl<R: Read> OpenReader<R> {
 
 impl<R: Read> Read for OpenReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some(l) = &self.failed {
+            return Err(l.to_io());
+        }
         while self.pos == self.buf.len() {
             if self.done {
                 return Ok(0);
             }
-            self.next_segment()?;
+            if let Err(e) = self.next_segment() {
+                self.failed = Some(Latched::of(&e));
+                return Err(e);
+            }
         }
         let n = out.len().min(self.buf.len() - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
@@ -527,7 +559,7 @@ impl std::fmt::Display for SlotKind {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "algorithm", rename_all = "kebab-case")]
+#[serde(tag = "algorithm", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Kdf {
     /// Key files hold 256 random bits: a cheap extract-and-expand suffices.
     HkdfSha256 { salt: String },
@@ -722,6 +754,27 @@ mod tests {
             SealWriter::new_with_segment(Vec::new(), key, ObjectKind::Archive, ctx, seg).unwrap();
         w.write_all(plain).unwrap();
         w.finish().unwrap()
+    }
+
+    /// Issue 10: a read after a failed one returns the same error, never
+    /// the unauthenticated bytes left in the buffer, nor a clean end.
+    #[test]
+    fn a_failed_read_fails_again_on_every_retry() {
+        let key = MasterKey::generate();
+        let plain = vec![7u8; 3 * 64];
+        let mut sealed = seal(&plain, 64, b"ctx", &key);
+        sealed[HEADER_LEN + 5] ^= 1;
+        let mut r = OpenReader::new(sealed.as_slice(), &key, ObjectKind::Archive, b"ctx").unwrap();
+        let mut buf = [0u8; 16];
+        for attempt in 0..3 {
+            let e = r
+                .read(&mut buf)
+                .expect_err("a damaged segment must not read");
+            assert!(
+                matches!(integrity_error(&e), Some(CryptoError::Authentication(0))),
+                "attempt {attempt}: {e}"
+            );
+        }
     }
 
     fn open(sealed: &[u8], ctx: &[u8], key: &MasterKey) -> io::Result<Vec<u8>> {

@@ -165,10 +165,16 @@ fn sha256(b: &[u8]) -> [u8; 32] {
 }
 
 async fn read_config(store: &Store) -> Result<(RepoConfig, [u8; 32]), RepoError> {
-    let raw = match store.get(CONFIG_OBJECT).await {
+    let raw = match store.get_capped(CONFIG_OBJECT, SMALL_OBJECT_MAX).await {
         Ok(b) => b,
         Err(StoreError::NotFound { .. }) => {
             return Err(RepoError::NotARepository(store.url().to_string()));
+        }
+        Err(e @ StoreError::TooLarge { .. }) => {
+            return Err(RepoError::DamagedConfig {
+                url: store.url().to_string(),
+                reason: e.to_string(),
+            });
         }
         Err(e) => return Err(e.into()),
     };
@@ -198,14 +204,30 @@ async fn read_config(store: &Store) -> Result<(RepoConfig, [u8; 32]), RepoError>
     Ok((cfg, digest))
 }
 
+/// The largest `config` or key slot object coffer reads (they are a few
+/// hundred bytes).
+const SMALL_OBJECT_MAX: u64 = 64 << 10;
+
+/// How many key slots are tried at most: each passphrase slot costs an
+/// Argon2 run, and a planted pile of them must not hold a command for hours.
+pub const MAX_SLOTS_TRIED: usize = 32;
+
 async fn read_slots(store: &Store) -> Result<Vec<KeySlot>, RepoError> {
     let mut slots = Vec::new();
     for (path, _) in store.list(KEYS_PREFIX).await? {
-        let raw = store.get(&path).await?;
+        let raw = match store.get_capped(&path, SMALL_OBJECT_MAX).await {
+            Ok(raw) => raw,
+            Err(e @ StoreError::TooLarge { .. }) => {
+                tracing::warn!("key slot {path} was skipped: {e}");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         match serde_json::from_slice::<KeySlot>(&raw) {
             Ok(s) if path.ends_with(&s.id) => slots.push(s),
             // A damaged slot is skipped: another may still open the repository.
-            _ => tracing::warn!("key slot {path} is damaged and was skipped"),
+            Ok(_) => tracing::warn!("key slot {path} was skipped: its id does not match its name"),
+            Err(e) => tracing::warn!("key slot {path} is damaged and was skipped: {e}"),
         }
     }
     Ok(slots)
@@ -240,9 +262,20 @@ pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
         };
         tokio::task::spawn_blocking(
             move || -> Result<Option<(MasterKey, String)>, CryptoError> {
-                for s in &slots {
-                    if let Some(m) = s.unwrap(&cred, &repo_id, &config_sha256)? {
-                        return Ok(Some((m, s.id.clone())));
+                for (i, s) in slots.iter().enumerate() {
+                    if i == MAX_SLOTS_TRIED {
+                        tracing::warn!(
+                            "tried {MAX_SLOTS_TRIED} key slots, the most coffer tries; {} more were not tried",
+                            slots.len() - i
+                        );
+                        break;
+                    }
+                    // A slot that cannot be tried (costs beyond the caps) is
+                    // skipped: another may still open the repository.
+                    match s.unwrap(&cred, &repo_id, &config_sha256) {
+                        Ok(Some(m)) => return Ok(Some((m, s.id.clone()))),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("key slot {KEYS_PREFIX}{} was skipped: {e}", s.id),
                     }
                 }
                 Ok(None)

@@ -39,6 +39,15 @@ pub enum StoreError {
         #[source]
         source: object_store::Error,
     },
+    #[error(
+        "object {path} in {store} has {size} bytes, more than any coffer object of its kind (at most {cap}): it is not a coffer object; check the repository URL, and remove it if nothing else owns it"
+    )]
+    TooLarge {
+        store: String,
+        path: String,
+        size: u64,
+        cap: u64,
+    },
     #[error("{op} {path} in {store} failed: {source}")]
     Io {
         op: &'static str,
@@ -303,6 +312,37 @@ impl Store {
             .await
             .map_err(|e| self.err("read", path, e))?;
         r.bytes().await.map_err(|e| self.err("read", path, e))
+    }
+
+    /// Reads a whole object of at most `cap` bytes. A larger one (by its
+    /// listed size, or by what the store actually sends) is refused before
+    /// more than `cap` bytes are held: a hostile bucket must not make coffer
+    /// allocate what it likes.
+    pub async fn get_capped(&self, path: &str, cap: u64) -> Result<Bytes, StoreError> {
+        let r = self
+            .inner
+            .get(&ObjPath::from(path))
+            .await
+            .map_err(|e| self.err("read", path, e))?;
+        let too_large = |size: u64| StoreError::TooLarge {
+            store: self.url.clone(),
+            path: path.to_string(),
+            size,
+            cap,
+        };
+        if r.meta.size > cap {
+            return Err(too_large(r.meta.size));
+        }
+        let mut out = BytesMut::with_capacity(r.meta.size as usize);
+        let mut body = r.into_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.err("read", path, e))?;
+            if (out.len() + chunk.len()) as u64 > cap {
+                return Err(too_large((out.len() + chunk.len()) as u64));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
     }
 
     /// The size of an object.

@@ -772,3 +772,101 @@ fn bad_key_file_content_is_a_usage_error_naming_the_file() {
     assert_code(&o, 2, "bad key file from the config");
     assert!(stderr(&o).contains("garbage.key"), "{}", stderr(&o));
 }
+
+// ----------------------------------------------------------- hostile slots
+
+fn slot_paths(env: &Env) -> Vec<String> {
+    let s = env.store();
+    block_on(async move { s.list("keys/").await })
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
+
+fn put_object(env: &Env, path: &str, data: Vec<u8>) {
+    let s = env.store();
+    let path = path.to_string();
+    block_on(async move { s.put(&path, bytes::Bytes::from(data), false).await }).unwrap();
+}
+
+/// Issue 10: a planted slot with Argon2 costs beyond the caps is skipped
+/// (with a warning), not a reason for every passphrase to fail.
+#[test]
+fn a_slot_with_absurd_argon2_costs_is_skipped() {
+    let env = env_with_data(Backend::Fs);
+    env.snapshot_ok();
+    env.cmd()
+        .env("COFFER_NEW_PASSPHRASE", "the right one")
+        .args(["key", "add"])
+        .assert()
+        .success();
+    let hostile = serde_json::json!({
+        "version": 1, "id": "00000000", "kind": "passphrase",
+        "created": "2026-01-01T00:00:00Z", "host": "evil",
+        "kdf": {"algorithm": "argon2id", "salt": "AAAA", "m_cost_kib": 99_999_999u64, "t_cost": 3, "p_cost": 1},
+        "nonce": "AAAAAAAAAAAAAAAA", "wrapped_key": "AAAA"
+    });
+    put_object(&env, "keys/00000000", serde_json::to_vec(&hostile).unwrap());
+    let o = snapshots_with_passphrase(&env, "the right one");
+    assert_code(&o, 0, "right passphrase beside a hostile slot");
+    assert!(
+        stderr(&o).contains("keys/00000000 was skipped") && stderr(&o).contains("Argon2"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Issue 10: a huge object planted under keys/ or as `config` is refused
+/// by its size, before it is read, as "not a coffer object".
+#[test]
+fn huge_planted_slot_and_config_are_refused_by_size() {
+    let env = env_with_data(Backend::Fs);
+    env.snapshot_ok();
+    let repo = Path::new(&env.url).to_path_buf();
+    // Sparse: 1 GiB that costs no disk, and would cost 1 GiB of memory.
+    let f = fs::File::create(repo.join("keys/zzzzzzzz")).unwrap();
+    f.set_len(1 << 30).unwrap();
+    let o = env.cmd().args(["snapshots"]).output().expect("run");
+    assert_code(&o, 0, "snapshots beside a huge key slot");
+    assert!(
+        stderr(&o).contains("keys/zzzzzzzz was skipped")
+            && stderr(&o).contains("it is not a coffer object"),
+        "{}",
+        stderr(&o)
+    );
+    fs::remove_file(repo.join("keys/zzzzzzzz")).unwrap();
+    let config = fs::read(repo.join("config")).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(repo.join("config"))
+        .unwrap();
+    f.set_len(1 << 30).unwrap();
+    let o = env.cmd().args(["snapshots"]).output().expect("run");
+    assert_code(&o, 3, "snapshots with a huge config");
+    assert!(
+        stderr(&o).contains("it is not a coffer object"),
+        "{}",
+        stderr(&o)
+    );
+    fs::write(repo.join("config"), config).unwrap();
+}
+
+/// Issue 10: docs/FORMAT.md says a slot with any unknown field is refused;
+/// that holds inside `kdf` too.
+#[test]
+fn a_slot_with_an_unknown_kdf_field_is_refused() {
+    let env = env_with_data(Backend::Fs);
+    env.snapshot_ok();
+    let slots = slot_paths(&env);
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    let s = env.store();
+    let p = slots[0].clone();
+    let raw = block_on(async move { s.get(&p).await }).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    v["kdf"]["iterations_hint"] = serde_json::json!(1);
+    put_object(&env, &slots[0], serde_json::to_vec(&v).unwrap());
+    let o = snapshots_with_key(&env, &env.key);
+    assert_code(&o, 3, "the only slot has an unknown kdf field");
+    assert!(stderr(&o).contains("unknown field"), "{}", stderr(&o));
+}

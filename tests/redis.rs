@@ -184,44 +184,61 @@ fn snapshot_records_the_server_and_dump_gives_a_valid_rdb() {
     assert_eq!(rep["skipped"], serde_json::json!(["cache"]));
 }
 
+/// The shared server is never restored into (that would replace every
+/// other test's keys): only the refusals and dry runs, which change nothing.
 #[test]
-fn restore_into_the_running_server_is_refused_with_the_steps() {
+fn restore_into_the_shared_server_needs_force_and_never_writes_its_file() {
     let _keys = Keys::create("steps");
     let env = world(URL);
     let id = snapshot(&env);
     let rdb = server_rdb();
     let live = fs::read(&rdb).ok();
 
-    for args in [
-        vec!["restore", id.as_str()],
-        vec!["restore", &id, "--force"],
-        vec!["restore", &id, "--dry-run"],
-        // The running server's own file, even with --force.
-        vec![
+    // Without --force: exit 2, saying what --force would do.
+    let o = cmd(&env).args(["restore", &id]).output().unwrap();
+    assert_code(&o, 2, "restore without --force");
+    let err = text(&o.stderr);
+    for needle in ["add --force", "every database", "redis://127.0.0.1:6379"] {
+        assert!(err.contains(needle), "no {needle:?} in:\n{err}");
+    }
+    // A dry run says where it would go and what it still needs.
+    let o = cmd(&env)
+        .args(["restore", &id, "--dry-run"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "restore --dry-run");
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("replication from a temporary redis-server") && out.contains("needs --force"),
+        "{out}"
+    );
+    // The running server's own file, even with --force: the steps.
+    let o = cmd(&env)
+        .args([
             "restore",
             &id,
             "--force",
             "--dry-run",
             "--to-database",
             &rdb,
-        ],
+        ])
+        .output()
+        .unwrap();
+    assert_code(&o, 2, "--to-database <the running server's file>");
+    let err = text(&o.stderr);
+    for needle in [
+        "is running",
+        "redis-cli -h 127.0.0.1 -p 6379 shutdown nosave",
+        &format!("coffer restore {id} --only cache --force --to-database {rdb}"),
+        &format!("leave out --to-database: coffer restore {id} --only cache --force"),
+        "start redis-server",
     ] {
-        let o = cmd(&env).args(&args).output().unwrap();
-        assert_code(&o, 2, &format!("{args:?}"));
-        let err = text(&o.stderr);
-        for needle in [
-            "is running",
-            "redis-cli -h 127.0.0.1 -p 6379 shutdown nosave",
-            &format!("coffer restore {id} --only cache --force --to-database {rdb}"),
-            "start redis-server",
-            "cache",
-        ] {
-            assert!(err.contains(needle), "{args:?}: no {needle:?} in:\n{err}");
-        }
+        assert!(err.contains(needle), "no {needle:?} in:\n{err}");
     }
     assert_eq!(fs::read(&rdb).ok(), live, "the server's file is untouched");
     // Still running, still holding our keys.
     assert_eq!(redis(&["PING"]).trim(), "PONG");
+    assert_eq!(redis(&["EXISTS", &_keys.0[0]]).trim(), "1");
 }
 
 #[test]
@@ -440,8 +457,9 @@ impl Drop for OwnServer {
     }
 }
 
-/// The whole way back, on a server of the test's own with a password: the
-/// refusal's steps, followed one by one, bring the snapshot's keys back.
+/// The whole way back by hand, on a server of the test's own with a
+/// password: the refusal's steps, followed one by one, bring the snapshot's
+/// keys back.
 #[test]
 fn following_the_steps_restores_a_password_protected_server() {
     let mut env = Env::init(Backend::Fs);
@@ -487,12 +505,17 @@ fn following_the_steps_restores_a_password_protected_server() {
     server.cli(&["DEL", "greeting"]);
     server.cli(&["SET", "later", "x"]);
 
+    // Writing the running server's own file: refused with the steps.
+    let rdb = env.path("redis-data/dump.rdb");
     let mut c = env.cmd();
     with_pw(&mut c);
-    let o = c.args(["restore", &id]).output().unwrap();
-    assert_code(&o, 2, "restore into the running server");
+    let o = c
+        .args(["restore", &id, "--force", "--to-database"])
+        .arg(&rdb)
+        .output()
+        .unwrap();
+    assert_code(&o, 2, "restore into the running server's file");
     let err = text(&o.stderr);
-    let rdb = env.path("redis-data/dump.rdb");
     let step2 = format!(
         "coffer restore {id} --only cache --force --to-database {}",
         rdb.display()
@@ -528,4 +551,269 @@ fn following_the_steps_restores_a_password_protected_server() {
     assert_eq!(server.cli(&["LRANGE", "queue", "0", "-1"]).trim(), "a\nb");
     assert_eq!(server.cli(&["EXISTS", "later"]).trim(), "0");
     tmp_is_empty(&env);
+}
+
+fn info_value(info: &str, key: &str) -> String {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in:\n{info}"))
+        .to_string()
+}
+
+/// An own server with a password and a source for it in the config.
+fn own_world() -> (Env, OwnServer) {
+    let mut env = Env::init(Backend::Fs);
+    fs::create_dir_all(env.path("tmp")).unwrap();
+    let server = OwnServer::start(&env.path("redis-data"));
+    env.sources.push_str(&format!(
+        "[[sources]]\nname = \"cache\"\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\npassword_env = \"TEST_REDIS_PASSWORD\"\n\n",
+        server.port
+    ));
+    env.write_config();
+    (env, server)
+}
+
+fn cmd_pw(env: &Env) -> assert_cmd::Command {
+    let mut c = cmd(env);
+    c.env("TEST_REDIS_PASSWORD", PASSWORD);
+    c
+}
+
+/// `restore --force` of a running local server (with a password of its
+/// own and a masterauth of its own) replaces everything it holds, in every
+/// database, with the snapshot's keys, without restarting it.
+#[test]
+fn restore_force_loads_the_snapshot_into_the_running_local_server() {
+    let (env, server) = own_world();
+    server.cli(&["SET", "greeting", "hello"]);
+    server.cli(&["RPUSH", "queue", "a", "b"]);
+    server.cli(&["SET", "kept", "x"]);
+    server.cli(&["-n", "5", "HSET", "user", "name", "ann"]);
+    server.cli(&["CONFIG", "SET", "masterauth", "prior-masterauth"]);
+    let o = cmd_pw(&env).args(["snapshot", "--json"]).output().unwrap();
+    assert_code(&o, 0, "snapshot");
+    let pid = info_value(&server.cli(&["INFO", "server"]), "process_id");
+
+    // What happens after the snapshot: in the same and in other databases.
+    server.cli(&["DEL", "greeting"]);
+    server.cli(&["SET", "later", "x"]);
+    server.cli(&["RPUSH", "queue", "c"]);
+    server.cli(&["-n", "5", "HSET", "user", "plan", "pro"]);
+    server.cli(&["-n", "7", "SET", "other", "y"]);
+    let changed = server.cli(&["INFO", "keyspace"]);
+
+    let o = cmd_pw(&env).args(["restore", "latest"]).output().unwrap();
+    assert_code(&o, 2, "restore without --force");
+    assert!(
+        text(&o.stderr).contains("add --force"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cmd_pw(&env)
+        .args(["restore", "latest", "--force", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "restore --force --dry-run");
+    assert_eq!(
+        server.cli(&["INFO", "keyspace"]),
+        changed,
+        "a dry run changes nothing"
+    );
+
+    let o = cmd_pw(&env)
+        .args(["restore", "latest", "--force"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "restore latest --force");
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(
+        out.contains(&format!(
+            "into redis://127.0.0.1:{} (4 keys (db0: 3, db5: 1), loaded by replication from a temporary redis-server)",
+            server.port
+        )),
+        "{out}\n{err}"
+    );
+    assert!(!out.contains(PASSWORD) && !err.contains(PASSWORD));
+
+    // The same process, a master again, holding exactly the snapshot's keys.
+    let info = server.cli(&["INFO"]);
+    assert_eq!(info_value(&info, "process_id"), pid, "not restarted");
+    assert_eq!(info_value(&info, "role"), "master");
+    assert_eq!(info_value(&info, "db0"), "keys=3,expires=0,avg_ttl=0");
+    assert_eq!(info_value(&info, "db5"), "keys=1,expires=0,avg_ttl=0");
+    assert!(!info.contains("db7:"), "{info}");
+    assert_eq!(server.cli(&["GET", "greeting"]).trim(), "hello");
+    assert_eq!(server.cli(&["LRANGE", "queue", "0", "-1"]).trim(), "a\nb");
+    assert_eq!(server.cli(&["EXISTS", "later"]).trim(), "0");
+    assert_eq!(
+        server.cli(&["-n", "5", "HGETALL", "user"]).trim(),
+        "name\nann"
+    );
+    // Its settings are its own again, and it takes writes.
+    assert_eq!(
+        server.cli(&["CONFIG", "GET", "masterauth"]).trim(),
+        "masterauth\nprior-masterauth"
+    );
+    assert_eq!(server.cli(&["SET", "after", "1"]).trim(), "OK");
+    // The temporary server and its directory are gone.
+    tmp_is_empty(&env);
+}
+
+/// A server on another machine: nothing is sent to it (a redis-cli that
+/// records its calls stands in for the real one), exit 1 with the steps.
+#[test]
+fn restore_of_a_remote_server_gives_the_steps_without_contacting_it() {
+    let _keys = Keys::create("remote");
+    let mut env = world(URL);
+    let id = snapshot(&env);
+    let rdb = server_rdb();
+    // 192.0.2.0/24 is reserved for documentation: never a real server.
+    env.sources = env.sources.replace(URL, "redis://192.0.2.1:6379");
+    env.write_config();
+    let fake = env.path("fake-bin");
+    fs::create_dir_all(&fake).unwrap();
+    let calls = env.path("redis-cli-calls");
+    fs::write(
+        fake.join("redis-cli"),
+        format!("#!/bin/sh\necho \"$@\" >> '{}'\nexit 1\n", calls.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(fake.join("redis-cli"), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+
+    for args in [
+        vec!["restore", id.as_str(), "--force"],
+        vec!["restore", &id],
+        vec!["restore", &id, "--force", "--dry-run"],
+    ] {
+        let o = cmd(&env).env("PATH", &path).args(&args).output().unwrap();
+        assert_code(&o, 1, &format!("{args:?}"));
+        let err = text(&o.stderr);
+        for needle in [
+            "redis://192.0.2.1:6379 is not on this machine",
+            "redis-cli -h 192.0.2.1 -p 6379 shutdown nosave",
+            &format!("coffer restore {id} --only cache --force --to-database {rdb}"),
+            "start redis-server",
+        ] {
+            assert!(err.contains(needle), "{args:?}: no {needle:?} in:\n{err}");
+        }
+    }
+    assert!(
+        !calls.exists(),
+        "redis-cli was run: {}",
+        fs::read_to_string(&calls).unwrap_or_default()
+    );
+}
+
+/// A replica of another server: refused (its master would overwrite what
+/// coffer loads), and left a replica.
+#[test]
+fn restore_into_a_replica_is_refused() {
+    let (env, replica) = own_world();
+    let master = OwnServer::start(&env.path("redis-master"));
+    master.cli(&["SET", "m", "1"]);
+    let o = cmd_pw(&env).args(["snapshot"]).output().unwrap();
+    assert_code(&o, 0, "snapshot");
+    replica.cli(&["CONFIG", "SET", "masterauth", PASSWORD]);
+    replica.cli(&["REPLICAOF", "127.0.0.1", &master.port.to_string()]);
+
+    let o = cmd_pw(&env)
+        .args(["restore", "latest", "--force"])
+        .output()
+        .unwrap();
+    assert_code(&o, 1, "restore into a replica");
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(&format!("is a replica of 127.0.0.1:{}", master.port))
+            && err.contains("REPLICAOF NO ONE"),
+        "{err}"
+    );
+    let info = replica.cli(&["INFO", "replication"]);
+    assert_eq!(info_value(&info, "role"), "slave");
+    assert_eq!(info_value(&info, "master_port"), master.port.to_string());
+}
+
+/// A user whom ACLs deny CONFIG: refused before anything changes, with
+/// the steps to do it by hand.
+#[test]
+fn restore_without_config_rights_falls_back_to_the_steps() {
+    let (mut env, server) = own_world();
+    server.cli(&["SET", "k", "1"]);
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">app-pass",
+        "~*",
+        "&*",
+        "+@all",
+        "-config",
+    ]);
+    env.sources = env
+        .sources
+        .replace("redis://127.0.0.1", "redis://app@127.0.0.1");
+    env.write_config();
+    let mut c = cmd(&env);
+    c.env("TEST_REDIS_PASSWORD", "app-pass");
+    let o = c.args(["snapshot"]).output().unwrap();
+    assert_code(&o, 0, "snapshot as app");
+    server.cli(&["SET", "later", "1"]);
+
+    let mut c = cmd(&env);
+    c.env("TEST_REDIS_PASSWORD", "app-pass");
+    let o = c.args(["restore", "latest", "--force"]).output().unwrap();
+    assert_code(&o, 1, "restore without CONFIG rights");
+    let err = text(&o.stderr);
+    for needle in [
+        "CONFIG GET masterauth was refused",
+        "Nothing was changed",
+        &format!(
+            "redis-cli -h 127.0.0.1 -p {} --user app shutdown nosave",
+            server.port
+        ),
+        "--force --to-database <dir>/<dbfilename>",
+    ] {
+        assert!(err.contains(needle), "no {needle:?} in:\n{err}");
+    }
+    assert_eq!(server.cli(&["EXISTS", "later"]).trim(), "1");
+}
+
+/// No redis-server on this machine (only redis-cli): refused before
+/// anything changes, saying what is missing, with the steps.
+#[test]
+fn restore_without_redis_server_installed_says_so() {
+    let (env, server) = own_world();
+    server.cli(&["SET", "k", "1"]);
+    let o = cmd_pw(&env).args(["snapshot"]).output().unwrap();
+    assert_code(&o, 0, "snapshot");
+    server.cli(&["SET", "later", "1"]);
+    let bin = env.path("only-cli");
+    fs::create_dir_all(&bin).unwrap();
+    let cli = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v redis-cli"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(cli.trim(), bin.join("redis-cli")).unwrap();
+
+    let o = cmd_pw(&env)
+        .env("PATH", &bin)
+        .args(["restore", "latest", "--force"])
+        .output()
+        .unwrap();
+    assert_code(&o, 1, "restore without redis-server");
+    let err = text(&o.stderr);
+    for needle in [
+        "redis-server is not installed on this machine",
+        "Nothing was changed",
+        "shutdown nosave",
+    ] {
+        assert!(err.contains(needle), "no {needle:?} in:\n{err}");
+    }
+    assert_eq!(server.cli(&["EXISTS", "later"]).trim(), "1");
 }

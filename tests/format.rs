@@ -533,6 +533,145 @@ fn format_doc_quotes_the_constants() {
     assert_eq!(seal_context("r", "s", None), b"coffer/v1\0r\0s".to_vec());
 }
 
+// ------------------------------------------- versions and reserved fields
+
+/// Replaces the fixture copy's manifest with `m` (sealed with the fixture's
+/// key, as coffer would have written it) under `snapshots/<m.id>`.
+fn commit_manifest(repo: &Path, m: &coffer::manifest::Manifest) {
+    let r = open_fixture_repo(repo);
+    let object = repo.join("snapshots").join(&m.id);
+    let _ = fs::remove_file(&object);
+    block_on(r.commit_manifest(m)).expect("commit manifest");
+}
+
+fn fixture_manifest(repo: &Path) -> coffer::manifest::Manifest {
+    let r = open_fixture_repo(repo);
+    block_on(r.load_manifest(&snapshot_id())).expect("fixture manifest")
+}
+
+/// A `config` of a newer repository version is not damage: exit 1 with
+/// "upgrade coffer" (FORMAT.md section 12), before any key slot is tried.
+#[test]
+fn newer_repository_version_is_exit_1() {
+    let (tmp, repo) = repo_copy();
+    let cfg = fs::read(repo.join("config")).expect("config");
+    fs::write(
+        repo.join("config"),
+        replace_once(&cfg, b"\"version\": 1", b"\"version\": 2"),
+    )
+    .expect("write config");
+    for args in [
+        &["snapshots"][..],
+        &["verify", "--deep", "--all"],
+        &["restore", "latest", "--target", "out"],
+    ] {
+        let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(args));
+        assert_eq!(code, 1, "{args:?} on a version-2 repository\n{out}");
+        assert!(
+            out.contains("written by a newer coffer")
+                && out.contains("format version 2")
+                && out.contains("upgrade coffer"),
+            "{args:?}: the message says why and what to do\n{out}"
+        );
+        assert!(!out.contains("wrong key"), "{args:?}\n{out}");
+    }
+    assert!(!tmp.path().join("out").exists());
+}
+
+/// A manifest of a newer version is not damage either: exit 1 wherever it
+/// is needed; a listing shows the readable snapshots and names it.
+#[test]
+fn newer_manifest_version_is_exit_1() {
+    let (tmp, repo) = repo_copy();
+    let old = snapshot_id();
+    let mut m = fixture_manifest(&repo);
+    m.version = 2;
+    // A later snapshot, so it would be `latest`.
+    m.id = "ffffffffffffffff".into();
+    m.time += chrono::Duration::hours(1);
+    commit_manifest(&repo, &m);
+    let newer_msg = |out: &str| {
+        out.contains("ffffffffffffffff")
+            && out.contains("written by a newer coffer")
+            && out.contains("format version 2")
+            && out.contains("upgrade coffer")
+    };
+    for args in [
+        &["show", "ffffffffffffffff"][..],
+        &["verify", "ffffffffffffffff"],
+        &["verify", "--all"],
+        &["restore", "latest", "--target", "out"],
+        &["prune", "--keep-last", "5", "--dry-run"],
+        &["snapshots"],
+    ] {
+        let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(args));
+        assert_eq!(code, 1, "{args:?} with a version-2 manifest\n{out}");
+        assert!(newer_msg(&out), "{args:?}: names it and says why\n{out}");
+    }
+    assert!(!tmp.path().join("out").exists());
+    // The old snapshot is still listed and readable.
+    let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(["snapshots"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&old), "{out}");
+    let o = coffer_at(&repo, tmp.path())
+        .args(["snapshots", "--json"])
+        .output()
+        .expect("snapshots --json");
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v[0]["id"], json!(old), "{v}");
+    assert_eq!(v[1]["id"], json!("ffffffffffffffff"), "{v}");
+    assert_eq!(v[1]["newer_version"], json!(2), "{v}");
+    assert_eq!(v[1]["object"], json!("snapshots/ffffffffffffffff"), "{v}");
+    assert!(v[1].get("damaged").is_none(), "{v}");
+    let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(["verify", "--deep", &old]));
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A version-1 manifest whose reserved `parent` is set is read like any
+/// other version-1 manifest: `parent` is not followed (FORMAT.md section
+/// 13), here it names a snapshot that does not exist.
+#[test]
+fn v1_manifest_with_parent_set_is_read_from_its_own_archives() {
+    let (tmp, repo) = repo_copy();
+    let exp = expected();
+    let id = snapshot_id();
+    let mut m = fixture_manifest(&repo);
+    assert_eq!(m.parent, None);
+    m.parent = Some("0123456789abcdef".into());
+    commit_manifest(&repo, &m);
+    let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(["verify", "--deep", &id]));
+    assert_eq!(code, 0, "verify --deep\n{out}");
+    let target = tmp.path().join("restored");
+    let (code, out) = code_of(
+        coffer_at(&repo, tmp.path())
+            .args(["restore", "latest", "--target"])
+            .arg(&target),
+    );
+    assert_eq!(code, 0, "restore\n{out}");
+    assert_restored(&target, &exp);
+    let o = coffer_at(&repo, tmp.path())
+        .args(["show", &id, "--json"])
+        .output()
+        .expect("show");
+    assert_eq!(o.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["parent"], json!("0123456789abcdef"));
+    // The independent reader, written from the document, agrees.
+    let out = tmp.path().join("extracted");
+    run_reader(
+        reader()
+            .arg("extract")
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--key-file")
+            .arg(key_file())
+            .arg("--out")
+            .arg(&out),
+    );
+    assert_restored(&out.join(&id), &exp);
+}
+
 // ------------------------------------------------------------ sealed vectors
 
 fn open_fixture_repo(repo: &Path) -> coffer::repo::Repository {

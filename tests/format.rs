@@ -469,6 +469,11 @@ fn format_doc_quotes_the_constants() {
         "coffer/v1/key-slot".to_string(),
         "coffer-key-v1:".to_string(),
         "65536".to_string(),
+        // CHUNK, the size of a dump stream's chunk entries (section 9).
+        format!("4 MiB ({} bytes", {
+            let c = coffer::source::stream::CHUNK;
+            format!("{},{:03},{:03}", c / 1_000_000, c / 1000 % 1000, c % 1000)
+        }),
     ] {
         assert!(
             doc.contains(&needle),
@@ -882,6 +887,99 @@ fn independent_reader_rejects_every_damaged_vector() {
         + vec["repository_tamper"].as_array().unwrap().len();
     assert_eq!(got["checked"].as_u64().unwrap() as usize, n, "{got}");
     assert_eq!(got["failures"], json!([]), "{got}");
+}
+
+/// Dump sources (FORMAT.md section 9): streams cut into 4 MiB chunk entries.
+/// The independent reader must read a stream over 4 MiB, one of exactly
+/// 8 MiB (no empty chunk after it) and an empty one, find the chunk entries'
+/// documented mode, owner and shared mtime, and accept `files` counting
+/// streams (section 11 step 5).
+#[test]
+fn independent_reader_reads_dump_streams() {
+    const MIB4: usize = 4 << 20;
+    let mut env = Env::init(Backend::Fs);
+    let cases: [(&str, usize, Vec<usize>); 3] = [
+        ("over", MIB4 + 1000, vec![MIB4, 1000]),
+        ("exact", 2 * MIB4, vec![MIB4, MIB4]),
+        ("empty", 0, vec![0]),
+    ];
+    let mut want = BTreeMap::new();
+    for (i, (name, len, _)) in cases.iter().enumerate() {
+        let data = pseudo_random(*len, i as u64 + 1);
+        let file = env.path(&format!("{name}.bin"));
+        fs::write(&file, &data).expect("write stream");
+        want.insert(name.to_string(), data);
+        env.sources.push_str(&format!(
+            "[[sources]]\nname = {name:?}\ntype = \"command\"\ndump = [\"cat\", {:?}]\n\n",
+            file.display().to_string()
+        ));
+    }
+    env.write_config();
+    let id = env.snapshot_ok();
+    let out = env.path("extracted");
+    let got = run_reader(
+        reader()
+            .arg("extract")
+            .arg("--repo")
+            .arg(env.path("repo"))
+            .arg("--key-file")
+            .arg(&env.key)
+            .arg("--out")
+            .arg(&out),
+    );
+    let snap = &got["snapshots"][0];
+    assert_eq!(snap["id"], json!(id));
+    for (name, len, chunks) in &cases {
+        let src = snap["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == *name)
+            .unwrap_or_else(|| panic!("source {name} in {got}"));
+        assert_eq!(src["type"], "command");
+        assert_eq!(src["origin"], Value::Null, "{name}: origin");
+        assert_eq!(src["files"], json!(1), "{name}: files counts streams");
+        let entries = src["entries"].as_array().expect("entries");
+        let sizes: Vec<u64> = entries
+            .iter()
+            .map(|e| e["size"].as_u64().unwrap())
+            .collect();
+        let want_sizes: Vec<u64> = chunks.iter().map(|&c| c as u64).collect();
+        assert_eq!(sizes, want_sizes, "{name}: chunk sizes");
+        for (n, e) in entries.iter().enumerate() {
+            assert_eq!(e["path"], json!(format!("stdout/{n:06}")), "{name}");
+            assert_eq!(e["type"], "file", "{name}");
+            assert_eq!(e["mode"], json!(0o600), "{name}: chunk mode");
+            assert_eq!((&e["uid"], &e["gid"]), (&json!(0), &json!(0)), "{name}");
+            assert_eq!(
+                e["mtime"], entries[0]["mtime"],
+                "{name}: one mtime per stream"
+            );
+            assert_eq!(e["mtime_nsec"], entries[0]["mtime_nsec"], "{name}");
+            // The tar header says the same, in whole seconds.
+            assert_eq!(
+                e["tar"],
+                json!({"mode": 0o600, "uid": 0, "gid": 0, "mtime": e["mtime"]}),
+                "{name}: chunk tar header"
+            );
+        }
+        let data = &want[*name];
+        assert_eq!(
+            src["streams"],
+            json!([{"name": "stdout", "bytes": len, "chunks": chunks.len(),
+                    "sha256": sha_hex(data)}]),
+            "{name}: the streams the reader rebuilt from the chunks"
+        );
+        let mut joined = Vec::new();
+        for n in 0..chunks.len() {
+            let p = out.join(&id).join(name).join(format!("stdout/{n:06}"));
+            joined.extend(fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())));
+        }
+        assert!(
+            joined == *data,
+            "{name}: extracted chunks differ from the stream"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- generator

@@ -710,7 +710,10 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                 }));
                 print_json(&serde_json::Value::Array(v));
             } else if list.is_empty() {
-                eprintln!("no snapshots");
+                eprintln!(
+                    "no {}snapshots",
+                    if damaged.is_empty() { "" } else { "readable " }
+                );
             } else {
                 println_out(&format!(
                     "{:<16}  {:<20}  {:<16}  {:<7}  {:<20}  {:>10}  {}",

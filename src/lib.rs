@@ -96,7 +96,9 @@ fn repo_code(e: &RepoError) -> i32 {
         | RepoError::SlotInUse(..)
         | RepoError::AlreadyInitialised(_)
         | RepoError::NotARepository(_) => exit::USAGE,
+        // Written by a newer coffer: nothing is damaged, upgrade to read it.
         RepoError::UnsupportedVersion { .. }
+        | RepoError::NewerManifest { .. }
         | RepoError::Credential(_)
         | RepoError::SnapshotExists(_) => exit::FAILURE,
     }
@@ -141,6 +143,7 @@ impl Error {
             Error::Prune(p) => match p {
                 PruneError::Retention(_) => exit::USAGE,
                 PruneError::Damaged { .. } => exit::INTEGRITY,
+                PruneError::Newer { .. } => exit::FAILURE,
                 PruneError::Repo(r) => repo_code(r),
                 PruneError::Delete { source, .. } => store_code(source),
             },

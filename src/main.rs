@@ -698,7 +698,7 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                 list = vec![*list.last().expect("non-empty")];
             }
             if g.json {
-                let v: Vec<_> = list
+                let mut v: Vec<_> = list
                     .iter()
                     .map(|m| {
                         json!({"id": m.id, "time": rfc3339(&m.time), "host": m.host, "tags": m.tags,
@@ -707,9 +707,19 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                         "bytes_stored": m.bytes_stored()})
                     })
                     .collect();
+                // Unreadable ones last: any of them may be the newest.
+                v.extend(damaged.iter().map(|d| match d.newer {
+                    Some(version) => json!({"id": d.id, "object": d.object,
+                        "error": d.reason, "newer_version": version}),
+                    None => json!({"id": d.id, "object": d.object,
+                        "error": d.reason, "damaged": true}),
+                }));
                 print_json(&serde_json::Value::Array(v));
             } else if list.is_empty() {
-                eprintln!("no snapshots");
+                eprintln!(
+                    "no {}snapshots",
+                    if damaged.is_empty() { "" } else { "readable " }
+                );
             } else {
                 println_out(&format!(
                     "{:<16}  {:<20}  {:<16}  {:<7}  {:<20}  {:>10}  {}",
@@ -733,15 +743,22 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                 }
             }
             for d in &damaged {
-                eprintln!(
-                    "error: snapshot {}: manifest {} is damaged ({}); run `coffer verify --all`",
-                    d.id, d.object, d.reason
-                );
+                match d.newer {
+                    Some(_) => eprintln!("error: {}; it is not listed above", d.reason),
+                    None => eprintln!(
+                        "error: snapshot {}: manifest {} is damaged ({}); it is not listed above and cannot be restored; \
+                         `restore latest` and `prune` refuse to run until it is repaired: \
+                         run `coffer verify --all`, then put back a good copy of {} (from a copy of the repository) or delete it",
+                        d.id, d.object, d.reason, d.object
+                    ),
+                }
             }
-            Ok(if damaged.is_empty() {
-                exit::OK
-            } else {
+            Ok(if damaged.iter().any(|d| d.newer.is_none()) {
                 exit::INTEGRITY
+            } else if !damaged.is_empty() {
+                exit::FAILURE
+            } else {
+                exit::OK
             })
         }
         Command::Show {
@@ -992,7 +1009,12 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                         ));
                         continue;
                     }
-                    println_out(&format!("snapshot {}: DAMAGED", snap.id));
+                    let verdict = if snap.newer {
+                        "NOT VERIFIED"
+                    } else {
+                        "DAMAGED"
+                    };
+                    println_out(&format!("snapshot {}: {verdict}", snap.id));
                     if let Some(e) = &snap.error {
                         println_out(&format!("  {e}"));
                     }
@@ -1008,6 +1030,12 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
             }
             if rep.ok {
                 Ok(exit::OK)
+            } else if rep.snapshots.iter().all(|s| s.ok || s.newer) {
+                // Only manifests of a newer coffer: nothing is damaged.
+                eprintln!(
+                    "error: snapshot(s) written by a newer coffer were not verified; upgrade coffer to verify them"
+                );
+                Ok(exit::FAILURE)
             } else {
                 let bad: Vec<&str> = rep
                     .snapshots

@@ -46,6 +46,10 @@ pub enum PruneError {
         "refusing to prune: {count} snapshot manifest(s) cannot be read, so which data belongs to a snapshot is unknown; nothing was deleted:\n{list}\nrun `coffer verify --all`, then restore or remove the damaged manifest(s) by hand"
     )]
     Damaged { count: usize, list: String },
+    #[error(
+        "refusing to prune: {count} snapshot manifest(s) were written by a newer coffer, so which data belongs to a snapshot is unknown to this one; nothing was deleted:\n{list}\nupgrade coffer to prune this repository"
+    )]
+    Newer { count: usize, list: String },
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error(
@@ -140,13 +144,17 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
     // Manifests first: see the module doc.
     let (manifests, damaged) = repo.manifests().await?;
     if !damaged.is_empty() {
-        return Err(PruneError::Damaged {
-            count: damaged.len(),
-            list: damaged
-                .iter()
-                .map(|d| format!("  snapshot {}: {} ({})", d.id, d.object, d.reason))
-                .collect::<Vec<_>>()
-                .join("\n"),
+        let list = damaged
+            .iter()
+            .map(|d| format!("  snapshot {}: {} ({})", d.id, d.object, d.reason))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let count = damaged.len();
+        // Damage is the graver finding: it decides the error (and exit 3).
+        return Err(if damaged.iter().all(|d| d.newer.is_some()) {
+            PruneError::Newer { count, list }
+        } else {
+            PruneError::Damaged { count, list }
         });
     }
     let candidates: Vec<Candidate> = manifests

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, Credential, CryptoError, KeySlot, MasterKey, ObjectKind};
-use crate::manifest::{Manifest, seal_context};
+use crate::manifest::{MANIFEST_VERSION, Manifest, seal_context};
 use crate::store::{Store, StoreError};
 
 pub const CONFIG_OBJECT: &str = "config";
@@ -39,7 +39,7 @@ pub enum RepoError {
     #[error("the repository config at {url} is damaged: {reason}")]
     DamagedConfig { url: String, reason: String },
     #[error(
-        "repository {url} has format version {version}, but this coffer reads version {REPO_VERSION}; use a newer coffer"
+        "repository {url} was written by a newer coffer (repository format version {version}; this coffer reads version {REPO_VERSION}); upgrade coffer to read it"
     )]
     UnsupportedVersion { url: String, version: u32 },
     #[error(
@@ -64,6 +64,15 @@ pub enum RepoError {
         id: String,
         object: String,
         reason: String,
+    },
+    /// Not damage: the data is intact, this coffer is too old for it.
+    #[error(
+        "snapshot {id} was written by a newer coffer (manifest {object} has format version {version}; this coffer reads version {MANIFEST_VERSION}); upgrade coffer to read it"
+    )]
+    NewerManifest {
+        id: String,
+        object: String,
+        version: u32,
     },
     #[error("no snapshot matches {0:?}; list them with `coffer snapshots`")]
     UnknownSnapshot(String),
@@ -311,12 +320,15 @@ pub struct SlotInfo {
     pub current: bool,
 }
 
-/// A manifest that could not be read while listing.
+/// A manifest that could not be read while listing: damaged, or (with
+/// `newer`) of a format version this coffer does not know.
 #[derive(Debug)]
 pub struct Damaged {
     pub id: String,
     pub object: String,
     pub reason: String,
+    /// The manifest's version when it is intact but newer than this coffer.
+    pub newer: Option<u32>,
 }
 
 impl Repository {
@@ -438,11 +450,12 @@ impl Repository {
         if m.version == 0 {
             return Err(damaged("manifest version 0, which no coffer writes".into()));
         }
-        if m.version > crate::manifest::MANIFEST_VERSION {
-            return Err(damaged(format!(
-                "manifest version {} is newer than this coffer reads; use a newer coffer",
-                m.version
-            )));
+        if m.version > MANIFEST_VERSION {
+            return Err(RepoError::NewerManifest {
+                id: id.to_string(),
+                object,
+                version: m.version,
+            });
         }
         Ok(m)
     }
@@ -471,8 +484,29 @@ impl Repository {
         for r in results {
             match r {
                 Ok(m) => good.push(m),
-                Err(RepoError::DamagedManifest { id, object, reason }) => {
-                    bad.push(Damaged { id, object, reason })
+                Err(RepoError::DamagedManifest { id, object, reason }) => bad.push(Damaged {
+                    id,
+                    object,
+                    reason,
+                    newer: None,
+                }),
+                Err(RepoError::NewerManifest {
+                    id,
+                    object,
+                    version,
+                }) => {
+                    let reason = RepoError::NewerManifest {
+                        id: id.clone(),
+                        object: object.clone(),
+                        version,
+                    }
+                    .to_string();
+                    bad.push(Damaged {
+                        id,
+                        object,
+                        reason,
+                        newer: Some(version),
+                    })
                 }
                 // Deleted between list and get: a concurrent prune.
                 Err(RepoError::UnknownSnapshot(_)) => {}
@@ -480,6 +514,7 @@ impl Repository {
             }
         }
         good.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        bad.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((good, bad))
     }
 
@@ -487,10 +522,19 @@ impl Repository {
     /// with `tag` when given).
     pub async fn resolve(&self, spec: &str, tag: Option<&str>) -> Result<Manifest, RepoError> {
         if spec == "latest" {
-            let (all, damaged) = self.manifests().await?;
+            let (all, mut damaged) = self.manifests().await?;
             // A damaged manifest might be the newest: picking the newest
-            // readable one would silently restore an older snapshot.
+            // readable one would silently restore an older snapshot. Damage
+            // is reported before a manifest that is merely newer.
+            damaged.sort_by_key(|d| d.newer.is_some());
             if let Some(d) = damaged.into_iter().next() {
+                if let Some(version) = d.newer {
+                    return Err(RepoError::NewerManifest {
+                        id: d.id,
+                        object: d.object,
+                        version,
+                    });
+                }
                 return Err(RepoError::DamagedManifest {
                     id: d.id,
                     object: d.object,

@@ -31,6 +31,9 @@ pub struct SnapshotCheck {
     pub sources: Vec<SourceCheck>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The manifest is intact but of a newer format version: not damage.
+    #[serde(skip)]
+    pub newer: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,11 +60,17 @@ pub async fn verify(
         Selection::All => {
             let (good, bad) = repo.manifests().await?;
             for d in bad {
+                let error = if d.newer.is_some() {
+                    d.reason
+                } else {
+                    format!("manifest {} is damaged: {}", d.object, d.reason)
+                };
                 checks.push(SnapshotCheck {
                     id: d.id,
                     ok: false,
                     sources: Vec::new(),
-                    error: Some(format!("manifest {} is damaged: {}", d.object, d.reason)),
+                    error: Some(error),
+                    newer: d.newer.is_some(),
                 });
             }
             good
@@ -77,6 +86,7 @@ pub async fn verify(
             id: m.id.clone(),
             sources,
             error: None,
+            newer: false,
         });
     }
     Ok(VerifyReport {

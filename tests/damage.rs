@@ -558,6 +558,55 @@ on_every_backend!(plain_verify_detects_damaged_archives_and_indexes, |b| {
     f.finish();
 });
 
+// ------------------------------------------------ listings with one damaged
+
+// `snapshots` with one damaged manifest lists every readable snapshot, names
+// the damaged one (stderr, and `--json` as an entry after the readable ones)
+// with what to do, and exits 3.
+#[test]
+fn snapshots_lists_the_readable_ones_and_names_the_damaged_fs() {
+    let w = world(Backend::Fs);
+    let mut f = Failures::default();
+    let path = w.a.manifest();
+    let orig = get(&w.env, &path);
+    let bad = flipped(orig.clone(), orig.len() / 2);
+    with_damage(&w, &path, Some(bad), || {
+        let o = run(&w.env, &["snapshots"]);
+        f.outcome(
+            "one damaged manifest",
+            "snapshots",
+            &o,
+            3,
+            &[&w.b.id, &w.a.id, &path, "damaged", "coffer verify --all"],
+        );
+        let out = w.env.cmd().args(["snapshots", "--json"]).output().unwrap();
+        f.expect(
+            "one damaged manifest",
+            "snapshots --json exits 3",
+            out.status.code() == Some(3),
+            || format!("{:?}", out.status),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let want = serde_json::json!([w.b.id, w.a.id]);
+        let ids: Vec<&serde_json::Value> = v
+            .as_array()
+            .map(|a| a.iter().map(|e| &e["id"]).collect())
+            .unwrap_or_default();
+        f.expect(
+            "one damaged manifest",
+            "--json lists the readable snapshot, then the damaged one",
+            serde_json::json!(ids) == want
+                && v[0].get("damaged").is_none()
+                && v[0]["time"].is_string()
+                && v[1]["damaged"] == true
+                && v[1]["object"] == serde_json::json!(path)
+                && v[1]["error"].as_str().is_some_and(|e| !e.is_empty()),
+            || v.to_string(),
+        );
+    });
+    f.finish();
+}
+
 // ------------------------------------------------------ key slots and config
 
 /// Runs the commands that open the repository and expects each to fail with

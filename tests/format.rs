@@ -469,6 +469,11 @@ fn format_doc_quotes_the_constants() {
         "coffer/v1/key-slot".to_string(),
         "coffer-key-v1:".to_string(),
         "65536".to_string(),
+        // CHUNK, the size of a dump stream's chunk entries (section 9).
+        format!("4 MiB ({} bytes", {
+            let c = coffer::source::stream::CHUNK;
+            format!("{},{:03},{:03}", c / 1_000_000, c / 1000 % 1000, c % 1000)
+        }),
     ] {
         assert!(
             doc.contains(&needle),
@@ -531,6 +536,145 @@ fn format_doc_quotes_the_constants() {
         "the context bytes FORMAT.md gives"
     );
     assert_eq!(seal_context("r", "s", None), b"coffer/v1\0r\0s".to_vec());
+}
+
+// ------------------------------------------- versions and reserved fields
+
+/// Replaces the fixture copy's manifest with `m` (sealed with the fixture's
+/// key, as coffer would have written it) under `snapshots/<m.id>`.
+fn commit_manifest(repo: &Path, m: &coffer::manifest::Manifest) {
+    let r = open_fixture_repo(repo);
+    let object = repo.join("snapshots").join(&m.id);
+    let _ = fs::remove_file(&object);
+    block_on(r.commit_manifest(m)).expect("commit manifest");
+}
+
+fn fixture_manifest(repo: &Path) -> coffer::manifest::Manifest {
+    let r = open_fixture_repo(repo);
+    block_on(r.load_manifest(&snapshot_id())).expect("fixture manifest")
+}
+
+/// A `config` of a newer repository version is not damage: exit 1 with
+/// "upgrade coffer" (FORMAT.md section 12), before any key slot is tried.
+#[test]
+fn newer_repository_version_is_exit_1() {
+    let (tmp, repo) = repo_copy();
+    let cfg = fs::read(repo.join("config")).expect("config");
+    fs::write(
+        repo.join("config"),
+        replace_once(&cfg, b"\"version\": 1", b"\"version\": 2"),
+    )
+    .expect("write config");
+    for args in [
+        &["snapshots"][..],
+        &["verify", "--deep", "--all"],
+        &["restore", "latest", "--target", "out"],
+    ] {
+        let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(args));
+        assert_eq!(code, 1, "{args:?} on a version-2 repository\n{out}");
+        assert!(
+            out.contains("written by a newer coffer")
+                && out.contains("format version 2")
+                && out.contains("upgrade coffer"),
+            "{args:?}: the message says why and what to do\n{out}"
+        );
+        assert!(!out.contains("wrong key"), "{args:?}\n{out}");
+    }
+    assert!(!tmp.path().join("out").exists());
+}
+
+/// A manifest of a newer version is not damage either: exit 1 wherever it
+/// is needed; a listing shows the readable snapshots and names it.
+#[test]
+fn newer_manifest_version_is_exit_1() {
+    let (tmp, repo) = repo_copy();
+    let old = snapshot_id();
+    let mut m = fixture_manifest(&repo);
+    m.version = 2;
+    // A later snapshot, so it would be `latest`.
+    m.id = "ffffffffffffffff".into();
+    m.time += chrono::Duration::hours(1);
+    commit_manifest(&repo, &m);
+    let newer_msg = |out: &str| {
+        out.contains("ffffffffffffffff")
+            && out.contains("written by a newer coffer")
+            && out.contains("format version 2")
+            && out.contains("upgrade coffer")
+    };
+    for args in [
+        &["show", "ffffffffffffffff"][..],
+        &["verify", "ffffffffffffffff"],
+        &["verify", "--all"],
+        &["restore", "latest", "--target", "out"],
+        &["prune", "--keep-last", "5", "--dry-run"],
+        &["snapshots"],
+    ] {
+        let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(args));
+        assert_eq!(code, 1, "{args:?} with a version-2 manifest\n{out}");
+        assert!(newer_msg(&out), "{args:?}: names it and says why\n{out}");
+    }
+    assert!(!tmp.path().join("out").exists());
+    // The old snapshot is still listed and readable.
+    let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(["snapshots"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&old), "{out}");
+    let o = coffer_at(&repo, tmp.path())
+        .args(["snapshots", "--json"])
+        .output()
+        .expect("snapshots --json");
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v[0]["id"], json!(old), "{v}");
+    assert_eq!(v[1]["id"], json!("ffffffffffffffff"), "{v}");
+    assert_eq!(v[1]["newer_version"], json!(2), "{v}");
+    assert_eq!(v[1]["object"], json!("snapshots/ffffffffffffffff"), "{v}");
+    assert!(v[1].get("damaged").is_none(), "{v}");
+    let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(["verify", "--deep", &old]));
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A version-1 manifest whose reserved `parent` is set is read like any
+/// other version-1 manifest: `parent` is not followed (FORMAT.md section
+/// 13), here it names a snapshot that does not exist.
+#[test]
+fn v1_manifest_with_parent_set_is_read_from_its_own_archives() {
+    let (tmp, repo) = repo_copy();
+    let exp = expected();
+    let id = snapshot_id();
+    let mut m = fixture_manifest(&repo);
+    assert_eq!(m.parent, None);
+    m.parent = Some("0123456789abcdef".into());
+    commit_manifest(&repo, &m);
+    let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(["verify", "--deep", &id]));
+    assert_eq!(code, 0, "verify --deep\n{out}");
+    let target = tmp.path().join("restored");
+    let (code, out) = code_of(
+        coffer_at(&repo, tmp.path())
+            .args(["restore", "latest", "--target"])
+            .arg(&target),
+    );
+    assert_eq!(code, 0, "restore\n{out}");
+    assert_restored(&target, &exp);
+    let o = coffer_at(&repo, tmp.path())
+        .args(["show", &id, "--json"])
+        .output()
+        .expect("show");
+    assert_eq!(o.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["parent"], json!("0123456789abcdef"));
+    // The independent reader, written from the document, agrees.
+    let out = tmp.path().join("extracted");
+    run_reader(
+        reader()
+            .arg("extract")
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--key-file")
+            .arg(key_file())
+            .arg("--out")
+            .arg(&out),
+    );
+    assert_restored(&out.join(&id), &exp);
 }
 
 // ------------------------------------------------------------ sealed vectors
@@ -743,6 +887,99 @@ fn independent_reader_rejects_every_damaged_vector() {
         + vec["repository_tamper"].as_array().unwrap().len();
     assert_eq!(got["checked"].as_u64().unwrap() as usize, n, "{got}");
     assert_eq!(got["failures"], json!([]), "{got}");
+}
+
+/// Dump sources (FORMAT.md section 9): streams cut into 4 MiB chunk entries.
+/// The independent reader must read a stream over 4 MiB, one of exactly
+/// 8 MiB (no empty chunk after it) and an empty one, find the chunk entries'
+/// documented mode, owner and shared mtime, and accept `files` counting
+/// streams (section 11 step 5).
+#[test]
+fn independent_reader_reads_dump_streams() {
+    const MIB4: usize = 4 << 20;
+    let mut env = Env::init(Backend::Fs);
+    let cases: [(&str, usize, Vec<usize>); 3] = [
+        ("over", MIB4 + 1000, vec![MIB4, 1000]),
+        ("exact", 2 * MIB4, vec![MIB4, MIB4]),
+        ("empty", 0, vec![0]),
+    ];
+    let mut want = BTreeMap::new();
+    for (i, (name, len, _)) in cases.iter().enumerate() {
+        let data = pseudo_random(*len, i as u64 + 1);
+        let file = env.path(&format!("{name}.bin"));
+        fs::write(&file, &data).expect("write stream");
+        want.insert(name.to_string(), data);
+        env.sources.push_str(&format!(
+            "[[sources]]\nname = {name:?}\ntype = \"command\"\ndump = [\"cat\", {:?}]\n\n",
+            file.display().to_string()
+        ));
+    }
+    env.write_config();
+    let id = env.snapshot_ok();
+    let out = env.path("extracted");
+    let got = run_reader(
+        reader()
+            .arg("extract")
+            .arg("--repo")
+            .arg(env.path("repo"))
+            .arg("--key-file")
+            .arg(&env.key)
+            .arg("--out")
+            .arg(&out),
+    );
+    let snap = &got["snapshots"][0];
+    assert_eq!(snap["id"], json!(id));
+    for (name, len, chunks) in &cases {
+        let src = snap["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == *name)
+            .unwrap_or_else(|| panic!("source {name} in {got}"));
+        assert_eq!(src["type"], "command");
+        assert_eq!(src["origin"], Value::Null, "{name}: origin");
+        assert_eq!(src["files"], json!(1), "{name}: files counts streams");
+        let entries = src["entries"].as_array().expect("entries");
+        let sizes: Vec<u64> = entries
+            .iter()
+            .map(|e| e["size"].as_u64().unwrap())
+            .collect();
+        let want_sizes: Vec<u64> = chunks.iter().map(|&c| c as u64).collect();
+        assert_eq!(sizes, want_sizes, "{name}: chunk sizes");
+        for (n, e) in entries.iter().enumerate() {
+            assert_eq!(e["path"], json!(format!("stdout/{n:06}")), "{name}");
+            assert_eq!(e["type"], "file", "{name}");
+            assert_eq!(e["mode"], json!(0o600), "{name}: chunk mode");
+            assert_eq!((&e["uid"], &e["gid"]), (&json!(0), &json!(0)), "{name}");
+            assert_eq!(
+                e["mtime"], entries[0]["mtime"],
+                "{name}: one mtime per stream"
+            );
+            assert_eq!(e["mtime_nsec"], entries[0]["mtime_nsec"], "{name}");
+            // The tar header says the same, in whole seconds.
+            assert_eq!(
+                e["tar"],
+                json!({"mode": 0o600, "uid": 0, "gid": 0, "mtime": e["mtime"]}),
+                "{name}: chunk tar header"
+            );
+        }
+        let data = &want[*name];
+        assert_eq!(
+            src["streams"],
+            json!([{"name": "stdout", "bytes": len, "chunks": chunks.len(),
+                    "sha256": sha_hex(data)}]),
+            "{name}: the streams the reader rebuilt from the chunks"
+        );
+        let mut joined = Vec::new();
+        for n in 0..chunks.len() {
+            let p = out.join(&id).join(name).join(format!("stdout/{n:06}"));
+            joined.extend(fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())));
+        }
+        assert!(
+            joined == *data,
+            "{name}: extracted chunks differ from the stream"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- generator

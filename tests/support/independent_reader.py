@@ -324,8 +324,9 @@ def pax_records(data):
 
 
 def tar_entries(data):
-    """Yields (name, typeflag, linkname, mode, size, body) per entry; PAX
-    headers are applied to the entry they precede (§9)."""
+    """Yields (name, typeflag, linkname, mode, size, body, owner) per entry,
+    owner being (uid, gid, mtime); PAX headers are applied to the entry they
+    precede (§9)."""
     pos = 0
     pax = {}
     while True:
@@ -359,8 +360,11 @@ def tar_entries(data):
         name = pax.get("path", tar_string(block[0:100]))
         link = pax.get("linkpath", tar_string(block[157:257]))
         mode = tar_number(block[100:108])
+        uid = int(pax["uid"]) if "uid" in pax else tar_number(block[108:116])
+        gid = int(pax["gid"]) if "gid" in pax else tar_number(block[116:124])
+        mtime = tar_number(block[136:148])
         pax = {}
-        yield name.decode("utf-8"), typeflag, link.decode("utf-8"), mode, size, body
+        yield name.decode("utf-8"), typeflag, link.decode("utf-8"), mode, size, body, (uid, gid, mtime)
 
 
 def index_path(tar_name):
@@ -386,6 +390,43 @@ def check_safe(path):
 
 TYPES = {"0": "file", "5": "dir", "2": "symlink", "1": "hardlink"}
 
+# §7: the source types whose archive holds dump streams in chunk entries (§9).
+DUMP_TYPES = {"postgres", "mysql", "sqlite", "redis", "command"}
+CHUNK = 4194304
+
+
+def dump_streams(src, entries):
+    """§9: rebuilds a dump source's streams from its chunk entries, checks
+    them against details.streams, and returns them."""
+    streams = []
+    for e, body, _tar in entries:
+        name, _, num = e["path"].rpartition("/")
+        if e["type"] != "file" or not name or len(num) != 6 or not num.isdigit():
+            raise IntegrityError("archive", f"{e['path']!r} is not a dump chunk entry")
+        if streams and streams[-1]["name"] == name:
+            s = streams[-1]
+            if s["last_size"] != CHUNK:
+                raise IntegrityError("archive", f"{e['path']!r} follows a chunk shorter than 4 MiB")
+            if e["size"] == 0:
+                raise IntegrityError("archive", f"{e['path']!r}: an empty chunk after a full one")
+        else:
+            if any(s["name"] == name for s in streams):
+                raise IntegrityError("archive", f"stream {name!r} interleaves with another")
+            s = {"name": name, "bytes": 0, "chunks": 0, "hash": hashlib.sha256(), "last_size": None}
+            streams.append(s)
+        if int(num) != s["chunks"] or e["size"] > CHUNK:
+            raise IntegrityError("archive", f"{e['path']!r}: chunks out of order or over 4 MiB")
+        s["hash"].update(body)
+        s["bytes"] += e["size"]
+        s["chunks"] += 1
+        s["last_size"] = e["size"]
+    out = [{"name": s["name"], "bytes": s["bytes"], "chunks": s["chunks"], "sha256": s["hash"].hexdigest()}
+           for s in streams]
+    recorded = src.get("details", {}).get("streams")
+    if recorded != out:
+        raise IntegrityError("manifest", f"streams in the archive {out} differ from the manifest's {recorded}")
+    return out
+
 
 # ---------------------------------------------------------------- §11 a source
 
@@ -404,7 +445,7 @@ def read_source(repo, repo_id, master, m, src):
     entries = []
     by_path = {}
     files = 0
-    for k, (name, typeflag, link, _mode, size, body) in enumerate(tar_entries(archive)):
+    for k, (name, typeflag, link, mode, size, body, (uid, gid, mtime)) in enumerate(tar_entries(archive)):
         if typeflag not in TYPES:
             raise IntegrityError("archive", f"entry {name!r} has unexpected type {typeflag!r}")
         path = index_path(name)
@@ -429,12 +470,19 @@ def read_source(repo, repo_id, master, m, src):
             if e["size"] != first["size"] or e.get("sha256") != first.get("sha256"):
                 raise IntegrityError("index", f"hard link {path!r}: size/SHA-256 differ from {e['target']!r}")
         by_path[path] = e
-        entries.append((e, body))
+        entries.append((e, body, {"mode": mode, "uid": uid, "gid": gid, "mtime": mtime}))
     if len(entries) != len(stored):
         raise IntegrityError("index", f"the index lists {stored[len(entries)]['path']!r}, which the archive lacks")
-    if files != src["files"]:
+    # §11 step 5: a dump source's `files` counts streams; its chunk entries
+    # number the sum of details.streams[].chunks.
+    streams = None
+    if src["type"] in DUMP_TYPES:
+        streams = dump_streams(src, entries)
+        if files != sum(s["chunks"] for s in streams) or len(streams) != src["files"]:
+            raise IntegrityError("manifest", f"{len(streams)} streams in the archive, the manifest records {src['files']}")
+    elif files != src["files"]:
         raise IntegrityError("manifest", f"{files} files in the archive, the manifest records {src['files']}")
-    return entries, unstored
+    return entries, unstored, streams
 
 
 def extract_source(root, entries):
@@ -442,7 +490,7 @@ def extract_source(root, entries):
     os.makedirs(root)
     dirs = []
     written = set()
-    for e, body in entries:
+    for e, body, _tar in entries:
         path = e["path"]
         full = root if path == "." else os.path.join(root, *path.split("/"))
         # never write through a symlink: every parent must be a real directory
@@ -506,14 +554,16 @@ def read_repository(repo, key_file_key=None, passphrase=None, out=None):
             for s, src in zip(summary["sources"], m["sources"]):
                 if src["status"] != "ok":
                     continue
-                entries, unstored = read_source(repo, cfg["id"], master, m, src)
+                entries, unstored, streams = read_source(repo, cfg["id"], master, m, src)
                 extract_source(os.path.join(out, m["id"], src["name"]), entries)
                 s["files"] = src["files"]
                 s["entries"] = [
-                    {k: e[k] for k in ("path", "type", "size", "sha256", "target", "mode", "mtime", "mtime_nsec") if k in e}
-                    for e, _ in entries
+                    dict({k: e[k] for k in ("path", "type", "size", "sha256", "target", "mode", "uid", "gid", "mtime", "mtime_nsec") if k in e}, tar=tar)
+                    for e, _, tar in entries
                 ]
                 s["unstored"] = [{"path": e["path"], "error": e.get("error")} for e in unstored]
+                if streams is not None:
+                    s["streams"] = streams
         doc["snapshots"].append(summary)
     return doc, master
 

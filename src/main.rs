@@ -1553,7 +1553,7 @@ struct CopyArgs {
     /// Compare both sides without copying; list the differences, exit 1 on any
     #[arg(long, conflicts_with_all = ["dry_run", "delete"])]
     check: bool,
-    /// Compare equal-size objects by SHA-256 (stored metadata, else read and hashed)
+    /// Compare equal-size objects by SHA-256 (coffer's stored metadata, else read and hashed), never by size and mtime; --check always does
     #[arg(long)]
     checksum: bool,
     /// Objects in flight at once
@@ -1687,9 +1687,20 @@ async fn copy_command(g: &Global, a: CopyArgs) -> Result<i32, Error> {
         print_json(&serde_json::to_value(&rep).expect("report serialises"));
     } else if !g.quiet || !rep.ok {
         let secs = rep.duration_ms as f64 / 1000.0;
+        let c = &rep.compared;
+        let compared = format!(
+            "; compared {} by content, {} by stored hash{}",
+            c.content,
+            c.stored_hash,
+            if c.size_mtime > 0 {
+                format!(", {} by size+mtime", c.size_mtime)
+            } else {
+                String::new()
+            }
+        );
         if a.check {
             eprintln!(
-                "check {} -> {}: {} object(s) differ, {} identical ({}) in {secs:.1} s",
+                "check {} -> {}: {} object(s) differ, {} identical ({}){compared}, in {secs:.1} s",
                 rep.src,
                 rep.dst,
                 rep.differences_count,
@@ -1698,7 +1709,7 @@ async fn copy_command(g: &Global, a: CopyArgs) -> Result<i32, Error> {
             );
         } else {
             eprintln!(
-                "{}copy {} -> {}: {} {} object(s) ({}), skipped {} ({}), {} {} ({}), failed {}, in {secs:.1} s{}",
+                "{}copy {} -> {}: {} {} object(s) ({}), skipped {} ({}), {} {} ({}), failed {}{compared}, in {secs:.1} s{}",
                 if a.dry_run {
                     "dry run, nothing written: "
                 } else {

@@ -10,18 +10,53 @@
 //! the destination (the `--delete` candidates) go to a temporary file, not
 //! to memory, and are deleted only after every copy succeeded.
 //!
-//! What "different" means, for objects of equal size (a size difference
-//! always copies):
-//! - coffer stores `sha256` and `mtime` (the source's modification time, RFC
-//!   3339) as user metadata on every cloud object it writes. When both sides
-//!   carry a `sha256`, they are compared; else when the destination carries
-//!   `mtime`, it must equal the source's; else the destination must not be
-//!   older than the source (to the second).
-//! - a local destination has no user metadata: coffer sets each copied file's
-//!   mtime to the source's, and equal size plus equal mtime (to the
-//!   millisecond) means unchanged, as rsync and rclone do.
-//! - `--checksum` compares SHA-256 on both sides, read from metadata where
-//!   stored, else by reading and hashing the object.
+//! What "different" means. A size difference always copies. Objects of
+//! equal size are compared one of three ways, and the report counts each
+//! (`compared`):
+//! - **by stored hash**: coffer writes `sha256` (and `mtime`, the source's
+//!   modification time, RFC 3339) as user metadata on every cloud object it
+//!   copies. When DST's object carries `sha256`, it is compared with SRC's
+//!   hash: SRC's own `sha256` metadata, else SRC read and hashed (a local
+//!   file, or a cloud object that coffer did not write). When both sides
+//!   carry one, no bytes are read at all.
+//! - **by content**: DST has no hash coffer trusts (a local file, or a cloud
+//!   object without coffer's metadata: written or overwritten by another
+//!   tool). DST is read and hashed, and so is SRC unless it carries
+//!   `sha256`. Reads are streamed in 1 MiB parts inside the memory budget,
+//!   never a whole object in memory. Stores' own checksums (ETag, MD5,
+//!   CRC32C) are not used: their meaning differs between stores and with
+//!   multipart uploads and encryption, and a false "identical" is the one
+//!   mistake a copy tool must not make.
+//! - **by size+mtime**, a plain copy only (not `--check`, not
+//!   `--checksum`), where DST carries coffer's `mtime` metadata or is a
+//!   local file (whose mtime coffer sets to SRC's): equal size and equal
+//!   mtime (to the millisecond) mean unchanged, as rsync and rclone assume
+//!   by default; a different mtime copies without reading DST. This is the
+//!   cheap path that keeps a rerun over terabytes from reading them all. What
+//!   it misses: bytes changed with size and mtime kept (a tool that restores
+//!   mtimes, `cp -p`, `touch -r`), at SRC, or at a local DST. `--check`
+//!   finds those and says that `copy --checksum` is what repairs them.
+//!
+//! Whether stored metadata can be stale: on S3, GCS and Azure block blobs,
+//! user metadata is written by the same request that writes the bytes
+//! (PUT, multipart complete, block list commit, server-side copy), and any
+//! other tool's overwrite replaces it (with its own metadata or none). So a
+//! `sha256` present on an object was written with those bytes, by coffer or
+//! by a tool that set it on purpose. What can make it lie are metadata-only
+//! edits (GCS `PATCH`, S3 copy-in-place with `REPLACE`, Azure Set Blob
+//! Metadata) and in-place writes to Azure page or append blobs; coffer
+//! writes neither kind of blob, and nobody edits `sha256` by accident. A
+//! local file has no such metadata (extended attributes survive in-place
+//! rewrites, so they would not be trustworthy): a local DST is never
+//! compared by stored hash. One kind of object coffer writes carries
+//! `mtime` without `sha256`: an object of 8 MiB or more copied from a cloud
+//! SRC that has no `sha256` (its hash is known only after the upload has
+//! begun); `--check` compares those by content.
+//!
+//! A copy that finds a difference replaces DST's object (overwrites it; a
+//! local file is replaced by a rename). Unlike a repository, whose objects
+//! are create-only, a copy's DST is a plain mirror, and overwriting is how
+//! it repairs.
 //!
 //! Every copied object that crosses a network is hashed while it streams
 //! (a filesystem-to-filesystem copy checks the size only, and fsyncs each
@@ -236,9 +271,23 @@ pub struct CopyReport {
     /// has them all).
     pub differences: Vec<Difference>,
     pub differences_count: u64,
+    /// How the objects present on both sides with equal sizes were compared
+    /// (see the module doc).
+    pub compared: Compared,
     /// Why `--delete` deleted nothing, when it did not run.
     pub delete_skipped: Option<String>,
     pub duration_ms: u64,
+}
+
+/// How many objects were compared each way.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Compared {
+    /// DST (and SRC, unless it carries `sha256`) read and hashed.
+    pub content: u64,
+    /// DST's stored `sha256` against SRC's (stored, or SRC read and hashed).
+    pub stored_hash: u64,
+    /// Equal size and mtime (a plain copy only).
+    pub size_mtime: u64,
 }
 
 /// One object as listed.
@@ -263,6 +312,8 @@ enum Kind {
 struct Location {
     url: String,
     kind: Kind,
+    /// "SRC" or "DST", for messages.
+    side: &'static str,
 }
 
 fn local_path(url: &str) -> Option<PathBuf> {
@@ -298,6 +349,7 @@ impl Location {
             return Ok(Location {
                 url: url.to_string(),
                 kind: Kind::Local(path),
+                side: if is_src { "SRC" } else { "DST" },
             });
         }
         // Open the bucket without its prefix, so that two prefixes of one
@@ -319,6 +371,7 @@ impl Location {
                 prefix,
                 ident: format!("{base} {options:?}"),
             },
+            side: if is_src { "SRC" } else { "DST" },
         })
     }
 
@@ -648,6 +701,7 @@ pub async fn copy(
         failed_count: 0,
         differences: Vec::new(),
         differences_count: 0,
+        compared: Compared::default(),
         delete_skipped: None,
         duration_ms: 0,
     };
@@ -658,8 +712,8 @@ pub async fn copy(
         })
         .buffer_unordered(opts.concurrency);
     futures::pin_mut!(work);
-    while let Some((key, outcome)) = work.next().await {
-        record(&mut rep, &ctx, &key, outcome);
+    while let Some((key, how, outcome)) = work.next().await {
+        record(&mut rep, &ctx, &key, how, outcome);
     }
     let (extra_count, extra_bytes, extras) = match merge.await {
         Ok(r) => r?,
@@ -921,7 +975,13 @@ async fn delete_one(ctx: &Ctx, key: &str) -> Result<(), String> {
     }
 }
 
-fn record(rep: &mut CopyReport, ctx: &Ctx, key: &str, outcome: Outcome) {
+fn record(rep: &mut CopyReport, ctx: &Ctx, key: &str, how: Option<How>, outcome: Outcome) {
+    match how {
+        Some(How::Content) => rep.compared.content += 1,
+        Some(How::StoredHash) => rep.compared.stored_hash += 1,
+        Some(How::SizeMtime) => rep.compared.size_mtime += 1,
+        None => {}
+    }
     match outcome {
         Outcome::Copied(b) => rep.copied.add(b),
         Outcome::Skipped(b) => {
@@ -951,21 +1011,33 @@ fn record(rep: &mut CopyReport, ctx: &Ctx, key: &str, outcome: Outcome) {
     }
 }
 
-async fn process(ctx: &Ctx, item: Item) -> (String, Outcome) {
-    let (src, why) = match item {
-        Item::Copy { src, why } => (src, why),
-        Item::Compare { src, dst } => match same(ctx, &src, &dst).await {
-            Ok(true) => return (src.key.clone(), Outcome::Skipped(src.size)),
-            Ok(false) => (src, "content differs".to_string()),
+/// Compares (where both sides have the object) and copies one object.
+/// Returns its key, how it was compared, and what came of it.
+async fn process(ctx: &Ctx, item: Item) -> (String, Option<How>, Outcome) {
+    let (src, why, how) = match item {
+        Item::Copy { src, why } => (src, why, None),
+        Item::Compare { src, dst } => match compare(ctx, &src, &dst).await {
+            Ok(v) if v.same => {
+                return (src.key.clone(), Some(v.how), Outcome::Skipped(src.size));
+            }
+            Ok(v) => (src, v.why, Some(v.how)),
             Err(e) => {
                 let k = src.key.clone();
                 return (
                     k.clone(),
+                    None,
                     Outcome::Failed(k, format!("compare failed: {e}")),
                 );
             }
         },
     };
+    let (key, outcome) = copy_or_report(ctx, src, why).await;
+    (key, how, outcome)
+}
+
+/// Reports a difference (`--check`), a would-be copy (`--dry-run`), or
+/// copies, with retries.
+async fn copy_or_report(ctx: &Ctx, src: Entry, why: String) -> (String, Outcome) {
     let key = src.key.clone();
     if ctx.opts.check {
         return (key.clone(), Outcome::Differs(key, why));
@@ -1051,35 +1123,120 @@ fn close_times(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
     (a - b).num_microseconds().is_some_and(|d| d.abs() < 1000)
 }
 
-/// Equal-size objects: unchanged? (See the module doc for the rules.)
-async fn same(ctx: &Ctx, src: &Entry, dst: &Entry) -> Result<bool, String> {
-    if ctx.opts.checksum {
-        let (a, b) = futures::join!(sha_of(&ctx.src, src), sha_of(&ctx.dst, dst));
-        return Ok(a? == b?);
-    }
-    if ctx.dst.is_local() {
-        return Ok(close_times(src.mtime, dst.mtime));
-    }
-    let (s, d) = futures::join!(head_meta(&ctx.src, &src.key), head_meta(&ctx.dst, &dst.key));
-    let ((s_sha, _), (d_sha, d_mtime)) = (s?, d?);
-    if let (Some(a), Some(b)) = (&s_sha, &d_sha) {
-        return Ok(a == b);
-    }
-    if let Some(m) = d_mtime {
-        return Ok(close_times(src.mtime, m));
-    }
-    Ok(src.mtime.timestamp() <= dst.mtime.timestamp())
+/// How two equal-size objects were compared (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum How {
+    Content,
+    StoredHash,
+    SizeMtime,
 }
 
-/// SHA-256 of an object: from its metadata where stored, else by reading it.
-async fn sha_of(loc: &Location, e: &Entry) -> Result<String, String> {
-    if let (Some(sha), _) = head_meta(loc, &e.key).await? {
-        return Ok(sha);
+impl std::fmt::Display for How {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            How::Content => "by content",
+            How::StoredHash => "by stored hash",
+            How::SizeMtime => "by size+mtime",
+        })
     }
-    let mut r = open_reader(loc, &e.key).await.map_err(|f| f.msg)?;
+}
+
+/// The result of comparing two equal-size objects: `why` says what differs.
+struct Verdict {
+    same: bool,
+    how: How,
+    why: String,
+}
+
+/// Memory one hashed side holds, in MiB: the part being hashed and what the
+/// stream has buffered beyond it.
+const HASH_COST_MIB: u32 = 2;
+
+/// Equal-size objects: unchanged? (See the module doc for the rules.)
+async fn compare(ctx: &Ctx, src: &Entry, dst: &Entry) -> Result<Verdict, String> {
+    let (s, d) = futures::join!(head_meta(&ctx.src, &src.key), head_meta(&ctx.dst, &dst.key));
+    let ((s_sha, _), (d_sha, d_mtime)) = (s?, d?);
+    // The mtime that coffer set at DST (a local file's own, or the `mtime`
+    // metadata), against SRC's: what a plain copy goes by.
+    let dst_mtime = if ctx.dst.is_local() {
+        Some(dst.mtime)
+    } else {
+        d_mtime
+    };
+    let mtime_same = dst_mtime.map(|m| close_times(src.mtime, m));
+    let stamp = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    if let (Some(a), Some(b)) = (&s_sha, &d_sha) {
+        // A plain copy compares these too.
+        return Ok(hash_verdict(ctx, a, b, How::StoredHash, false));
+    }
+    if !ctx.opts.check
+        && !ctx.opts.checksum
+        && let (Some(same), Some(m)) = (mtime_same, dst_mtime)
+    {
+        return Ok(Verdict {
+            same,
+            how: How::SizeMtime,
+            why: format!("mtime differs (SRC {}, DST {})", stamp(src.mtime), stamp(m)),
+        });
+    }
+    // Whatever is not stored is read and hashed; both sides' memory is taken
+    // at once, so that no compare holds part of it while waiting for more.
+    let cost = HASH_COST_MIB * (u32::from(s_sha.is_none()) + u32::from(d_sha.is_none()));
+    let _budget = ctx
+        .budget
+        .acquire_many(cost)
+        .await
+        .expect("the budget is never closed");
+    let how = if d_sha.is_some() {
+        How::StoredHash
+    } else {
+        How::Content
+    };
+    let (a, b) = futures::join!(
+        async {
+            match s_sha {
+                Some(h) => Ok(h),
+                None => hash_object(&ctx.src, &src.key).await,
+            }
+        },
+        async {
+            match d_sha {
+                Some(h) => Ok(h),
+                None => hash_object(&ctx.dst, &dst.key).await,
+            }
+        }
+    );
+    Ok(hash_verdict(ctx, &a?, &b?, how, mtime_same == Some(true)))
+}
+
+/// `copy_skips`: a plain copy would find size and mtime equal and skip it.
+fn hash_verdict(ctx: &Ctx, a: &str, b: &str, how: How, copy_skips: bool) -> Verdict {
+    let mut why = format!(
+        "content differs ({how}: SHA-256 at SRC {}..., at DST {}...)",
+        &a[..12.min(a.len())],
+        &b[..12.min(b.len())]
+    );
+    // A check that finds what a plain copy would skip says how to repair it.
+    if ctx.opts.check && !ctx.opts.checksum && copy_skips {
+        why.push_str(
+            "; size and mtime are equal, so a plain copy skips it: repair with `coffer copy --checksum`",
+        );
+    }
+    Verdict {
+        same: a == b,
+        how,
+        why,
+    }
+}
+
+/// SHA-256 of an object's bytes, read in parts of [`LOCAL_BLOCK`] (the
+/// caller holds [`HASH_COST_MIB`] of the budget for it).
+async fn hash_object(loc: &Location, key: &str) -> Result<String, String> {
+    let what = |f: Fail| format!("hashing {key} at {} ({}): {}", loc.side, loc.url, f.msg);
+    let mut r = open_reader(loc, key).await.map_err(what)?;
     let mut h = Sha256::new();
-    while let Some(part) = r.read_part(PART).await.map_err(|f| f.msg)? {
-        h = hash_part(h, part.clone()).await;
+    while let Some(part) = r.read_part(LOCAL_BLOCK).await.map_err(what)? {
+        h = hash_part(h, part).await;
     }
     Ok(hex::encode(h.finalize()))
 }
@@ -1130,13 +1287,17 @@ async fn hash_part(mut h: Sha256, part: Bytes) -> Sha256 {
     .expect("hashing does not panic")
 }
 
-/// A source being read, in parts.
+/// An object being read, in parts.
 enum Reader {
-    Local(Option<std::fs::File>),
+    Local {
+        file: Option<std::fs::File>,
+        side: &'static str,
+    },
     Remote {
         stream: BoxStream<'static, object_store::Result<Bytes>>,
         buf: BytesMut,
         done: bool,
+        side: &'static str,
     },
 }
 
@@ -1144,7 +1305,7 @@ impl Reader {
     /// The next `want` bytes, fewer only at the end; None after the end.
     async fn read_part(&mut self, want: usize) -> Result<Option<Bytes>, Fail> {
         match self {
-            Reader::Local(file) => {
+            Reader::Local { file, side } => {
                 let Some(mut f) = file.take() else {
                     return Ok(None);
                 };
@@ -1164,7 +1325,7 @@ impl Reader {
                 })
                 .await
                 .expect("read does not panic");
-                let b = r.map_err(|e| io_fail("read SRC", e))?;
+                let b = r.map_err(|e| io_fail(&format!("read {side}"), e))?;
                 if b.len() == want {
                     *file = Some(f);
                 } else if b.is_empty() {
@@ -1172,11 +1333,16 @@ impl Reader {
                 }
                 Ok(Some(b))
             }
-            Reader::Remote { stream, buf, done } => {
+            Reader::Remote {
+                stream,
+                buf,
+                done,
+                side,
+            } => {
                 while !*done && buf.len() < want {
                     match stream.next().await {
                         Some(Ok(b)) => buf.extend_from_slice(&b),
-                        Some(Err(e)) => return Err(os_fail("read SRC", e)),
+                        Some(Err(e)) => return Err(os_fail(&format!("read {side}"), e)),
                         None => *done = true,
                     }
                 }
@@ -1190,11 +1356,12 @@ impl Reader {
     }
 }
 
-/// Opens a source object; for a cloud object also its stored SHA-256.
+/// Opens an object for reading.
 async fn open_reader(loc: &Location, key: &str) -> Result<Reader, Fail> {
     Ok(open_source(loc, key).await?.0)
 }
 
+/// Opens an object; for a cloud object also its stored SHA-256.
 async fn open_source(loc: &Location, key: &str) -> Result<(Reader, Option<String>), Fail> {
     match &loc.kind {
         Kind::Local(_) => {
@@ -1205,14 +1372,20 @@ async fn open_source(loc: &Location, key: &str) -> Result<(Reader, Option<String
             let f = tokio::task::spawn_blocking(move || std::fs::File::open(p))
                 .await
                 .expect("open does not panic")
-                .map_err(|e| io_fail("open SRC", e))?;
-            Ok((Reader::Local(Some(f)), None))
+                .map_err(|e| io_fail(&format!("open {}", loc.side), e))?;
+            Ok((
+                Reader::Local {
+                    file: Some(f),
+                    side: loc.side,
+                },
+                None,
+            ))
         }
         Kind::Remote { store, .. } => {
             let r = store
                 .get(&loc.obj_path(key))
                 .await
-                .map_err(|e| os_fail("read SRC", e))?;
+                .map_err(|e| os_fail(&format!("read {}", loc.side), e))?;
             let (sha, _) = stored_meta(&r.attributes);
             let stream = match r.payload {
                 GetResultPayload::Stream(s) => s,
@@ -1223,6 +1396,7 @@ async fn open_source(loc: &Location, key: &str) -> Result<(Reader, Option<String
                     stream,
                     buf: BytesMut::new(),
                     done: false,
+                    side: loc.side,
                 },
                 sha,
             ))

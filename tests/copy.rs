@@ -658,3 +658,166 @@ fn long_local_listings_on_both_sides_with_work_to_do_finish() {
     let o = run(&["--check", "--checksum"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+/// Writes `body` at `key` under a cloud location the way another tool would:
+/// a plain PUT, no coffer metadata (which replaces coffer's metadata).
+fn overwrite_without_metadata(loc: &Loc, key: &str, body: &[u8]) {
+    let url = url::Url::parse(&loc.0).expect("cloud URL");
+    let base = format!("{}://{}", url.scheme(), url.host_str().expect("bucket"));
+    let full = format!("{}/{key}", url.path().trim_matches('/'));
+    let store = coffer::store::Store::open(&base, &loc.1, false).expect("open store");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use object_store::ObjectStoreExt;
+        let path = object_store::path::Path::from(full.as_str());
+        store
+            .object_store()
+            .put(&path, body.to_vec().into())
+            .await
+            .expect("overwrite at DST");
+        let head = store
+            .object_store()
+            .get_opts(
+                &path,
+                object_store::GetOptions {
+                    head: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("head");
+        assert!(
+            !head
+                .attributes
+                .iter()
+                .any(|(k, _)| matches!(k, object_store::Attribute::Metadata(_))),
+            "the overwrite left user metadata: {:?}",
+            head.attributes
+        );
+    });
+}
+
+/// Issue 9: an object overwritten at a cloud DST by another tool (same size,
+/// other bytes, no coffer metadata) is compared by content: `--check` finds
+/// it, a plain copy replaces it, and the summary says how objects were
+/// compared.
+#[test]
+fn overwritten_at_cloud_dst_without_metadata_is_compared_by_content() {
+    for b in [Backend::S3, Backend::Gcs] {
+        let dir = tempfile::tempdir().unwrap();
+        let src_root = dir.path().join("src");
+        for i in 0..6 {
+            write(
+                &src_root.join(format!("k/{i:02}")),
+                &pseudo_random(1000 + i, i as u64),
+            );
+        }
+        // Multipart at DST: its metadata is set when the upload starts.
+        big_file(&src_root.join("k/big"), (9 << 20) + 3, 7);
+        let src: Loc = (src_root.display().to_string(), BTreeMap::new());
+        let dst = place(b, dir.path(), "overwritten");
+        assert_eq!(copied(&copy_json(&src, &dst, &[], 0)), 7, "{b:?}");
+        copy_json(&src, &dst, &["--check"], 0);
+
+        let mut other = fs::read(src_root.join("k/03")).unwrap();
+        other[500] ^= 0x55;
+        overwrite_without_metadata(&dst, "k/03", &other);
+        let mut other_big = fs::read(src_root.join("k/big")).unwrap();
+        other_big[(9 << 20) + 1] ^= 1;
+        overwrite_without_metadata(&dst, "k/big", &other_big);
+
+        let o = copy(&src, &dst, &["--check"]);
+        assert_eq!(o.status.code(), Some(1), "{b:?}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("differs: k/03: content differs (by content"),
+            "{b:?}: {out}"
+        );
+        assert!(
+            out.contains("differs: k/big: content differs (by content"),
+            "{b:?}: {out}"
+        );
+        assert!(
+            stderr(&o).contains("2 object(s) differ, 5 identical")
+                && stderr(&o).contains("compared 2 by content, 5 by stored hash"),
+            "{b:?}: {}",
+            stderr(&o)
+        );
+        let v = copy_json(&src, &dst, &["--check"], 1);
+        assert_eq!(v["differences_count"], 2, "{b:?}: {v}");
+        assert_eq!(v["compared"]["content"], 2, "{b:?}: {v}");
+        assert_eq!(v["compared"]["stored_hash"], 5, "{b:?}: {v}");
+
+        // A plain copy compares them by content too, and replaces them.
+        let v = copy_json(&src, &dst, &[], 0);
+        assert_eq!(copied(&v), 2, "{b:?}: {v}");
+        assert_eq!(v["compared"]["content"], 2, "{b:?}: {v}");
+        assert_eq!(v["compared"]["size_mtime"], 5, "{b:?}: {v}");
+        let v = copy_json(&src, &dst, &["--check"], 0);
+        assert_eq!(v["compared"]["stored_hash"], 7, "{b:?}: {v}");
+        assert_eq!(v["compared"]["content"], 0, "{b:?}: {v}");
+        let back = place(Backend::Fs, dir.path(), "back");
+        copy_json(&dst, &back, &[], 0);
+        assert_eq!(contents(&src_root), contents(Path::new(&back.0)), "{b:?}");
+
+        // Same size, same bytes, no metadata: identical by content, not copied.
+        let same = fs::read(src_root.join("k/01")).unwrap();
+        overwrite_without_metadata(&dst, "k/01", &same);
+        let v = copy_json(&src, &dst, &[], 0);
+        assert_eq!(copied(&v), 0, "{b:?}: {v}");
+        assert_eq!(v["compared"]["content"], 1, "{b:?}: {v}");
+    }
+}
+
+/// Issue 9, a local DST: it has no stored hash, so `--check` reads and
+/// hashes both sides; bytes changed with size and mtime kept are found (a
+/// plain copy, going by size and mtime, skips them: `--checksum` repairs).
+#[test]
+fn local_dst_is_checked_by_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_root = dir.path().join("src");
+    for i in 0..5 {
+        write(
+            &src_root.join(format!("f{i}")),
+            &pseudo_random(2000 + i, i as u64),
+        );
+    }
+    let src: Loc = (src_root.display().to_string(), BTreeMap::new());
+    let dst = place(Backend::Fs, dir.path(), "dst");
+    assert_eq!(copied(&copy_json(&src, &dst, &[], 0)), 5);
+
+    let victim = Path::new(&dst.0).join("f2");
+    let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&victim).unwrap());
+    let mut data = fs::read(&victim).unwrap();
+    data[7] ^= 0x80;
+    fs::write(&victim, &data).unwrap();
+    filetime::set_file_mtime(&victim, mtime).unwrap();
+
+    let o = copy(&src, &dst, &["--check"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("differs: f2: content differs (by content"),
+        "{out}"
+    );
+    assert!(
+        out.contains("coffer copy --checksum"),
+        "the check says what repairs it: {out}"
+    );
+    assert!(
+        stderr(&o).contains("compared 5 by content, 0 by stored hash"),
+        "{}",
+        stderr(&o)
+    );
+    // The plain copy's cheap path: equal size and mtime, so skipped, and
+    // counted as compared by size+mtime.
+    let v = copy_json(&src, &dst, &[], 0);
+    assert_eq!(copied(&v), 0, "{v}");
+    assert_eq!(v["compared"]["size_mtime"], 5, "{v}");
+    let v = copy_json(&src, &dst, &["--checksum"], 0);
+    assert_eq!(copied(&v), 1, "{v}");
+    assert_eq!(v["compared"]["content"], 5, "{v}");
+    let v = copy_json(&src, &dst, &["--check"], 0);
+    assert_eq!(v["compared"]["content"], 5, "{v}");
+    assert_eq!(contents(&src_root), contents(Path::new(&dst.0)));
+}

@@ -223,7 +223,11 @@ pub const MAX_SLOTS_TRIED: usize = 32;
 
 async fn read_slots(store: &Store) -> Result<Vec<KeySlot>, RepoError> {
     let mut slots = Vec::new();
-    for (path, _) in store.list(KEYS_PREFIX).await? {
+    // In name order, whatever order the store lists them in: which slot is
+    // tried first (and so which warnings show) must not depend on it.
+    let mut paths = store.list(KEYS_PREFIX).await?;
+    paths.sort();
+    for (path, _) in paths {
         let raw = match store.get_capped(&path, SMALL_OBJECT_MAX).await {
             Ok(raw) => raw,
             Err(e @ StoreError::TooLarge { .. }) => {

@@ -451,7 +451,8 @@ pub struct RestoreReport {
     /// The host the snapshot was taken on, and when: on-call must see
     /// whose data is coming back.
     pub host: String,
-    pub time: chrono::DateTime<chrono::Utc>,
+    /// RFC 3339, UTC, to the second, as `snapshots` lists it.
+    pub time: String,
     pub dry_run: bool,
     /// What on-call should know before trusting the result (a source that
     /// goes back to another path than the snapshot recorded, files left out).
@@ -520,7 +521,7 @@ pub async fn restore(
     let mut report = RestoreReport {
         snapshot: m.id.clone(),
         host: m.host.clone(),
-        time: m.time,
+        time: m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         dry_run: opts.dry_run,
         warnings: Vec::new(),
         sources: Vec::new(),

@@ -126,11 +126,28 @@ while True:
 
 #[test]
 fn a_root_restore_is_not_redirected_by_the_owner_of_the_destination_parent() {
+    swapped_staging(false);
+}
+
+/// A sticky, world-writable parent owned by root (like /tmp) may hold
+/// staging: the attacker cannot rename what root created there, and every
+/// restore must succeed.
+#[test]
+fn a_root_restore_in_a_sticky_shared_parent_succeeds_under_attack() {
+    swapped_staging(true);
+}
+
+fn swapped_staging(sticky: bool) {
     need_root();
     let mut env = Env::init(Backend::Fs);
     open_up(&env);
     let shop = env.path("shop");
-    owned_by_nobody(&shop);
+    if sticky {
+        fs::create_dir_all(&shop).expect("mkdir");
+        fs::set_permissions(&shop, fs::Permissions::from_mode(0o1777)).expect("chmod");
+    } else {
+        owned_by_nobody(&shop);
+    }
     let media = shop.join("media");
     sample_tree(&media, None);
     for i in 0..200 {
@@ -141,6 +158,7 @@ fn a_root_restore_is_not_redirected_by_the_owner_of_the_destination_parent() {
     }
     env.add_dir_source("media", &media, &[]);
     env.snapshot_ok();
+    let snapshot_tree = describe_tree(&media);
     let canary = canary(&env);
     let canary_before = describe_tree(&canary);
 
@@ -158,7 +176,10 @@ fn a_root_restore_is_not_redirected_by_the_owner_of_the_destination_parent() {
             r.stderr
         );
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
-        if r.code != Some(0) {
+        if sticky {
+            assert_eq!(r.code, Some(0), "restore {runs}: {}", r.stderr);
+            assert_eq!(describe_tree(&media), snapshot_tree, "restore {runs}");
+        } else if r.code != Some(0) {
             // A refusal must say where and what to do instead.
             assert!(
                 r.stderr.contains(&shop.display().to_string()) && r.stderr.contains("--target"),

@@ -13,6 +13,7 @@ pub mod archive;
 pub mod check;
 pub mod config;
 pub mod crypto;
+pub mod dirfd;
 pub mod hooks;
 pub mod manifest;
 pub mod metrics;
@@ -115,6 +116,7 @@ fn restore_code(e: &RestoreError) -> i32 {
         RestoreError::Store(s) => store_code(s),
         RestoreError::SourceFailed { .. }
         | RestoreError::Io { .. }
+        | RestoreError::UnsafeParent { .. }
         | RestoreError::OutputClosed => exit::FAILURE,
         // The cause decides: a part-way stop over damaged data is still 3.
         RestoreError::PartlyRestored { error, .. } => restore_code(error),

@@ -801,7 +801,21 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                     dry_run,
                     to_database,
                 };
+                if !g.json {
+                    // First, before anything changes: whose data is coming back.
+                    println_out(&format!(
+                        "restoring snapshot {} taken on {} at {} UTC",
+                        m.id,
+                        m.host,
+                        m.time.format("%Y-%m-%d %H:%M:%S")
+                    ));
+                }
                 let rep = restore::restore(&r, &m, &s.config, &opts).await?;
+                if !g.json {
+                    for w in &rep.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                }
                 if g.json {
                     let mut v = serde_json::to_value(&rep).expect("report serialises");
                     v["ok"] = json!(true);

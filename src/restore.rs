@@ -5,16 +5,25 @@
 //! which must agree entry by entry (path, type, SHA-256).
 //!
 //! A restore never writes into its destination directly: it unpacks into a
-//! staging directory beside it, and only when the whole archive has
+//! private staging directory beside it, and only when the whole archive has
 //! authenticated does it swap the staging directory in (`renameat2` with
 //! `RENAME_EXCHANGE`, atomic) or, for single files, rename each into place.
 //! A failed or interrupted restore leaves the destination as it was. Every
 //! path is checked: no absolute paths, no `..`, and nothing is ever written
 //! through a symlink, so nothing lands outside the destination.
+//!
+//! Every filesystem step works by directory handle ([`crate::dirfd`]), never
+//! by looking a path up again, and staging directories go only where no
+//! other user can replace them: a local user who can write around the
+//! destination cannot redirect a root restore (issue 10). In place, a source
+//! goes back to the paths of the current config, never to the path the
+//! snapshot records, which any host sharing the key could have written.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -25,11 +34,13 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::{ChanReader, IndexReader, safe_path, stage_channel};
 use crate::crypto::{self, ObjectKind, OpenReader, read_full};
+use crate::dirfd::{self, Dir};
 use crate::manifest::{
     EntryKind, IndexEntry, Manifest, ObjectRef, SourceRecord, SourceStatus, seal_context,
 };
 use crate::repo::Repository;
 use crate::store::StoreError;
+use rustix::fs::RenameFlags;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -79,6 +90,11 @@ pub enum RestoreError {
         source_name: String,
         path: String,
     },
+    /// A staging directory would go where another user could replace it.
+    #[error(
+        "{path}: {reason}. A restore stages its copy there, and another user who can write to it could redirect the restore (as root, anywhere). Make it writable only by its owner and owned by root or by the user running coffer (e.g. `chown root {path} && chmod go-w {path}`), or restore with --target DIR into a directory only you can write to and move the result into place yourself"
+    )]
+    UnsafeParent { path: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// `coffer dump`'s reader closed the pipe (`pg_restore -l`, `head`):
@@ -401,6 +417,10 @@ pub struct RestoredSource {
     pub planned: Vec<String>,
     /// Files the snapshot could not read: absent from the restored copy.
     pub not_stored: Vec<String>,
+    /// Files of a files source that the current config no longer lists:
+    /// not restored in place (`--target` restores them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_configured: Vec<String>,
     /// What the user must still do (database sources that need it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub next_steps: Vec<String>,
@@ -419,6 +439,7 @@ impl RestoredSource {
             duration_ms: 0,
             planned: Vec::new(),
             not_stored: Vec::new(),
+            not_configured: Vec::new(),
             next_steps: Vec::new(),
         }
     }
@@ -427,7 +448,15 @@ impl RestoredSource {
 #[derive(Debug, Serialize)]
 pub struct RestoreReport {
     pub snapshot: String,
+    /// The host the snapshot was taken on, and when: on-call must see
+    /// whose data is coming back.
+    pub host: String,
+    /// RFC 3339, UTC, to the second, as `snapshots` lists it.
+    pub time: String,
     pub dry_run: bool,
+    /// What on-call should know before trusting the result (a source that
+    /// goes back to another path than the snapshot recorded, files left out).
+    pub warnings: Vec<String>,
     pub sources: Vec<RestoredSource>,
     /// Sources skipped because they failed when the snapshot was taken.
     pub skipped: Vec<String>,
@@ -491,7 +520,10 @@ pub async fn restore(
     let include = include_set(&opts.include)?;
     let mut report = RestoreReport {
         snapshot: m.id.clone(),
+        host: m.host.clone(),
+        time: m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         dry_run: opts.dry_run,
+        warnings: Vec::new(),
         sources: Vec::new(),
         skipped: Vec::new(),
     };
@@ -569,7 +601,8 @@ pub async fn restore(
             db_plans.push((src, dest));
             continue;
         }
-        let plan = plan_destination(m, src, opts)?;
+        let (plan, warning) = plan_destination(m, src, opts, config)?;
+        report.warnings.extend(warning);
         plans.push((src, plan));
     }
     if opts.dry_run {
@@ -583,6 +616,7 @@ pub async fn restore(
             &include,
         )
         .await?;
+        note_not_configured(m, &mut report);
         return Ok(report);
     }
 
@@ -684,7 +718,21 @@ pub async fn restore(
             .position(|s| s.name == d.name)
             .unwrap_or(usize::MAX)
     });
+    note_not_configured(m, &mut report);
     Ok(report)
+}
+
+/// A warning per file of a files source left out because the current
+/// config no longer lists it.
+fn note_not_configured(m: &Manifest, report: &mut RestoreReport) {
+    for s in &report.sources {
+        for p in &s.not_configured {
+            report.warnings.push(format!(
+                "source {}: {p} is in snapshot {} (taken on {}) but not in the source's paths in the current config; not restored (restore it with --target DIR)",
+                s.name, m.id, m.host
+            ));
+        }
+    }
 }
 
 /// Runs blocking restore work on tokio's blocking pool.
@@ -854,13 +902,15 @@ impl Commits {
     }
 }
 
-/// A directory swapped into place whose previous content is kept in `old`
-/// until the whole restore has committed, so that a later failure can put
-/// it back.
+/// A directory swapped into place whose previous content is kept, under the
+/// staging directory's name in the same parent, until the whole restore has
+/// committed, so that a later failure can put it back. Works by the parent's
+/// handle: nothing is looked up by path again.
 struct Swapped {
-    dest: PathBuf,
-    old: PathBuf,
-    /// Whether `dest` existed before (an exchange) or not (a rename).
+    parent: Dir,
+    dest_name: OsString,
+    old_name: String,
+    /// Whether the destination existed before (an exchange) or not (a rename).
     existed: bool,
 }
 
@@ -888,25 +938,152 @@ impl Swapped {
     /// Puts the previous content back (or removes what the restore created).
     fn undo(self) -> Result<(), UndoFailed> {
         let fail = |error: io::Error| UndoFailed {
-            dest: self.dest.clone(),
-            old: self.old.clone(),
+            dest: self.parent.join(&self.dest_name),
+            old: self.parent.join(&self.old_name),
             error,
         };
         if self.existed {
-            exchange(&self.old, &self.dest).map_err(fail)?;
+            self.parent
+                .rename(
+                    &self.old_name,
+                    &self.parent,
+                    &self.dest_name,
+                    RenameFlags::EXCHANGE,
+                )
+                .map_err(fail)?;
         } else {
-            fs::rename(&self.dest, &self.old).map_err(fail)?;
+            self.parent
+                .rename(
+                    &self.dest_name,
+                    &self.parent,
+                    &self.old_name,
+                    RenameFlags::NOREPLACE,
+                )
+                .map_err(fail)?;
         }
-        // `old` now holds the restored copy.
-        let _ = fs::remove_dir_all(&self.old);
+        // `old_name` now holds the restored copy.
+        let _ = self.parent.remove_all(&self.old_name);
         Ok(())
     }
 
     /// The restore committed: the previous content goes.
     fn forget_old(self) {
         if self.existed {
-            let _ = fs::remove_dir_all(&self.old);
+            let _ = self.parent.remove_all(&self.old_name);
         }
+    }
+}
+
+/// A private staging directory we created in `parent`; removed (by handle)
+/// when dropped, unless something else took charge of it.
+struct Staging {
+    parent: Dir,
+    name: String,
+    dir: Dir,
+    keep: bool,
+}
+
+impl Staging {
+    /// Creates one in `parent`, after checking that no other user could
+    /// replace what we stage there.
+    fn new(parent: Dir) -> Result<Staging, RestoreError> {
+        let st = parent
+            .stat()
+            .map_err(io_err("inspect directory", parent.path()))?;
+        if let Some(reason) = dirfd::unsafe_staging_parent(&st) {
+            return Err(RestoreError::UnsafeParent {
+                path: parent.path().display().to_string(),
+                reason,
+            });
+        }
+        let (name, dir) = parent
+            .make_staging(".coffer-restore-")
+            .map_err(io_err("create a staging directory in", parent.path()))?;
+        Ok(Staging {
+            parent,
+            name,
+            dir,
+            keep: false,
+        })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = self.parent.remove_all(&self.name);
+        }
+    }
+}
+
+/// A files source's staging directory for one destination directory: in
+/// its deepest existing ancestor (the destination directory itself when it
+/// exists), so that every rename into place stays on one filesystem.
+struct Beside {
+    staging: Staging,
+    /// Directories below `staging.parent` still to create at commit.
+    missing: Vec<OsString>,
+}
+
+/// Where a source is staged.
+enum Layout {
+    /// The whole tree in one staging directory.
+    Tree(Staging),
+    /// A files source in place: per destination directory (relative to
+    /// `/`), a staging directory beside it.
+    Beside(BTreeMap<String, Beside>),
+}
+
+/// A tree destination, opened: its parent's handle and its name.
+struct TreeDest {
+    parent: Dir,
+    name: OsString,
+    /// A mount point cannot be renamed over: it is staged inside and its
+    /// content replaced entry by entry.
+    mount: bool,
+}
+
+impl TreeDest {
+    /// Opens the parent of `dest` (created if missing, 0700 like the rest of
+    /// what coffer creates) and finds whether `dest` is a mount point.
+    fn open(dest: &Path) -> Result<TreeDest, RestoreError> {
+        let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+            return Err(RestoreError::Usage(format!(
+                "{} cannot be restored into: it has no parent directory; use --target DIR",
+                dest.display()
+            )));
+        };
+        let parent =
+            Dir::open_path(parent, Some(0o700)).map_err(io_err("open directory", parent))?;
+        let here = parent.stat().map_err(io_err("inspect", parent.path()))?;
+        let mount = parent
+            .stat_at(name)
+            .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR && s.st_dev != here.st_dev)
+            .unwrap_or(false);
+        Ok(TreeDest {
+            parent,
+            name: name.to_os_string(),
+            mount,
+        })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.parent.join(&self.name)
+    }
+
+    /// A staging directory beside the destination, or inside it if it is a
+    /// mount point.
+    fn staging(&self) -> Result<Staging, RestoreError> {
+        let holder = if self.mount {
+            self.parent
+                .open_dir(&self.name)
+                .map_err(io_err("open directory", &self.path()))?
+        } else {
+            self.parent
+                .try_clone()
+                .map_err(io_err("open directory", self.parent.path()))?
+        };
+        Staging::new(holder)
     }
 }
 
@@ -916,7 +1093,8 @@ struct StagedSource {
     src: SourceRecord,
     snapshot: String,
     plan: Plan,
-    staging: tempfile::TempDir,
+    layout: Layout,
+    dest: Option<TreeDest>,
     entries: Vec<(String, EntryKind)>,
     out: RestoredSource,
     started: Instant,
@@ -925,7 +1103,7 @@ struct StagedSource {
 impl StagedSource {
     /// A swap of a whole directory that is not a mount point can be undone.
     fn undoable(&self) -> bool {
-        matches!(&self.plan, Plan::Swap { dest } if !is_mount_point(dest))
+        matches!(self.plan, Plan::Swap { .. }) && self.dest.as_ref().is_some_and(|d| !d.mount)
     }
 
     fn finish(mut self) -> RestoredSource {
@@ -934,24 +1112,34 @@ impl StagedSource {
     }
 
     /// Swaps the staged tree into place, keeping the previous content.
-    fn commit_swap(self) -> Result<(Swapped, RestoredSource), RestoreError> {
-        let Plan::Swap { dest } = &self.plan else {
-            unreachable!("only swaps are undoable")
+    fn commit_swap(mut self) -> Result<(Swapped, RestoredSource), RestoreError> {
+        let (Some(dest), Layout::Tree(staging)) = (&self.dest, &mut self.layout) else {
+            unreachable!("only tree swaps are undoable")
         };
-        let dest = dest.clone();
-        let staged = self.staging.path().to_path_buf();
-        let existed = fs::symlink_metadata(&dest).is_ok();
-        swap_in(&staged, &dest)?;
-        // From here the staging path is ours to manage (it holds the old
-        // content, or nothing).
+        let existed = dest.parent.exists(&dest.name);
+        let flags = if existed {
+            RenameFlags::EXCHANGE
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        dest.parent
+            .rename(&staging.name, &dest.parent, &dest.name, flags)
+            .map_err(io_err("swap the restored copy into place at", &dest.path()))?;
+        // From here the staging name holds the old content (or nothing),
+        // and the swap record is in charge of it.
+        staging.keep = true;
         let sw = Swapped {
-            dest,
-            old: self.staging.keep(),
+            parent: dest
+                .parent
+                .try_clone()
+                .map_err(io_err("open directory", dest.parent.path()))?,
+            dest_name: dest.name.clone(),
+            old_name: staging.name.clone(),
             existed,
         };
         let out = RestoredSource {
             duration_ms: self.started.elapsed().as_millis() as u64,
-            ..self.out
+            ..std::mem::replace(&mut self.out, RestoredSource::new(&self.src, String::new()))
         };
         Ok((sw, out))
     }
@@ -959,21 +1147,21 @@ impl StagedSource {
     /// Commits what cannot be swapped whole: into a mount point, or entry by
     /// entry (files sources and `--include` in place).
     fn commit_in_place(self) -> Result<RestoredSource, RestoreError> {
-        match &self.plan {
-            Plan::Swap { dest } => replace_contents(self.staging.path(), dest)?,
-            Plan::PerEntry { root, .. } => {
-                let at = Where {
-                    snapshot: self.snapshot.clone(),
-                    source: self.src.name.clone(),
-                };
-                commit_entries(
-                    self.staging.path(),
-                    root,
-                    &self.entries,
-                    self.src.kind == "files",
-                    &at,
-                )?;
+        let at = Where {
+            snapshot: self.snapshot.clone(),
+            source: self.src.name.clone(),
+        };
+        match (&self.plan, &self.layout, &self.dest) {
+            (Plan::Swap { .. }, Layout::Tree(staging), Some(dest)) => {
+                replace_contents(staging, dest)?
             }
+            (Plan::PerEntry { .. }, Layout::Tree(staging), Some(dest)) => {
+                commit_tree_entries(&staging.dir, dest, &self.entries, &at)?
+            }
+            (Plan::Files { .. }, Layout::Beside(dirs), None) => {
+                commit_beside(dirs, &self.entries, &at)?
+            }
+            _ => unreachable!("plan and layout agree"),
         }
         Ok(self.finish())
     }
@@ -984,21 +1172,30 @@ impl StagedSource {
 pub enum Plan {
     /// Unpack into a staging directory beside `dest`, then swap it in whole.
     Swap { dest: PathBuf },
-    /// Unpack into staging, then rename each entry to `root/<path>`
-    /// (`--include` in place, and files sources in place). Without `force`,
-    /// an existing file at any of those paths stops the restore.
-    PerEntry {
-        root: PathBuf,
-        staging_parent: PathBuf,
+    /// Unpack into staging beside `root`, then rename each entry to
+    /// `root/<path>` (`--include` in place). Without `force`, an existing
+    /// file at any of those paths stops the restore.
+    PerEntry { root: PathBuf, force: bool },
+    /// A files source in place: each file staged beside its destination and
+    /// renamed into place; only the files of `allowed` (the source's paths in
+    /// the current config, without the leading `/`).
+    Files {
         force: bool,
+        allowed: BTreeSet<String>,
     },
 }
 
+/// Where a directory or files source goes: under `--target`, or in place at
+/// the paths the current config gives it. The path recorded in the snapshot
+/// is never trusted for that: any host that shares the key could have
+/// written it (issue 10). Returns the plan and, if the configured path is
+/// not the recorded one, a warning saying so.
 fn plan_destination(
     m: &Manifest,
     src: &SourceRecord,
     opts: &RestoreOptions,
-) -> Result<Plan, RestoreError> {
+    config: &crate::config::Config,
+) -> Result<(Plan, Option<String>), RestoreError> {
     let kind = src.kind.as_str();
     if kind != "directory" && kind != "files" {
         return Err(RestoreError::Usage(format!(
@@ -1013,37 +1210,69 @@ fn plan_destination(
                 path: dest.display().to_string(),
             });
         }
-        return Ok(Plan::Swap { dest });
+        return Ok((Plan::Swap { dest }, None));
     }
-    let origin = src.origin.clone().ok_or_else(|| {
+    let cfg = config
+        .source(&src.name)
+        .filter(|c| c.kind.as_str() == kind)
+        .ok_or_else(|| {
+            RestoreError::Usage(format!(
+                "source {} of snapshot {} (taken on {}) is not a {kind} source in the current config, so it has no configured path to go back to; restore it with --target DIR",
+                src.name, m.id, m.host
+            ))
+        })?;
+    if kind == "files" {
+        let allowed = cfg
+            .paths
+            .iter()
+            .flatten()
+            .map(|p| {
+                absolute(p)
+                    .display()
+                    .to_string()
+                    .trim_start_matches('/')
+                    .to_string()
+            })
+            .collect();
+        return Ok((
+            Plan::Files {
+                force: opts.force,
+                allowed,
+            },
+            None,
+        ));
+    }
+    let path = absolute(cfg.path.as_deref().ok_or_else(|| {
         RestoreError::Usage(format!(
-            "snapshot {} does not record where source {} came from; use --target DIR",
-            m.id, src.name
+            "source {} has no path in the current config; restore it with --target DIR",
+            src.name
         ))
-    })?;
-    let origin = PathBuf::from(origin);
-    if kind == "directory" {
-        if !opts.force && !opts.dry_run && is_non_empty(&origin) {
-            return Err(RestoreError::NeedsForce {
-                path: origin.display().to_string(),
-            });
-        }
-        if opts.include.is_empty() {
-            return Ok(Plan::Swap { dest: origin });
-        }
-        let parent = origin.parent().unwrap_or(Path::new("/")).to_path_buf();
-        return Ok(Plan::PerEntry {
-            root: origin,
-            staging_parent: parent,
-            force: opts.force,
+    })?);
+    let warning = match &src.origin {
+        Some(o) if Path::new(o) == path => None,
+        recorded => Some(format!(
+            "source {}: snapshot {} (taken on {}) recorded its path as {}; restoring to {}, its path in the current config",
+            src.name,
+            m.id,
+            m.host,
+            recorded.as_deref().unwrap_or("(nothing)"),
+            path.display()
+        )),
+    };
+    if !opts.force && !opts.dry_run && is_non_empty(&path) {
+        return Err(RestoreError::NeedsForce {
+            path: path.display().to_string(),
         });
     }
-    // A files source in place: each file back to its absolute path.
-    Ok(Plan::PerEntry {
-        root: PathBuf::from("/"),
-        staging_parent: std::env::temp_dir(),
-        force: opts.force,
-    })
+    let plan = if opts.include.is_empty() {
+        Plan::Swap { dest: path }
+    } else {
+        Plan::PerEntry {
+            root: path,
+            force: opts.force,
+        }
+    };
+    Ok((plan, warning))
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -1060,6 +1289,7 @@ fn plan_root(plan: &Plan) -> &Path {
     match plan {
         Plan::Swap { dest } => dest,
         Plan::PerEntry { root, .. } => root,
+        Plan::Files { .. } => Path::new("/"),
     }
 }
 
@@ -1100,6 +1330,12 @@ async fn dry_run(
                 .map_err(|e| classify(e, &at, &index_ref.object))?
             {
                 if !included(&include, &e.path) {
+                    continue;
+                }
+                if let Plan::Files { allowed, .. } = &plan
+                    && !allowed.contains(&e.path)
+                {
+                    out.not_configured.push(format!("/{}", e.path));
                     continue;
                 }
                 let dest = plan_root(&plan).join(&e.path);
@@ -1145,8 +1381,8 @@ async fn dry_run(
     .map_err(|e| RestoreError::Usage(format!("dry run task failed: {e}")))?
 }
 
-/// Unpacks one file source into a fresh staging directory beside its
-/// destination and authenticates all of it. Changes no destination.
+/// Unpacks one file source into fresh staging directories beside its
+/// destinations and authenticates all of it. Changes no destination.
 fn stage_source(
     repo: &Repository,
     m: &Manifest,
@@ -1155,21 +1391,16 @@ fn stage_source(
     include: &Option<GlobSet>,
 ) -> Result<StagedSource, RestoreError> {
     let started = Instant::now();
-    let (staging_parent, root) = match &plan {
-        // A mount point cannot be renamed over: stage inside it instead.
-        Plan::Swap { dest } if is_mount_point(dest) => (dest.clone(), dest.clone()),
-        Plan::Swap { dest } => (
-            dest.parent().unwrap_or(Path::new("/")).to_path_buf(),
-            dest.clone(),
-        ),
-        Plan::PerEntry {
-            root,
-            staging_parent,
-            ..
-        } => (staging_parent.clone(), root.clone()),
+    let (layout, dest, allowed) = match &plan {
+        Plan::Swap { dest: d } | Plan::PerEntry { root: d, .. } => {
+            let dest = TreeDest::open(d)?;
+            (Layout::Tree(dest.staging()?), Some(dest), None)
+        }
+        Plan::Files { allowed, .. } => {
+            (Layout::Beside(BTreeMap::new()), None, Some(allowed.clone()))
+        }
     };
-    let staging = make_staging(&staging_parent)?;
-    let mut ex = Extractor::new(staging.path().to_path_buf(), m, src, include.clone());
+    let mut ex = Extractor::new(layout, m, src, include.clone(), allowed);
     let mut streams = SourceStreams::open(repo, m, src)?;
     let res = (|| {
         let (tar, index) = streams.readers()?;
@@ -1182,38 +1413,56 @@ fn stage_source(
     };
     streams.finish(res)?;
     ex.apply_dir_metadata()?;
-    if let Plan::PerEntry { root, force, .. } = &plan
-        && !force
-        && let Some((rel, _)) = ex
-            .committed
-            .iter()
-            .find(|(rel, k)| *k != EntryKind::Dir && fs::symlink_metadata(root.join(rel)).is_ok())
-    {
-        return Err(RestoreError::NeedsForce {
-            path: root.join(rel).display().to_string(),
-        });
+    let force = match &plan {
+        Plan::Swap { .. } => true,
+        Plan::PerEntry { force, .. } | Plan::Files { force, .. } => *force,
+    };
+    if !force {
+        for (rel, kind) in ex.committed.iter().filter(|(_, k)| *k != EntryKind::Dir) {
+            let (pr, name) = split_rel(rel);
+            let exists = match (&ex.layout, &dest) {
+                (Layout::Tree(_), Some(d)) => d
+                    .parent
+                    .open_dir(&d.name)
+                    .and_then(|r| r.open_rel(pr))
+                    .map(|p| p.exists(name))
+                    .unwrap_or(false),
+                (Layout::Beside(dirs), _) => dirs
+                    .get(pr)
+                    .is_some_and(|b| b.missing.is_empty() && b.staging.parent.exists(name)),
+                _ => false,
+            };
+            if exists {
+                let _ = kind;
+                return Err(RestoreError::NeedsForce {
+                    path: plan_root(&plan).join(rel).display().to_string(),
+                });
+            }
+        }
     }
-    let mut out = RestoredSource::new(src, root.display().to_string());
+    let mut out = RestoredSource::new(src, plan_root(&plan).display().to_string());
     (out.files, out.dirs, out.links, out.bytes) = (ex.files, ex.dirs, ex.links, ex.bytes);
     out.not_stored = src.problems.iter().map(|p| p.path.clone()).collect();
+    out.not_configured = std::mem::take(&mut ex.not_configured);
+    let entries = std::mem::take(&mut ex.committed);
     Ok(StagedSource {
         src: src.clone(),
         snapshot: m.id.clone(),
         plan,
-        staging,
-        entries: std::mem::take(&mut ex.committed),
+        layout: ex.into_layout(),
+        dest,
+        entries,
         out,
         started,
     })
 }
 
-/// A fresh, private staging directory in `parent`.
-fn make_staging(parent: &Path) -> Result<tempfile::TempDir, RestoreError> {
-    fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
-    tempfile::Builder::new()
-        .prefix(".coffer-restore-")
-        .tempdir_in(parent)
-        .map_err(io_err("create staging directory in", parent))
+/// `("a/b", "c")` for `"a/b/c"`, `("", "c")` for `"c"`.
+fn split_rel(rel: &str) -> (&str, &str) {
+    match rel.rfind('/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => ("", rel),
+    }
 }
 
 /// Stages each stream of a dump source as a file, for `--target`: the
@@ -1227,23 +1476,22 @@ fn stage_dump_files(
 ) -> Result<StagedSource, RestoreError> {
     let started = Instant::now();
     let names = checked_stream_names(m, src)?;
-    let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let staging = make_staging(&parent)?;
+    let td = TreeDest::open(&dest)?;
+    let staging = td.staging()?;
     let mut bytes = 0;
     for n in &names {
-        let path = staging.path().join(n);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
+        let path = dest.join(n);
+        let mut f = staging
+            .dir
+            .create_file(n, 0o600)
             .map_err(io_err("create", &path))?;
         bytes += dump_stream(repo, m, src, Some(n.clone()), &mut f)?;
         f.sync_all().map_err(io_err("fsync", &path))?;
     }
-    fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))
-        .map_err(io_err("set mode of", staging.path()))?;
+    staging
+        .dir
+        .chmod(0o755)
+        .map_err(io_err("set mode of", &dest))?;
     let mut out = RestoredSource::new(src, dest.display().to_string());
     out.files = names.len() as u64;
     out.bytes = bytes;
@@ -1251,244 +1499,246 @@ fn stage_dump_files(
         src: src.clone(),
         snapshot: m.id.clone(),
         plan: Plan::Swap { dest },
-        staging,
+        layout: Layout::Tree(staging),
+        dest: Some(td),
         entries: Vec::new(),
         out,
         started,
     })
 }
 
-/// True if `p` is a directory on another filesystem than its parent.
-fn is_mount_point(p: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let parent = p.parent().unwrap_or(Path::new("/"));
-    match (fs::symlink_metadata(p), fs::metadata(parent)) {
-        (Ok(a), Ok(b)) => a.is_dir() && !a.file_type().is_symlink() && a.dev() != b.dev(),
-        _ => false,
-    }
-}
-
-/// For a mount point: moves what `dest` holds aside, moves the staged tree's
+/// For a mount point: moves what it holds aside, moves the staged tree's
 /// entries in, then deletes the old entries. Not atomic like a rename, but
-/// every step is a rename within one filesystem, and until the last step the
-/// old data is still there (in `dest/.coffer-old-*`).
-fn replace_contents(staged: &Path, dest: &Path) -> Result<(), RestoreError> {
-    let old = dest.join(format!(".coffer-old-{}", crypto::random_id(6)));
-    fs::create_dir(&old).map_err(io_err("create directory", &old))?;
-    let entries = |d: &Path| -> Result<Vec<PathBuf>, RestoreError> {
-        fs::read_dir(d)
-            .map_err(io_err("list", d))?
-            .map(|e| e.map(|e| e.path()).map_err(io_err("list", d)))
-            .collect()
-    };
-    for e in entries(dest)? {
-        if e == staged || e == old {
+/// every step is a rename within one filesystem, by handle, and until the
+/// last step the old data is still there (in `dest/.coffer-old-*`).
+fn replace_contents(staging: &Staging, dest: &TreeDest) -> Result<(), RestoreError> {
+    let path = dest.path();
+    let d = &staging.parent;
+    let (old_name, old) = d
+        .make_staging(".coffer-old-")
+        .map_err(io_err("create a directory in", &path))?;
+    for e in d.entries().map_err(io_err("list", &path))? {
+        if e == staging.name.as_str() || e == old_name.as_str() {
             continue;
         }
-        let to = old.join(e.file_name().expect("entry name"));
-        fs::rename(&e, &to).map_err(io_err("move aside", &e))?;
+        d.rename(&e, &old, &e, RenameFlags::empty())
+            .map_err(io_err("move aside", &d.join(&e)))?;
     }
-    for e in entries(staged)? {
-        let to = dest.join(e.file_name().expect("entry name"));
-        fs::rename(&e, &to).map_err(io_err("move into place", &to))?;
+    for e in staging
+        .dir
+        .entries()
+        .map_err(io_err("list", &d.join(&staging.name)))?
+    {
+        staging
+            .dir
+            .rename(&e, d, &e, RenameFlags::empty())
+            .map_err(io_err("move into place", &d.join(&e)))?;
     }
-    if let Ok(m) = fs::metadata(staged) {
-        let _ = fs::set_permissions(dest, m.permissions());
-        let _ = filetime::set_file_mtime(dest, filetime::FileTime::from_last_modification_time(&m));
+    if let Ok(st) = staging.dir.stat() {
+        let _ = d.chmod(st.st_mode & 0o7777);
+        let _ = d.set_mtime(st.st_mtime, st.st_mtime_nsec as u32);
     }
-    let _ = fs::remove_dir_all(&old);
+    let _ = d.remove_all(&old_name);
     Ok(())
 }
 
-/// Puts `staged` at `dest`: an atomic exchange when `dest` exists, a rename
-/// when it does not.
-fn swap_in(staged: &Path, dest: &Path) -> Result<(), RestoreError> {
-    match fs::symlink_metadata(dest) {
-        Ok(_) => exchange(staged, dest).map_err(|e| RestoreError::Io {
-            op: "swap the restored copy into place at",
-            path: dest.display().to_string(),
-            source: e,
-        }),
-        Err(_) => fs::rename(staged, dest).map_err(io_err("move the restored copy to", dest)),
-    }
-}
-
-/// Exchanges two paths atomically (`renameat2` with `RENAME_EXCHANGE`).
-fn exchange(a: &Path, b: &Path) -> io::Result<()> {
-    rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        a,
-        rustix::fs::CWD,
-        b,
-        rustix::fs::RenameFlags::EXCHANGE,
-    )
-    .map_err(io::Error::from)
-}
-
-/// Renames staged entries into place one by one (files, links; directories
-/// are created as needed). In a directory restore every path is checked
-/// first, before anything is created or moved: an existing symlink (or
-/// non-directory) on the way, or as the root itself, is refused rather than
-/// followed. A files source follows its own absolute paths as configured.
-fn commit_entries(
-    staging: &Path,
-    root: &Path,
-    entries: &[(String, EntryKind)],
-    follow_parents: bool,
-    at: &Where,
-) -> Result<(), RestoreError> {
-    let refuse = |p: &Path, why: &str| RestoreError::Contained {
+/// The error for a path a per-entry commit refuses to write through.
+fn refuse(at: &Where, p: &Path, why: &str) -> RestoreError {
+    RestoreError::Contained {
         snapshot: at.snapshot.clone(),
         source_name: at.source.clone(),
         path: p.display().to_string(),
         reason: format!("{why}; refusing to write through it (restore with --target instead)"),
-    };
-    if !follow_parents {
-        if let Ok(md) = fs::symlink_metadata(root)
-            && !md.is_dir()
-        {
+    }
+}
+
+/// Opens directory `name` in `d`, creating it 0755 if missing; a symlink or
+/// non-directory there is refused, never followed.
+fn ensure_dir(d: &Dir, name: &OsStr, at: &Where) -> Result<Dir, RestoreError> {
+    match d.open_dir(name) {
+        Ok(x) => return Ok(x),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
             return Err(refuse(
-                root,
+                at,
+                &d.join(name),
+                "it is a symlink or not a directory",
+            ));
+        }
+        Err(e) => return Err(io_err("open directory", &d.join(name))(e)),
+    }
+    match d.mkdir(name, 0o755) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(io_err("create directory", &d.join(name))(e));
+        }
+        _ => {}
+    }
+    let x = d
+        .open_dir(name)
+        .map_err(|_| refuse(at, &d.join(name), "it is a symlink or not a directory"))?;
+    // 0755 whatever the umask: coffer runs under umask 077 (its
+    // repositories are private), and an application must still reach its
+    // restored files.
+    if x.stat().map(|s| s.st_uid).ok() == Some(rustix::process::geteuid().as_raw()) {
+        x.chmod(0o755)
+            .map_err(io_err("set mode of", &d.join(name)))?;
+    }
+    Ok(x)
+}
+
+/// `--include` in place: renames each staged entry to the same path below
+/// the destination (directories are created as needed). Every path is
+/// checked first, before anything is created or moved: an existing symlink
+/// (or non-directory) on the way, or as the root itself, is refused rather
+/// than followed; then every step is done by handle, never through a
+/// symlink, so a change made meanwhile is refused too.
+fn commit_tree_entries(
+    staging: &Dir,
+    dest: &TreeDest,
+    entries: &[(String, EntryKind)],
+    at: &Where,
+) -> Result<(), RestoreError> {
+    let root_path = dest.path();
+    match dest.parent.stat_at(&dest.name) {
+        Ok(s) if s.st_mode & libc::S_IFMT != libc::S_IFDIR => {
+            return Err(refuse(
+                at,
+                &root_path,
                 "the destination is a symlink or not a directory",
             ));
         }
-        for (rel, kind) in entries {
-            let mut p = root.to_path_buf();
-            let comps: Vec<_> = Path::new(rel).components().collect();
-            for (i, c) in comps.iter().enumerate() {
-                p.push(c);
-                let last = i + 1 == comps.len();
-                match fs::symlink_metadata(&p) {
-                    Ok(md) if md.file_type().is_symlink() && (!last || *kind == EntryKind::Dir) => {
-                        return Err(refuse(&p, "it is a symlink"));
-                    }
-                    Ok(md) if !md.is_dir() && (!last || *kind == EntryKind::Dir) => {
-                        return Err(refuse(&p, "it is not a directory"));
-                    }
-                    Ok(md) if last && md.is_dir() && *kind != EntryKind::Dir => {
-                        return Err(refuse(
-                            &p,
-                            "a directory stands where the snapshot has a file",
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-        }
+        _ => {}
     }
-    let mkdirs = |dir: &Path| -> Result<(), RestoreError> {
-        if follow_parents {
-            return create_dirs_0755(dir);
-        }
-        let mut p = root.to_path_buf();
-        for c in dir.strip_prefix(root).unwrap_or(dir).components() {
-            p.push(c);
-            match fs::symlink_metadata(&p) {
-                Ok(md) if md.is_dir() => {}
-                Ok(_) => return Err(refuse(&p, "it is a symlink or not a directory")),
-                Err(_) => create_dir_0755(&p)?,
-            }
-        }
-        Ok(())
-    };
-    if !follow_parents {
-        mkdirs(root)?;
-    }
+    let root = ensure_dir(&dest.parent, &dest.name, at)?;
     for (rel, kind) in entries {
-        let from = staging.join(rel);
-        let to = root.join(rel);
+        let comps: Vec<&str> = rel.split('/').collect();
+        let mut cur = Some(root.try_clone().map_err(io_err("open", &root_path))?);
+        let mut p = root_path.clone();
+        for (i, c) in comps.iter().enumerate() {
+            let Some(d) = cur.take() else { break };
+            p.push(c);
+            let last = i + 1 == comps.len();
+            let Ok(md) = d.stat_at(c) else { break };
+            let ft = md.st_mode & libc::S_IFMT;
+            if ft == libc::S_IFLNK && (!last || *kind == EntryKind::Dir) {
+                return Err(refuse(at, &p, "it is a symlink"));
+            }
+            if ft != libc::S_IFDIR && (!last || *kind == EntryKind::Dir) {
+                return Err(refuse(at, &p, "it is not a directory"));
+            }
+            if last && ft == libc::S_IFDIR && *kind != EntryKind::Dir {
+                return Err(refuse(
+                    at,
+                    &p,
+                    "a directory stands where the snapshot has a file",
+                ));
+            }
+            if !last {
+                cur = d.open_dir(c).ok();
+            }
+        }
+    }
+    let ensure_all = |rel: &str| -> Result<Dir, RestoreError> {
+        let mut d = root.try_clone().map_err(io_err("open", &root_path))?;
+        for c in rel.split('/').filter(|c| !c.is_empty()) {
+            d = ensure_dir(&d, OsStr::new(c), at)?;
+        }
+        Ok(d)
+    };
+    for (rel, kind) in entries {
         if *kind == EntryKind::Dir {
-            mkdirs(&to)?;
+            ensure_all(rel)?;
             continue;
         }
-        let parent = to.parent().unwrap_or(root);
-        mkdirs(parent)?;
-        if let Ok(md) = fs::symlink_metadata(&to)
-            && md.is_dir()
-        {
+        let (pr, name) = split_rel(rel);
+        let to = ensure_all(pr)?;
+        if to.is_dir_at(name) {
             return Err(refuse(
-                &to,
+                at,
+                &to.join(name),
                 "a directory stands where the snapshot has a file",
             ));
         }
-        if fs::rename(&from, &to).is_err() {
-            // Another filesystem: copy beside the target, then rename.
-            let tmp = parent.join(format!(".coffer-tmp-{}", crypto::random_id(6)));
-            if fs::symlink_metadata(&from)
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false)
-            {
-                let t = fs::read_link(&from).map_err(io_err("read link", &from))?;
-                std::os::unix::fs::symlink(&t, &tmp).map_err(io_err("create link", &tmp))?;
-            } else {
-                fs::copy(&from, &tmp).map_err(io_err("copy to", &tmp))?;
-                copy_times(&from, &tmp);
+        let from = staging
+            .open_rel(pr)
+            .map_err(io_err("open staged directory", &staging.join(pr)))?;
+        from.rename(name, &to, name, RenameFlags::empty())
+            .map_err(io_err("move into place", &to.join(name)))?;
+    }
+    Ok(())
+}
+
+/// A files source in place: renames each staged file from the staging
+/// directory beside its destination into place (creating the destination's
+/// missing directories, 0755, by handle).
+fn commit_beside(
+    dirs: &BTreeMap<String, Beside>,
+    entries: &[(String, EntryKind)],
+    at: &Where,
+) -> Result<(), RestoreError> {
+    let mut opened: BTreeMap<&str, Dir> = BTreeMap::new();
+    for (rel, _) in entries {
+        let (pr, name) = split_rel(rel);
+        let Some(b) = dirs.get(pr) else {
+            unreachable!("every staged file has its staging directory")
+        };
+        if !opened.contains_key(pr) {
+            let mut d = b
+                .staging
+                .parent
+                .try_clone()
+                .map_err(io_err("open", b.staging.parent.path()))?;
+            for c in &b.missing {
+                d = ensure_dir(&d, c, at)?;
             }
-            fs::rename(&tmp, &to).map_err(|e| {
-                let _ = fs::remove_file(&tmp);
-                RestoreError::Io {
-                    op: "move into place",
-                    path: to.display().to_string(),
-                    source: e,
-                }
-            })?;
+            opened.insert(pr, d);
         }
+        let to = &opened[pr];
+        if to.is_dir_at(name) {
+            return Err(refuse(
+                at,
+                &to.join(name),
+                "a directory stands where the snapshot has a file",
+            ));
+        }
+        b.staging
+            .dir
+            .rename(name, to, name, RenameFlags::empty())
+            .map_err(io_err("move into place", &to.join(name)))?;
     }
     Ok(())
 }
 
-/// Creates a directory the restore needs but the snapshot does not
-/// describe, as 0755: coffer runs under umask 077 (its repositories are
-/// private), and an application must still reach its restored files.
-fn create_dir_0755(p: &Path) -> Result<(), RestoreError> {
-    fs::create_dir(p).map_err(io_err("create directory", p))?;
-    fs::set_permissions(p, fs::Permissions::from_mode(0o755)).map_err(io_err("set mode of", p))
-}
-
-/// `create_dir_all`, each directory it creates 0755 (see [`create_dir_0755`]).
-fn create_dirs_0755(dir: &Path) -> Result<(), RestoreError> {
-    let missing: Vec<&Path> = dir
-        .ancestors()
-        .take_while(|a| fs::symlink_metadata(a).is_err())
-        .collect();
-    for d in missing.into_iter().rev() {
-        match create_dir_0755(d) {
-            Err(RestoreError::Io { source, .. })
-                if source.kind() == io::ErrorKind::AlreadyExists => {}
-            other => other?,
-        }
-    }
-    Ok(())
-}
-
-fn copy_times(from: &Path, to: &Path) {
-    if let Ok(m) = fs::metadata(from) {
-        let t = filetime::FileTime::from_last_modification_time(&m);
-        let _ = filetime::set_file_mtime(to, t);
-    }
-}
-
-/// Unpacks a tar stream into a staging directory, refusing anything that
-/// would leave it.
+/// Unpacks a tar stream into staging, refusing anything that would leave
+/// it. Every file is created by handle in a directory opened without
+/// following symlinks.
 struct Extractor {
-    root: PathBuf,
+    layout: Layout,
     snapshot: String,
     source: String,
     include: Option<GlobSet>,
+    /// A files source in place restores only its configured paths.
+    allowed: Option<BTreeSet<String>>,
     as_root: bool,
     dirs: u64,
     files: u64,
     links: u64,
     bytes: u64,
-    dir_meta: Vec<(PathBuf, IndexEntry)>,
+    /// Directories (relative paths, "." for the root) whose metadata is set
+    /// at the end.
+    dir_meta: Vec<(String, IndexEntry)>,
     /// What was staged, in order, for per-entry commits.
     committed: Vec<(String, EntryKind)>,
+    /// Files of the snapshot left out because the current config no longer
+    /// lists them.
+    not_configured: Vec<String>,
     writer: FileWriter,
 }
 
 /// Work for the writer thread: the extractor parses, checks paths, creates
 /// and hashes; the writer copies bytes into the page cache and sets
-/// metadata, so the two halves run on both cores.
+/// metadata, so the two halves run on both cores. It gets open files, never
+/// paths (the path is for messages only).
 enum WriteOp {
     Open(PathBuf, fs::File),
     Data(Vec<u8>),
@@ -1515,13 +1765,15 @@ impl FileWriter {
                     }
                     WriteOp::Close(ie, as_root) => {
                         let (p, f) = cur.take().expect("close after open");
-                        if as_root {
-                            let _ = std::os::unix::fs::fchown(&f, Some(ie.uid), Some(ie.gid));
-                        }
-                        f.set_permissions(fs::Permissions::from_mode(ie.mode & 0o7777))
-                            .map_err(io_err("set mode of", &p))?;
-                        let t = filetime::FileTime::from_unix_time(ie.mtime, ie.mtime_nsec);
-                        let _ = filetime::set_file_handle_times(&f, None, Some(t));
+                        dirfd::set_metadata(
+                            &f,
+                            as_root,
+                            ie.uid,
+                            ie.gid,
+                            ie.mode,
+                            (ie.mtime, ie.mtime_nsec),
+                        )
+                        .map_err(io_err("set mode of", &p))?;
                     }
                 }
             }
@@ -1559,12 +1811,19 @@ impl FileWriter {
 }
 
 impl Extractor {
-    fn new(root: PathBuf, m: &Manifest, src: &SourceRecord, include: Option<GlobSet>) -> Self {
+    fn new(
+        layout: Layout,
+        m: &Manifest,
+        src: &SourceRecord,
+        include: Option<GlobSet>,
+        allowed: Option<BTreeSet<String>>,
+    ) -> Self {
         Extractor {
-            root,
+            layout,
             snapshot: m.id.clone(),
             source: src.name.clone(),
             include,
+            allowed,
             as_root: rustix::process::geteuid().is_root(),
             dirs: 0,
             files: 0,
@@ -1572,8 +1831,14 @@ impl Extractor {
             bytes: 0,
             dir_meta: Vec::new(),
             committed: Vec::new(),
+            not_configured: Vec::new(),
             writer: FileWriter::start(),
         }
+    }
+
+    fn into_layout(mut self) -> Layout {
+        let _ = self.writer.finish();
+        std::mem::replace(&mut self.layout, Layout::Beside(BTreeMap::new()))
     }
 
     fn contained(&self, path: &str, reason: impl Into<String>) -> RestoreError {
@@ -1585,27 +1850,64 @@ impl Extractor {
         }
     }
 
-    /// Makes sure every parent of `rel` inside the staging root is a real
-    /// directory (created if missing, never a symlink).
-    fn parents(&self, rel: &str) -> Result<PathBuf, RestoreError> {
-        let mut p = self.root.clone();
-        let parts: Vec<&str> = rel.split('/').collect();
-        for c in &parts[..parts.len() - 1] {
-            p.push(c);
-            match fs::symlink_metadata(&p) {
-                Ok(md) if md.is_dir() => {}
-                Ok(_) => {
-                    return Err(self.contained(
-                        rel,
-                        format!(
-                            "its parent {c:?} is a symlink or file; refusing to write through it"
-                        ),
-                    ));
+    /// The staging directory that holds `rel`, and its name there. In a
+    /// tree, every parent is a real directory inside the staging root
+    /// (created if missing, never a symlink); for a files source in place,
+    /// the staging directory beside its destination.
+    fn locate(&mut self, rel: &str) -> Result<(Dir, String), RestoreError> {
+        let (pr, name) = split_rel(rel);
+        match &mut self.layout {
+            Layout::Tree(st) => {
+                let mut d = st.dir.try_clone().map_err(io_err("open", st.dir.path()))?;
+                for c in pr.split('/').filter(|c| !c.is_empty()) {
+                    d = match d.open_dir(c) {
+                        Ok(x) => x,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            d.mkdir(c, 0o700)
+                                .map_err(io_err("create directory", &d.join(c)))?;
+                            d.open_dir(c)
+                                .map_err(io_err("open directory", &d.join(c)))?
+                        }
+                        Err(_) => {
+                            return Err(self.contained(
+                                rel,
+                                format!(
+                                    "its parent {c:?} is a symlink or file; refusing to write through it"
+                                ),
+                            ));
+                        }
+                    };
                 }
-                Err(_) => fs::create_dir(&p).map_err(io_err("create directory", &p))?,
+                Ok((d, name.to_string()))
+            }
+            Layout::Beside(dirs) => {
+                if !dirs.contains_key(pr) {
+                    let (parent, missing) = open_existing_ancestor(&Path::new("/").join(pr))?;
+                    dirs.insert(
+                        pr.to_string(),
+                        Beside {
+                            staging: Staging::new(parent)?,
+                            missing,
+                        },
+                    );
+                }
+                let d = &dirs[pr].staging.dir;
+                Ok((
+                    d.try_clone().map_err(io_err("open", d.path()))?,
+                    name.to_string(),
+                ))
             }
         }
-        Ok(self.root.join(rel))
+    }
+
+    /// Where `rel` was staged, if it was.
+    fn find(&self, rel: &str) -> Option<(Dir, String)> {
+        let (pr, name) = split_rel(rel);
+        let d = match &self.layout {
+            Layout::Tree(st) => st.dir.open_rel(pr).ok()?,
+            Layout::Beside(dirs) => dirs.get(pr)?.staging.dir.try_clone().ok()?,
+        };
+        Some((d, name.to_string()))
     }
 
     fn run(
@@ -1614,6 +1916,7 @@ impl Extractor {
         mut tar: TarStream,
         mut index: IndexStream,
     ) -> Result<(), RestoreError> {
+        let filtering = self.include.is_some() || self.allowed.is_some();
         let entries = tar.entries().map_err(|e| s.archive_error(e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| s.archive_error(e))?;
@@ -1634,39 +1937,50 @@ impl Extractor {
                 ));
             };
             let ie = expect_entry(s, &mut index, &rel, kind)?;
-            let wanted = included(&self.include, &rel);
+            let mut wanted = included(&self.include, &rel);
+            if wanted
+                && let Some(a) = &self.allowed
+                && !a.contains(&rel)
+            {
+                self.not_configured.push(format!("/{rel}"));
+                wanted = false;
+            }
             if !wanted {
                 // Still read the data so the stream authenticates to its end.
                 io::copy(&mut entry, &mut io::sink()).map_err(|e| s.archive_error(e))?;
                 continue;
             }
+            if matches!(self.layout, Layout::Beside(_)) && kind == EntryKind::Dir {
+                return Err(self.contained(
+                    &rel,
+                    "a files source holds files, not directories; refusing it in place (restore with --target instead)",
+                ));
+            }
             match kind {
                 EntryKind::Dir => {
-                    let p = if rel == "." {
-                        self.root.clone()
-                    } else {
-                        let p = self.parents(&rel)?;
-                        match fs::symlink_metadata(&p) {
-                            Ok(md) if md.is_dir() => {}
+                    if rel != "." {
+                        let (d, n) = self.locate(&rel)?;
+                        match d.stat_at(&n) {
+                            Ok(md) if md.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
                             Ok(_) => {
                                 return Err(self.contained(&rel, "a non-directory stands there"));
                             }
-                            Err(_) => fs::create_dir(&p).map_err(io_err("create directory", &p))?,
+                            Err(_) => d
+                                .mkdir(&n, 0o700)
+                                .map_err(io_err("create directory", &d.join(&n)))?,
                         }
-                        p
-                    };
-                    self.dirs += 1;
-                    if rel != "." {
                         self.committed.push((rel.clone(), kind));
                     }
-                    self.dir_meta.push((p, ie));
+                    self.dirs += 1;
+                    self.dir_meta.push((rel.clone(), ie));
                 }
                 EntryKind::File => {
-                    let p = self.parents(&rel)?;
-                    let f = match create_new(&p) {
+                    let (d, n) = self.locate(&rel)?;
+                    let p = d.join(&n);
+                    let f = match d.create_file(&n, 0o600) {
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                            fs::remove_file(&p).map_err(io_err("replace", &p))?;
-                            create_new(&p)
+                            d.unlink(&n).map_err(io_err("replace", &p))?;
+                            d.create_file(&n, 0o600)
                         }
                         other => other,
                     }
@@ -1700,40 +2014,47 @@ impl Extractor {
                     self.committed.push((rel.clone(), kind));
                 }
                 EntryKind::Symlink => {
-                    let p = self.parents(&rel)?;
+                    let (d, n) = self.locate(&rel)?;
                     let target = ie.target.clone().unwrap_or_default();
-                    let _ = fs::remove_file(&p);
-                    std::os::unix::fs::symlink(&target, &p).map_err(io_err("create link", &p))?;
+                    let _ = d.unlink(&n);
+                    d.symlink(&target, &n)
+                        .map_err(io_err("create link", &d.join(&n)))?;
                     if self.as_root {
-                        let _ = std::os::unix::fs::lchown(&p, Some(ie.uid), Some(ie.gid));
+                        let _ = d.lchown_at(&n, ie.uid, ie.gid);
                     }
-                    let t = filetime::FileTime::from_unix_time(ie.mtime, ie.mtime_nsec);
-                    let _ = filetime::set_symlink_file_times(&p, t, t);
+                    let _ = d.set_mtime_at(&n, ie.mtime, ie.mtime_nsec);
                     self.links += 1;
                     self.committed.push((rel.clone(), kind));
                 }
                 EntryKind::Hardlink => {
                     let target = ie.target.clone().unwrap_or_default();
                     let trel = safe_path(target.as_bytes()).map_err(|r| self.contained(&rel, r))?;
-                    let tp = self.root.join(&trel);
-                    let ok = fs::symlink_metadata(&tp)
-                        .map(|m| m.is_file())
-                        .unwrap_or(false);
-                    if !ok {
+                    let found = self.find(&trel).filter(|(td, tn)| {
+                        td.stat_at(tn)
+                            .map(|m| m.st_mode & libc::S_IFMT == libc::S_IFREG)
+                            .unwrap_or(false)
+                    });
+                    let Some((td, tn)) = found else {
                         // The first copy was not restored (filtered out by
-                        // --include): there is nothing to link to.
-                        if self.include.is_some() {
+                        // --include or the config): nothing to link to.
+                        if filtering {
                             continue;
                         }
                         return Err(self.contained(
                             &rel,
                             format!("hard link to {trel:?}, which is not a restored file"),
                         ));
+                    };
+                    let (d, n) = self.locate(&rel)?;
+                    let _ = d.unlink(&n);
+                    match d.hard_link(&td, &tn, &n) {
+                        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                            // Two destinations of a files source on two
+                            // filesystems: a copy, owner set before mode.
+                            self.copy_file(&td, &tn, &d, &n, &ie)?
+                        }
+                        other => other.map_err(io_err("create hard link", &d.join(&n)))?,
                     }
-                    self.parents(&trel)?;
-                    let p = self.parents(&rel)?;
-                    let _ = fs::remove_file(&p);
-                    fs::hard_link(&tp, &p).map_err(io_err("create hard link", &p))?;
                     self.links += 1;
                     self.committed.push((rel.clone(), kind));
                 }
@@ -1748,29 +2069,83 @@ impl Extractor {
         drain(s, tar, index)
     }
 
-    /// Directory modes and mtimes last, deepest first: writing into a
-    /// directory changes its mtime, and a read-only mode would stop us.
+    /// Copies staged file `from/fname` to `to/name`, with `ie`'s owner (as
+    /// root), then mode and mtime.
+    fn copy_file(
+        &mut self,
+        from: &Dir,
+        fname: &str,
+        to: &Dir,
+        name: &str,
+        ie: &IndexEntry,
+    ) -> Result<(), RestoreError> {
+        let p = to.join(name);
+        let mut r = from
+            .open_file(fname)
+            .map_err(io_err("open", &from.join(fname)))?;
+        let mut w = to.create_file(name, 0o600).map_err(io_err("create", &p))?;
+        io::copy(&mut r, &mut w).map_err(io_err("write", &p))?;
+        dirfd::set_metadata(
+            &w,
+            self.as_root,
+            ie.uid,
+            ie.gid,
+            ie.mode,
+            (ie.mtime, ie.mtime_nsec),
+        )
+        .map_err(io_err("set mode of", &p))
+    }
+
+    /// Directory owners, modes and mtimes last, deepest first: writing into
+    /// a directory changes its mtime, and a read-only mode would stop us.
+    /// Each is opened from the private staging root without following
+    /// symlinks.
     fn apply_dir_metadata(&mut self) -> Result<(), RestoreError> {
-        for (p, e) in self.dir_meta.iter().rev() {
-            if self.as_root {
-                let _ = std::os::unix::fs::lchown(p, Some(e.uid), Some(e.gid));
-            }
-            fs::set_permissions(p, fs::Permissions::from_mode(e.mode & 0o7777))
-                .map_err(io_err("set mode of", p))?;
-            let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
-            let _ = filetime::set_file_mtime(p, t);
+        let Layout::Tree(st) = &self.layout else {
+            return Ok(());
+        };
+        for (rel, e) in self.dir_meta.iter().rev() {
+            let d = st
+                .dir
+                .open_rel(rel)
+                .map_err(io_err("open staged directory", &st.dir.join(rel)))?;
+            dirfd::set_metadata(
+                d.as_fd(),
+                self.as_root,
+                e.uid,
+                e.gid,
+                e.mode,
+                (e.mtime, e.mtime_nsec),
+            )
+            .map_err(io_err("set mode of", d.path()))?;
         }
         Ok(())
     }
 }
 
-fn create_new(p: &Path) -> io::Result<fs::File> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(p)
+/// The deepest existing directory on the way to `p`, opened by
+/// [`Dir::open_path`], and the names still missing below it.
+fn open_existing_ancestor(p: &Path) -> Result<(Dir, Vec<OsString>), RestoreError> {
+    let mut missing = Vec::new();
+    let mut cur = p;
+    loop {
+        match Dir::open_path(cur, None) {
+            Ok(d) => {
+                missing.reverse();
+                return Ok((d, missing));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match (cur.parent(), cur.file_name()) {
+                    (Some(parent), Some(name)) => {
+                        missing.push(name.to_os_string());
+                        cur = parent;
+                    }
+                    _ => return Err(io_err("open directory", p)(e)),
+                }
+            }
+            Err(e) => return Err(io_err("open directory", cur)(e)),
+        }
+    }
 }
 
 // --------------------------------------------------------------------- dump

@@ -11,6 +11,7 @@
 
 pub mod archive;
 pub mod check;
+pub mod childenv;
 pub mod config;
 pub mod crypto;
 pub mod hooks;

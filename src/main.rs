@@ -480,7 +480,8 @@ fn credential(g: &Global, s: &Settings) -> Result<Credential, Error> {
         )?));
     }
     if let Some(cmd) = &r.passphrase_command {
-        let out = std::process::Command::new(&cmd[0])
+        // Without coffer's secrets in its environment, like every child.
+        let out = coffer::childenv::command(&cmd[0], &[] as &[&str])
             .args(&cmd[1..])
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())

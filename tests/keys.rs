@@ -358,6 +358,44 @@ fn passphrase_command_in_config() {
     assert!(stderr(&o).contains("passphrase_command"), "{}", stderr(&o));
 }
 
+/// Issue 10 item 5: passphrase_command runs without coffer's secrets in its
+/// environment (here the new passphrase of `key add` and a store credential).
+#[test]
+fn passphrase_command_gets_none_of_coffers_secrets() {
+    let env = Env::new(Backend::Fs);
+    let seen = env.path("seen.env");
+    write_config_without_key(
+        &env,
+        &format!(
+            "passphrase_command = [\"sh\", \"-c\", \"env > {}; printf 'old passphrase\\\\n'\"]",
+            seen.display()
+        ),
+    );
+    env.cmd().arg("init").assert().success();
+    let o = env
+        .cmd()
+        .env("COFFER_NEW_PASSPHRASE", "new-SECRET-2")
+        .env("AWS_SECRET_ACCESS_KEY", "aws-SECRET-3")
+        .env("PLAIN_SETTING", "visible")
+        .args(["key", "add"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "key add with COFFER_NEW_PASSPHRASE");
+    let text = fs::read_to_string(&seen).unwrap();
+    assert!(
+        !text.contains("SECRET"),
+        "passphrase_command inherited a secret:\n{text}"
+    );
+    assert!(text.lines().any(|l| l == "PLAIN_SETTING=visible"), "{text}");
+    let o = env
+        .cmd()
+        .env("COFFER_PASSPHRASE", "new-SECRET-2")
+        .args(["key", "list"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "the added passphrase opens the repository");
+}
+
 // ---------------------------------------------------------------- key slots
 
 #[test]

@@ -225,6 +225,146 @@ fn hooks_around_a_good_snapshot_get_its_id_and_stay_off_json_stdout() {
     assert_eq!(a["COFFER_ERROR"], "<unset>");
 }
 
+/// coffer's own secrets, set in its environment by the tests of issue 10
+/// item 5; every value holds "SECRET" so one search finds any of them.
+const COFFER_SECRETS: &[(&str, &str)] = &[
+    ("COFFER_PASSPHRASE", "pp-SECRET-1"),
+    ("COFFER_NEW_PASSPHRASE", "pp-SECRET-2"),
+    ("AWS_SECRET_ACCESS_KEY", "aws-SECRET-3"),
+    ("AWS_ACCESS_KEY_ID", "aws-SECRET-4"),
+    ("SHOP_DB_PW", "db-SECRET-5"),
+    ("GOOGLE_SERVICE_ACCOUNT_KEY", "gcs-SECRET-7"),
+    ("AZURE_STORAGE_ACCOUNT_KEY", "az-SECRET-8"),
+    ("PGPASSWORD", "pg-SECRET-9"),
+];
+
+/// Issue 10 item 5: a hook printed COFFER_PASSPHRASE and
+/// AWS_SECRET_ACCESS_KEY, and a command source running `env` stored the
+/// passphrase inside the backup. Hooks and command sources now get none of
+/// coffer's secrets, only what their `env` allow-list names.
+#[test]
+fn hooks_and_command_sources_get_none_of_coffers_secrets() {
+    let mut env = Env::init(Backend::Fs);
+    let data = env.path("data");
+    sample_tree(&data, None);
+    env.add_dir_source("media", &data, &[]);
+    let logs = env.path("hook-logs");
+    fs::create_dir(&logs).unwrap();
+    env.sources.push_str(
+        "[[sources]]\nname = \"envdump\"\ntype = \"command\"\ndump = [\"env\"]\nenv = [\"SHOP_DB_PW\"]\n\n\
+         [[sources]]\nname = \"db\"\ntype = \"postgres\"\nurl = \"postgres://app@127.0.0.1:1/shop\"\npassword_env = \"SHOP_DB_PW\"\n\n",
+    );
+    let record = |hook: &str| {
+        format!(
+            "{hook} = [\"sh\", \"-c\", \"env > {}/{hook}.env\"]\n",
+            logs.display()
+        )
+    };
+    env.extra = format!(
+        "[hooks]\nenv = [\"AWS_SESSION_TOKEN\"]\n{}{}",
+        record("before_snapshot"),
+        record("after_snapshot")
+    );
+    env.write_config();
+
+    // --key-file: COFFER_PASSPHRASE is set, but the key file opens the repository.
+    let o = env
+        .cmd()
+        .arg("--key-file")
+        .arg(&env.key)
+        .envs(COFFER_SECRETS.iter().copied())
+        .env("AWS_SESSION_TOKEN", "allowed-token")
+        .env("PLAIN_SETTING", "visible")
+        .args(["snapshot", "--only", "media", "--only", "envdump"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "snapshot with secrets in coffer's environment");
+
+    for hook in ["before_snapshot", "after_snapshot"] {
+        let seen = fs::read_to_string(logs.join(format!("{hook}.env"))).unwrap();
+        assert!(
+            !seen.contains("SECRET"),
+            "{hook} hook inherited a secret:\n{seen}"
+        );
+        assert!(
+            seen.lines().any(|l| l == "AWS_SESSION_TOKEN=allowed-token"),
+            "[hooks] env passes AWS_SESSION_TOKEN on:\n{seen}"
+        );
+        assert!(seen.lines().any(|l| l == "PLAIN_SETTING=visible"), "{seen}");
+        assert!(seen.lines().any(|l| l.starts_with("PATH=")), "{seen}");
+        assert!(
+            seen.lines().any(|l| l == format!("COFFER_HOOK={hook}")),
+            "{seen}"
+        );
+    }
+
+    // What the command source stored: its environment.
+    let o = env
+        .cmd()
+        .args(["dump", "latest", "envdump"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "dump of the command source");
+    let stored = stdout(&o);
+    assert!(
+        stored.lines().any(|l| l == "SHOP_DB_PW=db-SECRET-5"),
+        "its `env` passes SHOP_DB_PW on:\n{stored}"
+    );
+    let others: Vec<&str> = stored
+        .lines()
+        .filter(|l| l.contains("SECRET") && !l.starts_with("SHOP_DB_PW="))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "the backup holds coffer's secrets: {others:?}"
+    );
+    assert!(
+        !stored.contains("AWS_SESSION_TOKEN"),
+        "[hooks] env is for hooks only"
+    );
+    assert!(
+        stored.lines().any(|l| l == "PLAIN_SETTING=visible"),
+        "{stored}"
+    );
+}
+
+#[test]
+fn env_allow_lists_are_checked_like_every_key() {
+    let env = Env::new(Backend::Fs);
+    fs::write(
+        &env.config,
+        format!(
+            "[repository]\nurl = {:?}\nkey_file = {:?}\n\n[hooks]\nenv = [\"A=B\"]\n",
+            env.url,
+            env.key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = env.cmd().arg("snapshots").output().unwrap();
+    assert_code(&o, 2, "a bad [hooks] env entry");
+    assert!(
+        stderr(&o).contains("line 6") && stderr(&o).contains("[hooks].env"),
+        "{}",
+        stderr(&o)
+    );
+    fs::write(
+        &env.config,
+        format!(
+            "[repository]\nurl = {:?}\nkey_file = {:?}\n\n[[sources]]\nname = \"d\"\ntype = \"directory\"\npath = \"/tmp\"\nenv = [\"X\"]\n",
+            env.url,
+            env.key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = env.cmd().arg("snapshots").output().unwrap();
+    assert_code(&o, 2, "`env` on a directory source");
+    assert!(
+        stderr(&o).contains("line 9") && stderr(&o).contains("`env` does not apply"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn partial_snapshot_runs_on_error_and_its_failure_keeps_the_exit_code() {
     let mut w = HookWorld::new(Backend::Fs);

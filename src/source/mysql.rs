@@ -80,7 +80,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -114,6 +114,10 @@ const DUMP_FLAGS: &[&str] = &[
 ];
 
 // ------------------------------------------------------------- connection
+
+/// The one secret of coffer's environment the MySQL/MariaDB tools get: their
+/// own password, when the user gives it as `MYSQL_PWD`.
+const PASS: &[&str] = &["MYSQL_PWD"];
 
 /// Where a database is, parsed from `mysql://user[:pass]@host[:port]/db`
 /// (or `mariadb://`; `?socket=/path` for a Unix socket).
@@ -267,7 +271,7 @@ impl Conn {
     }
 
     fn spec(&self, what: String, argv: Vec<String>) -> ToolSpec {
-        let mut s = ToolSpec::new(what, argv);
+        let mut s = ToolSpec::new(what, argv).pass(PASS);
         for (k, v) in self.env() {
             s = s.env(k, v);
         }
@@ -444,7 +448,7 @@ fn query(
     what: &str,
 ) -> Result<Vec<Vec<String>>, SourceError> {
     let client = client_tool()?;
-    let mut c = Command::new(client);
+    let mut c = crate::childenv::command(client, PASS);
     c.args(conn.args()).args([
         "--batch",
         "--skip-column-names",

@@ -71,7 +71,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -102,6 +102,10 @@ WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
 ORDER BY 1\n\\gexec\n";
 
 // ------------------------------------------------------------ connections
+
+/// The one secret of coffer's environment the PostgreSQL tools get: their
+/// own password, when the user gives it as libpq's `PGPASSWORD`.
+const PASS: &[&str] = &["PGPASSWORD"];
 
 /// A connection target: the URL without password, the password (for
 /// `PGPASSWORD`), and the database name.
@@ -194,7 +198,7 @@ impl Conn {
     }
 
     fn tool(&self, what: String, argv: Vec<String>) -> ToolSpec {
-        let mut spec = ToolSpec::new(what, argv);
+        let mut spec = ToolSpec::new(what, argv).pass(PASS);
         spec.env = self.env();
         spec
     }
@@ -206,7 +210,7 @@ impl Conn {
     /// Runs a psql script (fed on stdin, so `\gexec` works); its rows.
     fn psql(&self, script: &str) -> Result<Vec<Vec<String>>, SourceError> {
         let what = format!("psql on {}", self.display());
-        let mut c = Command::new("psql");
+        let mut c = crate::childenv::command("psql", PASS);
         c.args(psql_args(self))
             .envs(self.env())
             .stdin(Stdio::piped())
@@ -471,7 +475,7 @@ struct Session {
 impl Session {
     fn start(conn: &Conn) -> Result<Session, SourceError> {
         let what = format!("psql on {}", conn.display());
-        let mut c = Command::new("psql");
+        let mut c = crate::childenv::command("psql", PASS);
         c.args(psql_args(conn))
             .envs(conn.env())
             .stdin(Stdio::piped())

@@ -36,7 +36,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::sqlite::{rename_into_place, set_mode_owner, stream_to_file, temp_beside};
@@ -57,6 +57,10 @@ const MAGIC: &[u8] = b"REDIS";
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to reach one Redis server with redis-cli.
+/// The one secret of coffer's environment redis-cli gets: its own password,
+/// when the user gives it as `REDISCLI_AUTH`.
+const PASS: &[&str] = &["REDISCLI_AUTH"];
+
 #[derive(Clone)]
 struct Conn {
     source: String,
@@ -192,7 +196,7 @@ impl Conn {
             argv.push("-x".into());
         }
         argv.extend(cmd.iter().map(|s| s.to_string()));
-        let mut c = Command::new(&argv[0]);
+        let mut c = crate::childenv::command(&argv[0], PASS);
         c.args(&argv[1..])
             .envs(self.env())
             .stdin(if last.is_some() {
@@ -428,7 +432,8 @@ impl Dumper for RedisDumper {
         let mut argv = c.args();
         argv.push("--rdb".into());
         argv.push(path.display().to_string());
-        let mut spec = ToolSpec::new(format!("redis-cli --rdb (source {})", c.source), argv);
+        let mut spec =
+            ToolSpec::new(format!("redis-cli --rdb (source {})", c.source), argv).pass(PASS);
         for (k, v) in c.env() {
             spec = spec.env(k, v);
         }
@@ -637,7 +642,7 @@ impl Live {
 
 /// The version `redis-server --version` prints (`v=7.0.15`).
 fn server_binary_version(bin: &Path) -> Option<String> {
-    let out = Command::new(bin)
+    let out = crate::childenv::command(bin, &[] as &[&str])
         .arg("--version")
         .stdin(Stdio::null())
         .output()
@@ -996,7 +1001,7 @@ impl TempServer {
         let log = dir.path().join("redis-server.log");
         let log_file = fs::File::create(&log)
             .map_err(|e| failed(format!("cannot create {}: {e}", log.display())))?;
-        let mut child = Command::new(&live.redis_server)
+        let mut child = crate::childenv::command(&live.redis_server, &[] as &[&str])
             .arg("-")
             .current_dir(dir.path())
             .stdin(Stdio::piped())

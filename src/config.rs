@@ -467,7 +467,10 @@ fn validate_source(s: &SourceConfig) -> Result<(), (Option<&'static str>, String
     if s.jobs == Some(0) {
         return Err((Some("jobs"), "`jobs` must be at least 1".into()));
     }
-    if let Some(u) = &s.url {
+    if let Some(raw) = &s.url {
+        let u = raw.as_str();
+        // Messages quote the URL without its secrets.
+        let shown = crate::source::redact_url(u);
         let scheme_ok = match s.kind {
             Postgres => u.starts_with("postgres://") || u.starts_with("postgresql://"),
             Mysql => u.starts_with("mysql://") || u.starts_with("mariadb://"),
@@ -477,14 +480,17 @@ fn validate_source(s: &SourceConfig) -> Result<(), (Option<&'static str>, String
         if !scheme_ok {
             return Err((
                 Some("url"),
-                format!("`url` {u:?} does not look like a {} URL", s.kind.as_str()),
+                format!(
+                    "`url` {shown:?} does not look like a {} URL",
+                    s.kind.as_str()
+                ),
             ));
         }
         if matches!(s.kind, Postgres | Mysql) && url_database(u).is_none() {
             return Err((
                 Some("url"),
                 format!(
-                    "`url` {u:?} names no database; a {} source backs up one database, e.g. \"{}://user@127.0.0.1/shop\"",
+                    "`url` {shown:?} names no database; a {} source backs up one database, e.g. \"{}://user@127.0.0.1/shop\"",
                     s.kind.as_str(),
                     s.kind.as_str()
                 ),

@@ -1022,3 +1022,164 @@ fn cron_lines_of_the_runbook_run() {
         );
     }
 }
+
+// ------------------------------------------- secrets in database URLs
+
+/// A wrapper for `tool` in `bin` that appends what `ps` shows of it
+/// (/proc/self/cmdline) to `log/argv.log` and its environment to
+/// `log/env.log`, then runs the real tool.
+fn recording_wrapper(bin: &std::path::Path, log: &std::path::Path, tool: &str) {
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    assert!(!real.is_empty(), "{tool} is not installed");
+    let script = format!(
+        "#!/bin/sh\ntr '\\0' ' ' < /proc/$$/cmdline >> '{log}/argv.log'\necho >> '{log}/argv.log'\n\
+         env >> '{log}/env.log'\nexec '{real}' \"$@\"\n",
+        log = log.display()
+    );
+    let p = bin.join(tool);
+    fs::write(&p, script).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Issue 10 item 7: a PostgreSQL password in the URL's query
+/// (`?password=`) leaked into the argv of `pg_dump`/`psql` (visible in
+/// `ps`), `--json`, `check`, hook variables, pings and the manifest's
+/// `details`. It now reaches the tools as PGPASSWORD only. (Item 5 for dump
+/// tools: `pg_dump` gets none of coffer's own secrets.)
+#[test]
+fn password_in_a_postgres_url_query_reaches_pg_dump_env_and_nothing_else() {
+    const PW: &str = "Qpw-7f3k-query";
+    let server = PingServer::start(200);
+    let mut env = Env::init(Backend::Fs);
+    let bin = env.path("recbin");
+    let log = env.path("reclog");
+    fs::create_dir(&bin).unwrap();
+    fs::create_dir(&log).unwrap();
+    recording_wrapper(&bin, &log, "pg_dump");
+    recording_wrapper(&bin, &log, "psql");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The maintenance database is there on every server; the second source
+    // names one that is not, so its error (quoting the URL) reaches
+    // COFFER_ERROR, the /fail ping and --json.
+    let missing = format!("coffer_no_such_db_{}", std::process::id());
+    env.sources.push_str(&format!(
+        "[[sources]]\nname = \"db\"\ntype = \"postgres\"\n\
+         url = \"postgres://postgres@127.0.0.1:5432/postgres?application_name=coffer-t&password={PW}\"\n\n\
+         [[sources]]\nname = \"gone\"\ntype = \"postgres\"\n\
+         url = \"postgres://postgres@127.0.0.1:5432/{missing}?password={PW}\"\n\n"
+    ));
+    let hook_log = env.path("hooks");
+    fs::create_dir(&hook_log).unwrap();
+    env.extra = format!(
+        "[hooks]\nbefore_snapshot = [\"sh\", \"-c\", \"env > {d}/before.env\"]\n\
+         on_error = [\"sh\", \"-c\", \"env > {d}/on_error.env\"]\n",
+        d = hook_log.display()
+    );
+    env.write_config();
+    let prom = env.path("coffer.prom");
+    let run = |args: &[&str]| {
+        env.cmd()
+            .arg("--key-file")
+            .arg(&env.key)
+            .env("PATH", &path)
+            .env("COFFER_PASSPHRASE", "pp-COFFERSECRET")
+            .env("AWS_SECRET_ACCESS_KEY", "aws-COFFERSECRET")
+            .args(["-v", "--metrics-file"])
+            .arg(&prom)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut seen = Vec::new();
+
+    let o = run(&["snapshot", "--json", "--ping", &server.url]);
+    assert_code(&o, 4, "snapshot with one good and one missing database");
+    let snap: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let gone = snap["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "gone")
+        .unwrap();
+    let gone_error = gone["error"].as_str().unwrap();
+    assert!(gone_error.contains(&missing), "{gone_error}");
+    seen.push(("snapshot stdout", stdout(&o)));
+    seen.push(("snapshot stderr", stderr(&o)));
+
+    let o = run(&["show", "--json", snap["id"].as_str().unwrap()]);
+    assert_code(&o, 0, "show");
+    let show: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        show["sources"][0]["details"]["url"],
+        "postgres://postgres@127.0.0.1:5432/postgres?application_name=coffer-t",
+        "the manifest keeps the URL's other parameters"
+    );
+    seen.push(("show --json", stdout(&o)));
+
+    let o = run(&["check", "--json"]);
+    assert_code(&o, 1, "check with a missing database");
+    let check = stdout(&o);
+    assert!(
+        check.contains("postgres://postgres@127.0.0.1:5432/postgres?application_name=coffer-t"),
+        "{check}"
+    );
+    seen.push(("check --json", check));
+    seen.push(("check stderr", stderr(&o)));
+    let o = run(&["check"]);
+    seen.push(("check", stdout(&o)));
+
+    for hook in ["before", "on_error"] {
+        seen.push((
+            hook,
+            fs::read_to_string(hook_log.join(format!("{hook}.env"))).unwrap(),
+        ));
+    }
+    let on_error = &seen.last().unwrap().1;
+    assert!(
+        on_error.contains(&missing),
+        "COFFER_ERROR names the source:\n{on_error}"
+    );
+    for r in server.take() {
+        seen.push(("ping path", r.path));
+        seen.push(("ping body", r.body));
+    }
+    seen.push(("metrics", fs::read_to_string(&prom).unwrap()));
+    let argv = fs::read_to_string(log.join("argv.log")).unwrap();
+    assert!(
+        argv.contains("pg_dump")
+            && argv.contains("--dbname=postgres://postgres@127.0.0.1:5432/postgres"),
+        "the wrappers ran:\n{argv}"
+    );
+    seen.push(("pg_dump and psql command lines", argv));
+
+    for (place, text) in &seen {
+        assert!(
+            !text.contains(PW),
+            "the password of the URL's query shows in {place}:\n{text}"
+        );
+    }
+
+    // The tools got it where libpq reads it, and none of coffer's secrets.
+    let tool_env = fs::read_to_string(log.join("env.log")).unwrap();
+    assert!(
+        tool_env.lines().any(|l| l == format!("PGPASSWORD={PW}")),
+        "pg_dump/psql get the password as PGPASSWORD:\n{tool_env}"
+    );
+    assert!(
+        !tool_env.contains("COFFERSECRET"),
+        "a dump tool inherited coffer's secrets:\n{tool_env}"
+    );
+}

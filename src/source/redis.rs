@@ -124,9 +124,15 @@ impl Conn {
                 .map_err(|_| bad("the path must be a database number"))?,
         };
         let user = Some(percent_decode(u.username())).filter(|s| !s.is_empty());
+        // `?password=` (some clients' form) counts as the user info's
+        // password: it reaches redis-cli as REDISCLI_AUTH and is never shown.
+        let query_password = u
+            .query_pairs()
+            .find(|(k, _)| k == "password")
+            .map(|(_, v)| v.into_owned());
         let password = match configured_password(src)? {
             Some(p) => Some(p),
-            None => u.password().map(percent_decode),
+            None => u.password().map(percent_decode).or(query_password),
         };
         Ok(Conn {
             source: src.name.clone(),
@@ -1437,6 +1443,11 @@ mod tests {
         assert_eq!(c.user.as_deref(), Some("app"));
         assert!(conn("redis://h/x").is_err());
         assert!(conn("http://h").is_err());
+        // Issue 10 item 7: `?password=` goes to REDISCLI_AUTH, never shown.
+        let c = conn("redis://127.0.0.1:6379/0?password=q%26pw").unwrap();
+        assert_eq!(c.password.as_deref(), Some("q&pw"));
+        assert!(!c.shown.contains("pw"), "{}", c.shown);
+        assert!(!c.args().join(" ").contains("pw"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod secret_files;
 pub mod snapshot;
 pub mod source;
 pub mod store;

@@ -433,7 +433,18 @@ fn load_settings(g: &Global) -> Result<Settings, Error> {
         }
     };
     let repo_url = g.repo.clone().or_else(|| config.repository.url.clone());
+    // Every command that reads the config says when a secret file is open
+    // to other users, as ssh does; `check` fails on it as well.
+    for f in coffer::secret_files::configured(&config, g.key_file.as_deref()) {
+        warn_if_exposed(&f.what, &f.path);
+    }
     Ok(Settings { config, repo_url })
+}
+
+fn warn_if_exposed(what: &str, path: &Path) {
+    if let Some(e) = coffer::secret_files::exposed(what, path) {
+        eprintln!("warning: {e}");
+    }
 }
 
 fn read_secret_file(p: &Path, what: &str) -> Result<String, Error> {
@@ -1062,8 +1073,10 @@ async fn key_command(g: &Global, r: &Repository, cmd: KeyCommand) -> Result<i32,
             new_passphrase_file,
         } => {
             let cred = if let Some(p) = new_key_file {
+                warn_if_exposed("key file", &p);
                 key_file_credential(&p)?
             } else if let Some(p) = new_passphrase_file {
+                warn_if_exposed("passphrase file", &p);
                 Credential::Passphrase(read_secret_file(&p, "passphrase file")?)
             } else if let Ok(p) = std::env::var("COFFER_NEW_PASSPHRASE")
                 && !p.is_empty()
@@ -1516,6 +1529,7 @@ async fn check_command(g: &Global, max_age: Option<String>) -> Result<i32, Error
         store,
         credential,
         max_age,
+        key_file: g.key_file.as_deref(),
         now: chrono::Utc::now(),
     })
     .await;

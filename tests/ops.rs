@@ -820,28 +820,40 @@ fn pings_start_then_success_or_fail_with_a_log_excerpt() {
 fn unreachable_or_failing_ping_server_only_warns() {
     let (env, _) = ping_world();
     // A port nobody listens on.
-    let dead = {
+    let (host, dead) = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}/ping/x", l.local_addr().unwrap())
+        let host = format!("http://{}", l.local_addr().unwrap());
+        (
+            host.clone(),
+            format!("{host}/ping/3f1c9a-uuid-is-the-secret"),
+        )
     };
     let o = env
         .cmd()
-        .args(["snapshot", "--ping", &dead])
+        .args(["-vv", "snapshot", "--ping", &dead])
         .output()
         .unwrap();
     assert_code(&o, 0, "snapshot with a dead ping URL");
     let err = stderr(&o);
+    // Issue 10 item 8: the path is the check's secret; warnings and logs
+    // show the URL without it.
     assert!(
         err.contains(&format!(
-            "warning: ping {dead}/start failed after 3 attempt(s)"
+            "warning: ping {host}/***/start failed after 3 attempt(s)"
         )),
         "{err}"
     );
     assert!(
-        err.contains(&format!("warning: ping {dead} failed after 3 attempt(s)")),
+        err.contains(&format!(
+            "warning: ping {host}/*** failed after 3 attempt(s)"
+        )),
         "{err}"
     );
     assert!(err.contains("onnection refused"), "{err}");
+    assert!(
+        !err.contains("3f1c9a-uuid"),
+        "the ping URL's path shows on stderr:\n{err}"
+    );
 
     // 5xx is retried, 4xx is not; neither changes the exit code.
     let s500 = PingServer::start(500);
@@ -866,7 +878,7 @@ fn unreachable_or_failing_ping_server_only_warns() {
 #[test]
 fn bad_ping_url_is_a_usage_error() {
     let (env, _) = ping_world();
-    for bad in ["hc-ping.com/uuid", "ftp://example.com/x"] {
+    for bad in ["hc-ping.com/uuid-SECRET", "ftp://example.com/x-SECRET"] {
         let o = env
             .cmd()
             .args(["snapshot", "--ping", bad])
@@ -874,6 +886,8 @@ fn bad_ping_url_is_a_usage_error() {
             .unwrap();
         assert_code(&o, 2, bad);
         assert!(stderr(&o).contains("--ping"), "{}", stderr(&o));
+        // Issue 10 item 8: not even a malformed ping URL is echoed.
+        assert!(!stderr(&o).contains("SECRET"), "{}", stderr(&o));
     }
     assert_eq!(snapshot_count(&env), 0);
 }

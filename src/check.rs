@@ -9,6 +9,10 @@
 //! older than the server. Directory and files sources are checked for
 //! readability of their configured paths (the top of a directory, each file);
 //! a command source for its program on PATH.
+//!
+//! A key, passphrase or password file that its group or others can access
+//! fails the check that uses it ("key opens repository", or the source's),
+//! with the `chmod` that fixes it ([`crate::secret_files`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,6 +24,7 @@ use serde::Serialize;
 use crate::config::{Config, SourceConfig, SourceKind};
 use crate::crypto::{self, Credential};
 use crate::repo::{self, CONFIG_OBJECT, Repository};
+use crate::secret_files;
 use crate::source::{self, Details};
 use crate::store::{Store, StoreError};
 
@@ -44,6 +49,9 @@ pub struct CheckInputs<'a> {
     pub config: &'a Config,
     pub store: Result<Store, String>,
     pub credential: Result<Credential, String>,
+    /// `--key-file` / `COFFER_KEY_FILE`, which replaces the config's key
+    /// file: its mode is checked with the other secret files.
+    pub key_file: Option<&'a Path>,
     /// `--max-age`, and how it was written.
     pub max_age: Option<(Duration, String)>,
     pub now: DateTime<Utc>,
@@ -92,13 +100,39 @@ pub async fn check(inp: CheckInputs<'_>) -> CheckReport {
         (_, Err(e)) => Err(e.clone()),
         _ => Err("not checked: the repository is not reachable".to_string()),
     };
+    // A key or passphrase file that other users can read fails the key
+    // check, as ssh refuses such a private key (issue 10 item 9).
+    let secret_files = secret_files::configured(inp.config, inp.key_file);
+    let exposed = |source: Option<&str>| -> Vec<String> {
+        secret_files
+            .iter()
+            .filter(|f| f.source.as_deref() == source)
+            .filter_map(|f| f.exposed())
+            .map(|e| e.to_string())
+            .collect()
+    };
+    let repo_exposed = exposed(None);
     let repo = match opened {
-        Ok((r, d)) => {
+        Ok((r, d)) if repo_exposed.is_empty() => {
             checks.push(item("key opens repository", Ok(d)));
             Some(r)
         }
-        Err(e) => {
+        Ok((r, d)) => {
+            checks.push(item(
+                "key opens repository",
+                Err(format!("{d}, but {}", repo_exposed.join("; "))),
+            ));
+            Some(r)
+        }
+        Err(e) if repo_exposed.is_empty() => {
             checks.push(item("key opens repository", Err(e)));
+            None
+        }
+        Err(e) => {
+            checks.push(item(
+                "key opens repository",
+                Err(format!("{e}; and {}", repo_exposed.join("; "))),
+            ));
             None
         }
     };
@@ -108,9 +142,14 @@ pub async fn check(inp: CheckInputs<'_>) -> CheckReport {
         .iter()
         .map(|s| {
             let s = s.clone();
+            let exposed = exposed(Some(&s.name));
             tokio::task::spawn_blocking(move || {
                 let name = format!("source {} ({}) reachable", s.name, s.kind.as_str());
-                item(name, check_source(&s))
+                let r = match check_source(&s) {
+                    _ if !exposed.is_empty() => Err(exposed.join("; ")),
+                    r => r,
+                };
+                item(name, r)
             })
         })
         .collect();

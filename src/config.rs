@@ -97,6 +97,10 @@ pub struct SourceConfig {
     pub globals: Option<bool>,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
+    /// Command sources: variables of coffer's environment passed on to the
+    /// dump and restore commands even though they are secrets
+    /// ([`crate::childenv`]).
+    pub env: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -107,6 +111,10 @@ pub struct HooksConfig {
     pub before_restore: Option<Vec<String>>,
     pub after_restore: Option<Vec<String>>,
     pub on_error: Option<Vec<String>>,
+    /// Variables of coffer's environment passed on to every hook even though
+    /// they are secrets ([`crate::childenv`]).
+    #[serde(default)]
+    pub env: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -170,6 +178,11 @@ fn key_offset(text: &str, table_at: usize, key: &str) -> usize {
         pos += line.len();
     }
     table_at
+}
+
+/// A name an `env` allow-list may hold: non-empty, no `=` and no NUL.
+fn valid_env_name(n: &str) -> bool {
+    !n.is_empty() && !n.contains(['=', '\0'])
 }
 
 /// Source names: `[a-z0-9][a-z0-9_-]*`, so they are safe in paths and URLs.
@@ -332,6 +345,19 @@ impl Config {
             }
         }
 
+        if let Some(bad) = hooks.env.iter().find(|n| !valid_env_name(n)) {
+            return Err(invalid_key(
+                hooks_at,
+                "env",
+                format!("[hooks].env: {bad:?} is not an environment variable name"),
+            ));
+        }
+
+        // The variables holding database passwords are coffer's secrets from
+        // the moment a config names them: no child may inherit them (a hook,
+        // a command source, another source's tool).
+        crate::childenv::protect(sources.iter().filter_map(|s| s.password_env.clone()));
+
         Ok(Config {
             path: Some(path.to_path_buf()),
             repository,
@@ -351,7 +377,7 @@ impl Config {
 /// about (`None`: the table as a whole).
 fn validate_source(s: &SourceConfig) -> Result<(), (Option<&'static str>, String)> {
     use SourceKind::*;
-    let present: [(&str, bool); 10] = [
+    let present: [(&str, bool); 11] = [
         ("url", s.url.is_some()),
         ("path", s.path.is_some()),
         ("paths", s.paths.is_some()),
@@ -362,6 +388,7 @@ fn validate_source(s: &SourceConfig) -> Result<(), (Option<&'static str>, String
         ("globals", s.globals.is_some()),
         ("password_file", s.password_file.is_some()),
         ("password_env", s.password_env.is_some()),
+        ("env", s.env.is_some()),
     ];
     let (required, allowed): (&[&str], &[&str]) = match s.kind {
         Postgres => (
@@ -373,7 +400,7 @@ fn validate_source(s: &SourceConfig) -> Result<(), (Option<&'static str>, String
         Sqlite => (&["path"], &["path"]),
         Directory => (&["path"], &["path", "exclude"]),
         Files => (&["paths"], &["paths"]),
-        Command => (&["dump"], &["dump", "restore"]),
+        Command => (&["dump"], &["dump", "restore", "env"]),
     };
     for key in required {
         if !present.iter().any(|(k, p)| k == key && *p) {
@@ -423,6 +450,14 @@ fn validate_source(s: &SourceConfig) -> Result<(), (Option<&'static str>, String
             return Err((Some(key), format!("`{key}` must name a program")));
         }
     }
+    if let Some(names) = &s.env
+        && let Some(bad) = names.iter().find(|n| !valid_env_name(n))
+    {
+        return Err((
+            Some("env"),
+            format!("`env` entry {bad:?} is not an environment variable name"),
+        ));
+    }
     if let Some(globs) = &s.exclude {
         for g in globs {
             globset::Glob::new(g)
@@ -432,7 +467,10 @@ fn validate_source(s: &SourceConfig) -> Result<(), (Option<&'static str>, String
     if s.jobs == Some(0) {
         return Err((Some("jobs"), "`jobs` must be at least 1".into()));
     }
-    if let Some(u) = &s.url {
+    if let Some(raw) = &s.url {
+        let u = raw.as_str();
+        // Messages quote the URL without its secrets.
+        let shown = crate::source::redact_url(u);
         let scheme_ok = match s.kind {
             Postgres => u.starts_with("postgres://") || u.starts_with("postgresql://"),
             Mysql => u.starts_with("mysql://") || u.starts_with("mariadb://"),
@@ -442,14 +480,17 @@ fn validate_source(s: &SourceConfig) -> Result<(), (Option<&'static str>, String
         if !scheme_ok {
             return Err((
                 Some("url"),
-                format!("`url` {u:?} does not look like a {} URL", s.kind.as_str()),
+                format!(
+                    "`url` {shown:?} does not look like a {} URL",
+                    s.kind.as_str()
+                ),
             ));
         }
         if matches!(s.kind, Postgres | Mysql) && url_database(u).is_none() {
             return Err((
                 Some("url"),
                 format!(
-                    "`url` {u:?} names no database; a {} source backs up one database, e.g. \"{}://user@127.0.0.1/shop\"",
+                    "`url` {shown:?} names no database; a {} source backs up one database, e.g. \"{}://user@127.0.0.1/shop\"",
                     s.kind.as_str(),
                     s.kind.as_str()
                 ),

@@ -18,6 +18,10 @@
 //! A hook's stdout and stderr go to coffer's stderr, so they never mix with
 //! `--json` on stdout; only the last [`STDERR_TAIL`] bytes of its stderr are
 //! kept, for the error message. Hooks get no stdin.
+//!
+//! A hook's environment is coffer's without coffer's secrets
+//! ([`crate::childenv`]), plus the variables `[hooks] env` names, plus the
+//! `COFFER_*` variables describing the operation.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -116,6 +120,8 @@ pub struct Hooks {
     after: Option<Vec<String>>,
     on_error: Option<Vec<String>>,
     repository: Option<String>,
+    /// `[hooks] env`: secrets passed on anyway.
+    pass: Vec<String>,
     /// Set once `before_*` has succeeded (or there is none): `after_*` runs
     /// only then.
     started: bool,
@@ -135,6 +141,7 @@ impl Hooks {
             after,
             on_error: cfg.on_error.clone(),
             repository: repository.map(str::to_string),
+            pass: cfg.env.clone(),
             started: false,
             enabled,
         }
@@ -170,7 +177,7 @@ impl Hooks {
         if let Some(argv) = &self.before {
             let mut env = self.base_env(name, snapshot_id);
             env.insert("COFFER_STATUS".into(), "running".into());
-            run_hook(name, argv, &env).await?;
+            run_hook(name, argv, &env, &self.pass).await?;
         }
         self.started = true;
         Ok(())
@@ -192,7 +199,7 @@ impl Hooks {
             && let Some(argv) = &self.after
         {
             let env = self.outcome_env(after_name, outcome, code, error.as_deref());
-            if let Err(e) = run_hook(after_name, argv, &env).await {
+            if let Err(e) = run_hook(after_name, argv, &env, &self.pass).await {
                 if code == crate::exit::OK {
                     code = crate::exit::FAILURE;
                 }
@@ -204,7 +211,7 @@ impl Hooks {
             && let Some(argv) = &self.on_error
         {
             let env = self.outcome_env("on_error", outcome, code, error.as_deref());
-            if let Err(e) = run_hook("on_error", argv, &env).await {
+            if let Err(e) = run_hook("on_error", argv, &env, &self.pass).await {
                 problems.push(e);
             }
         }
@@ -236,17 +243,19 @@ fn describe(argv: &[String]) -> String {
 }
 
 /// Runs one hook to its end: stdout straight to our stderr, stderr copied to
-/// our stderr with its tail kept for the error message.
+/// our stderr with its tail kept for the error message. `env` is added to
+/// coffer's environment without its secrets, but for those named in `pass`.
 pub async fn run_hook(
     hook: &'static str,
     argv: &[String],
     env: &BTreeMap<String, String>,
+    pass: &[String],
 ) -> Result<(), HookError> {
     let Some((prog, args)) = argv.split_first() else {
         return Err(HookError::Empty { hook });
     };
     tracing::info!("running {hook} hook {}", describe(argv));
-    let mut cmd = tokio::process::Command::new(prog);
+    let mut cmd = tokio::process::Command::from(crate::childenv::command(prog, pass));
     cmd.args(args)
         .envs(env)
         .stdin(Stdio::null())
@@ -322,6 +331,7 @@ mod tests {
                 "before_snapshot",
                 &argv(&["sh", "-c", "echo first >&2; echo 'db is busy' >&2; exit 7"]),
                 &BTreeMap::new(),
+                &[],
             ))
             .unwrap_err();
         let msg = e.to_string();
@@ -341,6 +351,7 @@ mod tests {
                     "head -c 5000 /dev/zero | tr '\\0' x >&2; echo END >&2; exit 1",
                 ]),
                 &BTreeMap::new(),
+                &[],
             ))
             .unwrap_err();
         let HookError::Failed { stderr_tail, .. } = e else {
@@ -357,6 +368,7 @@ mod tests {
                 "after_restore",
                 &argv(&["/nonexistent/coffer-hook"]),
                 &BTreeMap::new(),
+                &[],
             ))
             .unwrap_err();
         assert!(
@@ -366,7 +378,7 @@ mod tests {
             "{e}"
         );
         let e = rt()
-            .block_on(run_hook("after_restore", &[], &BTreeMap::new()))
+            .block_on(run_hook("after_restore", &[], &BTreeMap::new(), &[]))
             .unwrap_err();
         assert!(e.to_string().contains("empty list"), "{e}");
     }
@@ -378,6 +390,7 @@ mod tests {
                 "before_restore",
                 &argv(&["sh", "-c", "kill -9 $$"]),
                 &BTreeMap::new(),
+                &[],
             ))
             .unwrap_err();
         assert!(e.to_string().contains("killed by signal 9"), "{e}");

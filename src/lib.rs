@@ -11,6 +11,7 @@
 
 pub mod archive;
 pub mod check;
+pub mod childenv;
 pub mod config;
 pub mod crypto;
 pub mod dirfd;
@@ -23,6 +24,7 @@ pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod secret_files;
 pub mod snapshot;
 pub mod source;
 pub mod store;

@@ -62,8 +62,10 @@ struct Global {
     #[arg(long, global = true, value_name = "PATH")]
     metrics_file: Option<PathBuf>,
     /// healthchecks.io-style pings: URL/start, URL on success, URL/fail on failure
-    #[arg(long, global = true, value_name = "URL", value_parser = coffer::ping::parse_url)]
-    ping: Option<url::Url>,
+    // Checked in `main`, not by clap: clap's error would quote the value,
+    // and the URL's path is the check's secret.
+    #[arg(long, global = true, value_name = "URL")]
+    ping: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -230,6 +232,14 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli.global);
+    let ping = match cli.global.ping.as_deref().map(coffer::ping::parse_url) {
+        None => None,
+        Some(Ok(u)) => Some(u),
+        Some(Err(why)) => {
+            eprintln!("error: invalid value for '--ping <URL>': {why}");
+            return ExitCode::from(exit::USAGE as u8);
+        }
+    };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if op == "copy" {
         // copy's blocking tasks (local reads and writes, hashing) are short and
@@ -246,7 +256,7 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.global.json;
-    let monitor = Monitor::new(&cli.global, &op, dry_run);
+    let monitor = Monitor::new(&cli.global, ping, &op, dry_run);
     let mut rec = RunRecord::new(&op);
     rt.block_on(monitor.start());
     let code = match rt.block_on(run(cli, &mut rec)) {
@@ -296,11 +306,11 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn new(g: &Global, op: &str, dry_run: bool) -> Monitor {
+    fn new(g: &Global, ping: Option<url::Url>, op: &str, dry_run: bool) -> Monitor {
         let on = !dry_run && !matches!(op, "completions" | "man");
         Monitor {
             metrics_file: g.metrics_file.clone().filter(|_| on),
-            ping: g.ping.clone().filter(|_| on),
+            ping: ping.filter(|_| on),
             op: op.to_string(),
             started: std::time::Instant::now(),
         }
@@ -433,7 +443,18 @@ fn load_settings(g: &Global) -> Result<Settings, Error> {
         }
     };
     let repo_url = g.repo.clone().or_else(|| config.repository.url.clone());
+    // Every command that reads the config says when a secret file is open
+    // to other users, as ssh does; `check` fails on it as well.
+    for f in coffer::secret_files::configured(&config, g.key_file.as_deref()) {
+        warn_if_exposed(&f.what, &f.path);
+    }
     Ok(Settings { config, repo_url })
+}
+
+fn warn_if_exposed(what: &str, path: &Path) {
+    if let Some(e) = coffer::secret_files::exposed(what, path) {
+        eprintln!("warning: {e}");
+    }
 }
 
 fn read_secret_file(p: &Path, what: &str) -> Result<String, Error> {
@@ -480,7 +501,8 @@ fn credential(g: &Global, s: &Settings) -> Result<Credential, Error> {
         )?));
     }
     if let Some(cmd) = &r.passphrase_command {
-        let out = std::process::Command::new(&cmd[0])
+        // Without coffer's secrets in its environment, like every child.
+        let out = coffer::childenv::command(&cmd[0], &[] as &[&str])
             .args(&cmd[1..])
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
@@ -1075,8 +1097,10 @@ async fn key_command(g: &Global, r: &Repository, cmd: KeyCommand) -> Result<i32,
             new_passphrase_file,
         } => {
             let cred = if let Some(p) = new_key_file {
+                warn_if_exposed("key file", &p);
                 key_file_credential(&p)?
             } else if let Some(p) = new_passphrase_file {
+                warn_if_exposed("passphrase file", &p);
                 Credential::Passphrase(read_secret_file(&p, "passphrase file")?)
             } else if let Ok(p) = std::env::var("COFFER_NEW_PASSPHRASE")
                 && !p.is_empty()
@@ -1529,6 +1553,7 @@ async fn check_command(g: &Global, max_age: Option<String>) -> Result<i32, Error
         store,
         credential,
         max_age,
+        key_file: g.key_file.as_deref(),
         now: chrono::Utc::now(),
     })
     .await;
@@ -1579,14 +1604,17 @@ struct CopyArgs {
     /// Skip keys matching GLOB (repeatable)
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
-    /// A SRC store option KEY=VALUE (object_store configuration keys; repeatable)
+    /// A SRC store option KEY=VALUE (object_store configuration keys; repeatable); KEY=@FILE or KEY=env:VAR keep a secret off the command line
     #[arg(long, value_name = "KEY=VALUE")]
     src_opt: Vec<String>,
-    /// A DST store option KEY=VALUE (repeatable)
+    /// A DST store option KEY=VALUE, KEY=@FILE or KEY=env:VAR (repeatable)
     #[arg(long, value_name = "KEY=VALUE")]
     dst_opt: Vec<String>,
 }
 
+/// `--src-opt`/`--dst-opt` values: `KEY=VALUE`, or, so that a secret stays
+/// out of argv (`ps`, shell history), `KEY=@FILE` (the file's content, one
+/// final newline dropped) or `KEY=env:VAR` (that variable's value).
 fn store_options(flag: &str, kvs: &[String]) -> Result<BTreeMap<String, String>, Error> {
     let mut m = BTreeMap::new();
     for kv in kvs {
@@ -1594,11 +1622,34 @@ fn store_options(flag: &str, kvs: &[String]) -> Result<BTreeMap<String, String>,
             .split_once('=')
             .filter(|(k, _)| !k.is_empty())
             .ok_or_else(|| {
+                // Only the key: the value may be a secret given by mistake.
+                let shown = kv.split_once('=').map_or("", |(k, _)| k);
                 Error::Usage(format!(
-                    "{flag} {kv:?}: expected KEY=VALUE, e.g. {flag} aws_region=eu-west-1"
+                    "{flag} {shown:?}...: expected KEY=VALUE, KEY=@FILE or KEY=env:VAR, e.g. {flag} aws_region=eu-west-1"
                 ))
             })?;
-        m.insert(k.to_string(), v.to_string());
+        let value = if let Some(file) = v.strip_prefix('@') {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Error::Usage(format!(
+                    "{flag} {k}=@{file}: cannot read {file}: {e}; give a readable file holding the value"
+                ))
+            })?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            text.strip_suffix('\r').unwrap_or(text).to_string()
+        } else if let Some(var) = v.strip_prefix("env:") {
+            std::env::var(var).map_err(|e| {
+                Error::Usage(format!(
+                    "{flag} {k}=env:{var}: {}; export {var} or give the value another way",
+                    match e {
+                        std::env::VarError::NotPresent => format!("{var} is not set"),
+                        std::env::VarError::NotUnicode(_) => format!("{var} is not valid UTF-8"),
+                    }
+                ))
+            })?
+        } else {
+            v.to_string()
+        };
+        m.insert(k.to_string(), value);
     }
     Ok(m)
 }

@@ -8,6 +8,9 @@
 //! [`MAX_BODY`] bytes, as healthchecks.io keeps the first 10 KB. A ping that
 //! cannot be delivered is the caller's warning, never the run's failure:
 //! each ping gets [`TIMEOUT`] and [`ATTEMPTS`] tries.
+//!
+//! The URL's path is the check's secret (anyone who knows it can ping), so
+//! messages show the URL only as [`redact`] makes it.
 
 use std::time::Duration;
 
@@ -101,7 +104,7 @@ fn truncate(mut s: String, max: usize) -> String {
 pub async fn send(base: &Url, kind: Kind, body: String) -> Result<(), PingError> {
     let url = endpoint(base, kind);
     let fail = |attempts, reason: String| PingError::Failed {
-        url: redact(&url),
+        url: redact(base, kind),
         attempts,
         reason,
     };
@@ -122,7 +125,8 @@ pub async fn send(base: &Url, kind: Kind, body: String) -> Result<(), PingError>
                 return Err(fail(attempt, format!("server answered {}", r.status())));
             }
             Ok(r) => last = format!("server answered {}", r.status()),
-            Err(e) => last = error_chain(&e),
+            // reqwest's message names the URL: keep only the cause.
+            Err(e) => last = error_chain(&e.without_url()),
         }
     }
     Err(fail(ATTEMPTS, last))
@@ -141,12 +145,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The URL without user info: a ping URL may carry a token as password.
-fn redact(u: &Url) -> String {
-    let mut u = u.clone();
-    let _ = u.set_password(None);
-    let _ = u.set_username("");
-    u.to_string()
+/// The ping URL as messages show it: scheme, host and port, with the path
+/// (a healthchecks.io UUID or ping key *is* the secret), user info and
+/// query replaced by `***`, then the `/start` or `/fail` of `kind`
+/// (issue 10 item 8).
+pub fn redact(base: &Url, kind: Kind) -> String {
+    let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let suffix = match kind {
+        Kind::Start => "/start",
+        Kind::Fail => "/fail",
+        Kind::Success => "",
+    };
+    format!(
+        "{}://{}{port}/***{suffix}",
+        base.scheme(),
+        base.host_str().unwrap_or("")
+    )
 }
 
 #[cfg(test)]
@@ -165,6 +179,15 @@ mod tests {
             "https://hc.example/ping/abc/fail?rid=1"
         );
         assert_eq!(endpoint(&u, Kind::Success), u);
+    }
+
+    #[test]
+    fn shown_urls_hide_path_user_info_and_query() {
+        let u = parse_url("https://user:tok@hc-ping.com/0f3a-uuid/?rid=9").unwrap();
+        assert_eq!(redact(&u, Kind::Success), "https://hc-ping.com/***");
+        assert_eq!(redact(&u, Kind::Start), "https://hc-ping.com/***/start");
+        let u = parse_url("http://[::1]:8000/ping/key/slug").unwrap();
+        assert_eq!(redact(&u, Kind::Fail), "http://[::1]:8000/***/fail");
     }
 
     #[test]

@@ -564,3 +564,66 @@ fn an_unparseable_config_is_a_fail_line_and_exit_2() {
     assert_eq!(v["checks"][0]["name"], "config valid");
     assert_eq!(v["checks"][0]["ok"], false);
 }
+
+/// Issue 10 item 9: key and passphrase files readable by group or others
+/// were used without a word. Every command warns, as ssh does, and `check`
+/// fails the check that uses the file.
+#[test]
+fn secret_files_open_to_other_users_warn_and_fail_check() {
+    let mut env = Env::init(Backend::Fs);
+    let media = env.path("media");
+    write(&media.join("a.txt"), b"a\n");
+    env.add_dir_source("media", &media, &[]);
+    let pw = env.path("db.password");
+    std::fs::write(&pw, "unused-with-trust-auth\n").unwrap();
+    add_source(
+        &mut env,
+        &format!(
+            "[[sources]]\nname = \"db\"\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/postgres\"\npassword_file = {:?}",
+            pw.display().to_string()
+        ),
+    );
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(&env.key, 0o644);
+    chmod(&pw, 0o600);
+    let key = env.key.display().to_string();
+    let warning =
+        format!("warning: key file {key} is readable by others (mode 0644): chmod 600 {key}");
+
+    // Any command: a warning, and the command does its work.
+    let o = env.cmd().arg("snapshots").output().unwrap();
+    code(&o, 0, "snapshots with a 0644 key file");
+    assert!(stderr(&o).contains(&warning), "{}", stderr(&o));
+
+    let o = env.cmd().args(["check", "--json"]).output().unwrap();
+    code(&o, 1, "check with a 0644 key file");
+    let d = only_failing(&checks(&o), &["key opens repository"]);
+    assert!(d[0].contains("opened by key file"), "{d:?}");
+    assert!(
+        d[0].contains(&format!("readable by others (mode 0644): chmod 600 {key}")),
+        "{d:?}"
+    );
+    assert!(stderr(&o).contains(&warning), "{}", stderr(&o));
+
+    // A source's password file, readable by its group.
+    chmod(&env.key, 0o600);
+    chmod(&pw, 0o640);
+    let o = env.cmd().args(["check", "--json"]).output().unwrap();
+    code(&o, 1, "check with a 0640 password file");
+    let d = only_failing(&checks(&o), &["source db (postgres) reachable"]);
+    assert!(
+        d[0].contains(&format!(
+            "password file of source db {0} is readable by its group (mode 0640): chmod 600 {0}",
+            pw.display()
+        )),
+        "{d:?}"
+    );
+
+    // Private again: no warning, every check passes.
+    chmod(&pw, 0o600);
+    let o = env.cmd().arg("check").output().unwrap();
+    code(&o, 0, "check with private secret files");
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+}

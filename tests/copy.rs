@@ -614,6 +614,83 @@ fn bad_inputs_give_clear_errors() {
     );
 }
 
+/// Issue 10 item 8: store options that are secrets need not sit in argv:
+/// `KEY=@FILE` reads a file (its final newline dropped), `KEY=env:VAR` a
+/// variable; a file or variable that is not there is exit 2 naming it.
+#[test]
+fn store_options_from_files_and_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_root = dir.path().join("src");
+    write(&src_root.join("a/x.bin"), &pseudo_random(3000, 4));
+    let (dst, opts) = repo_location(Backend::S3, dir.path(), "opt-from");
+    let secret = dir.path().join("aws-secret");
+    std::fs::write(&secret, format!("{}\n", opts["aws_secret_access_key"])).unwrap();
+    let allow = dir.path().join("allow-http");
+    std::fs::write(&allow, "true\r\n").unwrap();
+    let run = |extra: &[String]| {
+        coffer_cmd()
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("T_OPT_ENDPOINT", &opts["aws_endpoint"])
+            .env("T_OPT_KEY_ID", &opts["aws_access_key_id"])
+            .arg("copy")
+            .arg(&src_root)
+            .arg(&dst)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let opts_args: Vec<String> = [
+        "aws_endpoint=env:T_OPT_ENDPOINT".to_string(),
+        format!("aws_allow_http=@{}", allow.display()),
+        "aws_region=us-east-1".into(),
+        "aws_access_key_id=env:T_OPT_KEY_ID".into(),
+        format!("aws_secret_access_key=@{}", secret.display()),
+    ]
+    .into_iter()
+    .flat_map(|kv| ["--dst-opt".to_string(), kv])
+    .collect();
+    let o = run(&opts_args);
+    assert_eq!(o.status.code(), Some(0), "copy: {}", stderr(&o));
+    assert!(stderr(&o).contains("copied 1 object(s)"), "{}", stderr(&o));
+    let mut check = opts_args.clone();
+    check.push("--check".into());
+    let o = run(&check);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "check after the copy: {}",
+        stderr(&o)
+    );
+
+    let missing = dir.path().join("no-such-secret");
+    let o = run(&[
+        "--dst-opt".into(),
+        format!("aws_secret_access_key=@{}", missing.display()),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "--dst-opt aws_secret_access_key=@{0}: cannot read {0}",
+            missing.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "--src-opt".into(),
+        "aws_access_key_id=env:T_OPT_UNSET_VAR".into(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "--src-opt aws_access_key_id=env:T_OPT_UNSET_VAR: T_OPT_UNSET_VAR is not set"
+        ),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// Both local listings longer than their channels, with copies to do while
 /// both walks wait on the merge: the walks must not take the threads that
 /// the copies need (the blocking pool is small for copy). A hang here is a

@@ -358,6 +358,44 @@ fn passphrase_command_in_config() {
     assert!(stderr(&o).contains("passphrase_command"), "{}", stderr(&o));
 }
 
+/// Issue 10 item 5: passphrase_command runs without coffer's secrets in its
+/// environment (here the new passphrase of `key add` and a store credential).
+#[test]
+fn passphrase_command_gets_none_of_coffers_secrets() {
+    let env = Env::new(Backend::Fs);
+    let seen = env.path("seen.env");
+    write_config_without_key(
+        &env,
+        &format!(
+            "passphrase_command = [\"sh\", \"-c\", \"env > {}; printf 'old passphrase\\\\n'\"]",
+            seen.display()
+        ),
+    );
+    env.cmd().arg("init").assert().success();
+    let o = env
+        .cmd()
+        .env("COFFER_NEW_PASSPHRASE", "new-SECRET-2")
+        .env("AWS_SECRET_ACCESS_KEY", "aws-SECRET-3")
+        .env("PLAIN_SETTING", "visible")
+        .args(["key", "add"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "key add with COFFER_NEW_PASSPHRASE");
+    let text = fs::read_to_string(&seen).unwrap();
+    assert!(
+        !text.contains("SECRET"),
+        "passphrase_command inherited a secret:\n{text}"
+    );
+    assert!(text.lines().any(|l| l == "PLAIN_SETTING=visible"), "{text}");
+    let o = env
+        .cmd()
+        .env("COFFER_PASSPHRASE", "new-SECRET-2")
+        .args(["key", "list"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "the added passphrase opens the repository");
+}
+
 // ---------------------------------------------------------------- key slots
 
 #[test]
@@ -869,4 +907,55 @@ fn a_slot_with_an_unknown_kdf_field_is_refused() {
     let o = snapshots_with_key(&env, &env.key);
     assert_code(&o, 3, "the only slot has an unknown kdf field");
     assert!(stderr(&o).contains("unknown field"), "{}", stderr(&o));
+}
+
+/// Issue 10 item 9, for passphrase files: a group-readable one is used, with
+/// a warning naming the fix; `check` fails the key check.
+#[test]
+fn passphrase_file_open_to_its_group_warns_and_fails_check() {
+    let env = Env::new(Backend::Fs);
+    let pf = env.path("passphrase.txt");
+    fs::write(&pf, "a passphrase\n").unwrap();
+    fs::set_permissions(&pf, fs::Permissions::from_mode(0o640)).unwrap();
+    write_config_without_key(
+        &env,
+        &format!("passphrase_file = {:?}", pf.display().to_string()),
+    );
+    let warning = format!(
+        "warning: passphrase file {0} is readable by its group (mode 0640): chmod 600 {0}",
+        pf.display()
+    );
+    let o = env.cmd().arg("init").output().unwrap();
+    assert_code(&o, 0, "init with a 0640 passphrase file");
+    assert!(stderr(&o).contains(&warning), "{}", stderr(&o));
+    let o = env.cmd().arg("check").output().unwrap();
+    assert_code(&o, 1, "check with a 0640 passphrase file");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL key opens repository: ") && l.contains("chmod 600")),
+        "{out}"
+    );
+    // A new key file given to `key add` is checked too.
+    let newkey = env.path("new.key");
+    coffer::crypto::generate_key_file(&newkey).unwrap();
+    fs::set_permissions(&newkey, fs::Permissions::from_mode(0o604)).unwrap();
+    let o = env
+        .cmd()
+        .args(["key", "add", "--new-key-file"])
+        .arg(&newkey)
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "key add of a 0604 key file");
+    assert!(
+        stderr(&o).contains(&format!(
+            "warning: key file {0} is readable by others (mode 0604): chmod 600 {0}",
+            newkey.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    fs::set_permissions(&pf, fs::Permissions::from_mode(0o600)).unwrap();
+    let o = env.cmd().arg("check").output().unwrap();
+    assert_code(&o, 0, "check with a private passphrase file");
 }

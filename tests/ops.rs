@@ -225,6 +225,146 @@ fn hooks_around_a_good_snapshot_get_its_id_and_stay_off_json_stdout() {
     assert_eq!(a["COFFER_ERROR"], "<unset>");
 }
 
+/// coffer's own secrets, set in its environment by the tests of issue 10
+/// item 5; every value holds "SECRET" so one search finds any of them.
+const COFFER_SECRETS: &[(&str, &str)] = &[
+    ("COFFER_PASSPHRASE", "pp-SECRET-1"),
+    ("COFFER_NEW_PASSPHRASE", "pp-SECRET-2"),
+    ("AWS_SECRET_ACCESS_KEY", "aws-SECRET-3"),
+    ("AWS_ACCESS_KEY_ID", "aws-SECRET-4"),
+    ("SHOP_DB_PW", "db-SECRET-5"),
+    ("GOOGLE_SERVICE_ACCOUNT_KEY", "gcs-SECRET-7"),
+    ("AZURE_STORAGE_ACCOUNT_KEY", "az-SECRET-8"),
+    ("PGPASSWORD", "pg-SECRET-9"),
+];
+
+/// Issue 10 item 5: a hook printed COFFER_PASSPHRASE and
+/// AWS_SECRET_ACCESS_KEY, and a command source running `env` stored the
+/// passphrase inside the backup. Hooks and command sources now get none of
+/// coffer's secrets, only what their `env` allow-list names.
+#[test]
+fn hooks_and_command_sources_get_none_of_coffers_secrets() {
+    let mut env = Env::init(Backend::Fs);
+    let data = env.path("data");
+    sample_tree(&data, None);
+    env.add_dir_source("media", &data, &[]);
+    let logs = env.path("hook-logs");
+    fs::create_dir(&logs).unwrap();
+    env.sources.push_str(
+        "[[sources]]\nname = \"envdump\"\ntype = \"command\"\ndump = [\"env\"]\nenv = [\"SHOP_DB_PW\"]\n\n\
+         [[sources]]\nname = \"db\"\ntype = \"postgres\"\nurl = \"postgres://app@127.0.0.1:1/shop\"\npassword_env = \"SHOP_DB_PW\"\n\n",
+    );
+    let record = |hook: &str| {
+        format!(
+            "{hook} = [\"sh\", \"-c\", \"env > {}/{hook}.env\"]\n",
+            logs.display()
+        )
+    };
+    env.extra = format!(
+        "[hooks]\nenv = [\"AWS_SESSION_TOKEN\"]\n{}{}",
+        record("before_snapshot"),
+        record("after_snapshot")
+    );
+    env.write_config();
+
+    // --key-file: COFFER_PASSPHRASE is set, but the key file opens the repository.
+    let o = env
+        .cmd()
+        .arg("--key-file")
+        .arg(&env.key)
+        .envs(COFFER_SECRETS.iter().copied())
+        .env("AWS_SESSION_TOKEN", "allowed-token")
+        .env("PLAIN_SETTING", "visible")
+        .args(["snapshot", "--only", "media", "--only", "envdump"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "snapshot with secrets in coffer's environment");
+
+    for hook in ["before_snapshot", "after_snapshot"] {
+        let seen = fs::read_to_string(logs.join(format!("{hook}.env"))).unwrap();
+        assert!(
+            !seen.contains("SECRET"),
+            "{hook} hook inherited a secret:\n{seen}"
+        );
+        assert!(
+            seen.lines().any(|l| l == "AWS_SESSION_TOKEN=allowed-token"),
+            "[hooks] env passes AWS_SESSION_TOKEN on:\n{seen}"
+        );
+        assert!(seen.lines().any(|l| l == "PLAIN_SETTING=visible"), "{seen}");
+        assert!(seen.lines().any(|l| l.starts_with("PATH=")), "{seen}");
+        assert!(
+            seen.lines().any(|l| l == format!("COFFER_HOOK={hook}")),
+            "{seen}"
+        );
+    }
+
+    // What the command source stored: its environment.
+    let o = env
+        .cmd()
+        .args(["dump", "latest", "envdump"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "dump of the command source");
+    let stored = stdout(&o);
+    assert!(
+        stored.lines().any(|l| l == "SHOP_DB_PW=db-SECRET-5"),
+        "its `env` passes SHOP_DB_PW on:\n{stored}"
+    );
+    let others: Vec<&str> = stored
+        .lines()
+        .filter(|l| l.contains("SECRET") && !l.starts_with("SHOP_DB_PW="))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "the backup holds coffer's secrets: {others:?}"
+    );
+    assert!(
+        !stored.contains("AWS_SESSION_TOKEN"),
+        "[hooks] env is for hooks only"
+    );
+    assert!(
+        stored.lines().any(|l| l == "PLAIN_SETTING=visible"),
+        "{stored}"
+    );
+}
+
+#[test]
+fn env_allow_lists_are_checked_like_every_key() {
+    let env = Env::new(Backend::Fs);
+    fs::write(
+        &env.config,
+        format!(
+            "[repository]\nurl = {:?}\nkey_file = {:?}\n\n[hooks]\nenv = [\"A=B\"]\n",
+            env.url,
+            env.key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = env.cmd().arg("snapshots").output().unwrap();
+    assert_code(&o, 2, "a bad [hooks] env entry");
+    assert!(
+        stderr(&o).contains("line 6") && stderr(&o).contains("[hooks].env"),
+        "{}",
+        stderr(&o)
+    );
+    fs::write(
+        &env.config,
+        format!(
+            "[repository]\nurl = {:?}\nkey_file = {:?}\n\n[[sources]]\nname = \"d\"\ntype = \"directory\"\npath = \"/tmp\"\nenv = [\"X\"]\n",
+            env.url,
+            env.key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = env.cmd().arg("snapshots").output().unwrap();
+    assert_code(&o, 2, "`env` on a directory source");
+    assert!(
+        stderr(&o).contains("line 9") && stderr(&o).contains("`env` does not apply"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn partial_snapshot_runs_on_error_and_its_failure_keeps_the_exit_code() {
     let mut w = HookWorld::new(Backend::Fs);
@@ -680,28 +820,40 @@ fn pings_start_then_success_or_fail_with_a_log_excerpt() {
 fn unreachable_or_failing_ping_server_only_warns() {
     let (env, _) = ping_world();
     // A port nobody listens on.
-    let dead = {
+    let (host, dead) = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}/ping/x", l.local_addr().unwrap())
+        let host = format!("http://{}", l.local_addr().unwrap());
+        (
+            host.clone(),
+            format!("{host}/ping/3f1c9a-uuid-is-the-secret"),
+        )
     };
     let o = env
         .cmd()
-        .args(["snapshot", "--ping", &dead])
+        .args(["-vv", "snapshot", "--ping", &dead])
         .output()
         .unwrap();
     assert_code(&o, 0, "snapshot with a dead ping URL");
     let err = stderr(&o);
+    // Issue 10 item 8: the path is the check's secret; warnings and logs
+    // show the URL without it.
     assert!(
         err.contains(&format!(
-            "warning: ping {dead}/start failed after 3 attempt(s)"
+            "warning: ping {host}/***/start failed after 3 attempt(s)"
         )),
         "{err}"
     );
     assert!(
-        err.contains(&format!("warning: ping {dead} failed after 3 attempt(s)")),
+        err.contains(&format!(
+            "warning: ping {host}/*** failed after 3 attempt(s)"
+        )),
         "{err}"
     );
     assert!(err.contains("onnection refused"), "{err}");
+    assert!(
+        !err.contains("3f1c9a-uuid"),
+        "the ping URL's path shows on stderr:\n{err}"
+    );
 
     // 5xx is retried, 4xx is not; neither changes the exit code.
     let s500 = PingServer::start(500);
@@ -726,7 +878,7 @@ fn unreachable_or_failing_ping_server_only_warns() {
 #[test]
 fn bad_ping_url_is_a_usage_error() {
     let (env, _) = ping_world();
-    for bad in ["hc-ping.com/uuid", "ftp://example.com/x"] {
+    for bad in ["hc-ping.com/uuid-SECRET", "ftp://example.com/x-SECRET"] {
         let o = env
             .cmd()
             .args(["snapshot", "--ping", bad])
@@ -734,6 +886,8 @@ fn bad_ping_url_is_a_usage_error() {
             .unwrap();
         assert_code(&o, 2, bad);
         assert!(stderr(&o).contains("--ping"), "{}", stderr(&o));
+        // Issue 10 item 8: not even a malformed ping URL is echoed.
+        assert!(!stderr(&o).contains("SECRET"), "{}", stderr(&o));
     }
     assert_eq!(snapshot_count(&env), 0);
 }
@@ -881,4 +1035,165 @@ fn cron_lines_of_the_runbook_run() {
             "{op}:\n{text}"
         );
     }
+}
+
+// ------------------------------------------- secrets in database URLs
+
+/// A wrapper for `tool` in `bin` that appends what `ps` shows of it
+/// (/proc/self/cmdline) to `log/argv.log` and its environment to
+/// `log/env.log`, then runs the real tool.
+fn recording_wrapper(bin: &std::path::Path, log: &std::path::Path, tool: &str) {
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    assert!(!real.is_empty(), "{tool} is not installed");
+    let script = format!(
+        "#!/bin/sh\ntr '\\0' ' ' < /proc/$$/cmdline >> '{log}/argv.log'\necho >> '{log}/argv.log'\n\
+         env >> '{log}/env.log'\nexec '{real}' \"$@\"\n",
+        log = log.display()
+    );
+    let p = bin.join(tool);
+    fs::write(&p, script).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Issue 10 item 7: a PostgreSQL password in the URL's query
+/// (`?password=`) leaked into the argv of `pg_dump`/`psql` (visible in
+/// `ps`), `--json`, `check`, hook variables, pings and the manifest's
+/// `details`. It now reaches the tools as PGPASSWORD only. (Item 5 for dump
+/// tools: `pg_dump` gets none of coffer's own secrets.)
+#[test]
+fn password_in_a_postgres_url_query_reaches_pg_dump_env_and_nothing_else() {
+    const PW: &str = "Qpw-7f3k-query";
+    let server = PingServer::start(200);
+    let mut env = Env::init(Backend::Fs);
+    let bin = env.path("recbin");
+    let log = env.path("reclog");
+    fs::create_dir(&bin).unwrap();
+    fs::create_dir(&log).unwrap();
+    recording_wrapper(&bin, &log, "pg_dump");
+    recording_wrapper(&bin, &log, "psql");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The maintenance database is there on every server; the second source
+    // names one that is not, so its error (quoting the URL) reaches
+    // COFFER_ERROR, the /fail ping and --json.
+    let missing = format!("coffer_no_such_db_{}", std::process::id());
+    env.sources.push_str(&format!(
+        "[[sources]]\nname = \"db\"\ntype = \"postgres\"\n\
+         url = \"postgres://postgres@127.0.0.1:5432/postgres?application_name=coffer-t&password={PW}\"\n\n\
+         [[sources]]\nname = \"gone\"\ntype = \"postgres\"\n\
+         url = \"postgres://postgres@127.0.0.1:5432/{missing}?password={PW}\"\n\n"
+    ));
+    let hook_log = env.path("hooks");
+    fs::create_dir(&hook_log).unwrap();
+    env.extra = format!(
+        "[hooks]\nbefore_snapshot = [\"sh\", \"-c\", \"env > {d}/before.env\"]\n\
+         on_error = [\"sh\", \"-c\", \"env > {d}/on_error.env\"]\n",
+        d = hook_log.display()
+    );
+    env.write_config();
+    let prom = env.path("coffer.prom");
+    let run = |args: &[&str]| {
+        env.cmd()
+            .arg("--key-file")
+            .arg(&env.key)
+            .env("PATH", &path)
+            .env("COFFER_PASSPHRASE", "pp-COFFERSECRET")
+            .env("AWS_SECRET_ACCESS_KEY", "aws-COFFERSECRET")
+            .args(["-v", "--metrics-file"])
+            .arg(&prom)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut seen = Vec::new();
+
+    let o = run(&["snapshot", "--json", "--ping", &server.url]);
+    assert_code(&o, 4, "snapshot with one good and one missing database");
+    let snap: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let gone = snap["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "gone")
+        .unwrap();
+    let gone_error = gone["error"].as_str().unwrap();
+    assert!(gone_error.contains(&missing), "{gone_error}");
+    seen.push(("snapshot stdout", stdout(&o)));
+    seen.push(("snapshot stderr", stderr(&o)));
+
+    let o = run(&["show", "--json", snap["id"].as_str().unwrap()]);
+    assert_code(&o, 0, "show");
+    let show: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        show["sources"][0]["details"]["url"],
+        "postgres://postgres@127.0.0.1:5432/postgres?application_name=coffer-t",
+        "the manifest keeps the URL's other parameters"
+    );
+    seen.push(("show --json", stdout(&o)));
+
+    let o = run(&["check", "--json"]);
+    assert_code(&o, 1, "check with a missing database");
+    let check = stdout(&o);
+    assert!(
+        check.contains("postgres://postgres@127.0.0.1:5432/postgres?application_name=coffer-t"),
+        "{check}"
+    );
+    seen.push(("check --json", check));
+    seen.push(("check stderr", stderr(&o)));
+    let o = run(&["check"]);
+    seen.push(("check", stdout(&o)));
+
+    for hook in ["before", "on_error"] {
+        seen.push((
+            hook,
+            fs::read_to_string(hook_log.join(format!("{hook}.env"))).unwrap(),
+        ));
+    }
+    let on_error = &seen.last().unwrap().1;
+    assert!(
+        on_error.contains(&missing),
+        "COFFER_ERROR names the source:\n{on_error}"
+    );
+    for r in server.take() {
+        seen.push(("ping path", r.path));
+        seen.push(("ping body", r.body));
+    }
+    seen.push(("metrics", fs::read_to_string(&prom).unwrap()));
+    let argv = fs::read_to_string(log.join("argv.log")).unwrap();
+    assert!(
+        argv.contains("pg_dump")
+            && argv.contains("--dbname=postgres://postgres@127.0.0.1:5432/postgres"),
+        "the wrappers ran:\n{argv}"
+    );
+    seen.push(("pg_dump and psql command lines", argv));
+
+    for (place, text) in &seen {
+        assert!(
+            !text.contains(PW),
+            "the password of the URL's query shows in {place}:\n{text}"
+        );
+    }
+
+    // The tools got it where libpq reads it, and none of coffer's secrets.
+    let tool_env = fs::read_to_string(log.join("env.log")).unwrap();
+    assert!(
+        tool_env.lines().any(|l| l == format!("PGPASSWORD={PW}")),
+        "pg_dump/psql get the password as PGPASSWORD:\n{tool_env}"
+    );
+    assert!(
+        !tool_env.contains("COFFERSECRET"),
+        "a dump tool inherited coffer's secrets:\n{tool_env}"
+    );
 }

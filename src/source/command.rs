@@ -1,6 +1,9 @@
 //! `command` sources: any program whose stdout is the backup (`manage.py
 //! dumpdata`, `mongodump --archive`, ...); restore runs the `restore` argv
 //! with the backup on its stdin.
+//!
+//! Both commands start without coffer's secrets in their environment
+//! ([`crate::childenv`]) except the variables the source's `env` names.
 
 use super::stream::{ToolSpec, feed_tool, tool_stream};
 use super::{DbRestore, DbRestored, Details, DumpStream, Dumper, SourceError, Streams};
@@ -11,6 +14,8 @@ pub const STREAM: &str = "stdout";
 
 pub struct CommandDumper {
     argv: Vec<String>,
+    /// The source's `env` allow-list.
+    pass: Vec<String>,
     started: bool,
 }
 
@@ -18,6 +23,7 @@ impl CommandDumper {
     pub fn new(src: &SourceConfig) -> Result<Self, SourceError> {
         Ok(CommandDumper {
             argv: src.dump.clone().unwrap_or_default(),
+            pass: src.env.clone().unwrap_or_default(),
             started: false,
         })
     }
@@ -38,7 +44,8 @@ impl Dumper for CommandDumper {
         let spec = ToolSpec::new(
             format!("dump command {:?}", self.argv[0]),
             self.argv.clone(),
-        );
+        )
+        .pass(&self.pass);
         tool_stream(STREAM, &spec).map(Some)
     }
 
@@ -82,7 +89,9 @@ pub fn destination(req: &DbRestore) -> Result<String, SourceError> {
 pub fn restore(req: &DbRestore, streams: &mut dyn Streams) -> Result<DbRestored, SourceError> {
     let argv = restore_argv(req)?;
     let destination = destination(req)?;
-    let spec = ToolSpec::new(format!("restore command {:?}", argv[0]), argv);
+    // The allow-list of the source as configured now: the one that runs.
+    let pass = req.config.and_then(|c| c.env.clone()).unwrap_or_default();
+    let spec = ToolSpec::new(format!("restore command {:?}", argv[0]), argv).pass(&pass);
     let mut bytes = 0;
     while let Some((name, mut r)) = streams.next_stream()? {
         if name == STREAM {

@@ -209,16 +209,98 @@ pub fn configured_password(src: &SourceConfig) -> Result<Option<String>, SourceE
     Ok(None)
 }
 
-/// A URL with any password removed, for messages and manifests.
+/// Query parameters of a database URL that hold a secret (libpq's
+/// `password` and `sslpassword`, and the names other clients use).
+pub const SECRET_PARAMS: &[&str] = &[
+    "password",
+    "sslpassword",
+    "pass",
+    "passwd",
+    "pwd",
+    "auth",
+    "token",
+    "secret",
+];
+
+/// True when a URL query parameter named `key` holds a secret.
+pub fn is_secret_param(key: &str) -> bool {
+    SECRET_PARAMS.iter().any(|p| key.eq_ignore_ascii_case(p))
+}
+
+/// A URL with every secret replaced by `***`: the password of its user
+/// info and the value of each [`SECRET_PARAMS`] query parameter, for
+/// messages and manifests. Works on the text, so that a URL too broken to
+/// parse (the error message quoting it) is redacted as well.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    let head_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (head, tail) = rest.split_at(head_end);
+    let mut out = scheme.to_string();
+    match head.rfind('@') {
+        Some(at) => {
+            let (userinfo, hostpath) = head.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _)) => out.push_str(&format!("{user}:***")),
+                None => out.push_str(userinfo),
+            }
+            out.push_str(hostpath);
         }
-        _ => url.to_string(),
+        None => out.push_str(head),
     }
+    let Some(query) = tail.strip_prefix('?') else {
+        out.push_str(tail);
+        return out;
+    };
+    let (query, fragment) = match query.find('#') {
+        Some(i) => query.split_at(i),
+        None => (query, ""),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    out.push('?');
+    out.push_str(&pairs.join("&"));
+    out.push_str(fragment);
+    out
 }
 
 /// How long a drill or restore waits for a tool that does not answer.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_user_info_passwords_and_secret_parameters() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/shop"),
+            "postgres://app:***@db:5432/shop"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/shop?sslmode=require&password=s3cret&PassWord=x"),
+            "postgres://app@db/shop?sslmode=require&password=***&PassWord=***"
+        );
+        assert_eq!(
+            redact_url("redis://:tok@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        // Too broken to parse (a bad port), still redacted.
+        assert_eq!(
+            redact_url("mysql://root:pw@h:99999/db?password=pw#x"),
+            "mysql://root:***@h:99999/db?password=***#x"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/shop"),
+            "postgres://app@db/shop"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}

@@ -80,7 +80,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -115,8 +115,13 @@ const DUMP_FLAGS: &[&str] = &[
 
 // ------------------------------------------------------------- connection
 
+/// The one secret of coffer's environment the MySQL/MariaDB tools get: their
+/// own password, when the user gives it as `MYSQL_PWD`.
+const PASS: &[&str] = &["MYSQL_PWD"];
+
 /// Where a database is, parsed from `mysql://user[:pass]@host[:port]/db`
-/// (or `mariadb://`; `?socket=/path` for a Unix socket).
+/// (or `mariadb://`; `?socket=/path` for a Unix socket; `?password=` as a
+/// password in the user info, which wins).
 #[derive(Clone, Debug)]
 struct Conn {
     scheme: String,
@@ -168,7 +173,7 @@ impl Conn {
             None => "localhost".to_string(),
         };
         let user = (!u.username().is_empty()).then(|| percent_decode(u.username()));
-        let password = u.password().map(percent_decode);
+        let mut password = u.password().map(percent_decode);
         let database = percent_decode(u.path().trim_start_matches('/'));
         if database.contains('/') {
             return Err(bad("the path must be one database name"));
@@ -180,7 +185,16 @@ impl Conn {
         for (k, v) in u.query_pairs() {
             match &*k {
                 "socket" => socket = Some(v.into_owned()),
-                other => return Err(bad(&format!("unknown parameter {other:?}; only socket="))),
+                // Kept apart like a password in the user info: it reaches the
+                // tools as MYSQL_PWD and is never shown (issue 10 item 7).
+                "password" => {
+                    password.get_or_insert_with(|| v.into_owned());
+                }
+                other => {
+                    return Err(bad(&format!(
+                        "unknown parameter {other:?}; only socket= and password="
+                    )));
+                }
             }
         }
         Ok(Conn {
@@ -267,7 +281,7 @@ impl Conn {
     }
 
     fn spec(&self, what: String, argv: Vec<String>) -> ToolSpec {
-        let mut s = ToolSpec::new(what, argv);
+        let mut s = ToolSpec::new(what, argv).pass(PASS);
         for (k, v) in self.env() {
             s = s.env(k, v);
         }
@@ -444,7 +458,7 @@ fn query(
     what: &str,
 ) -> Result<Vec<Vec<String>>, SourceError> {
     let client = client_tool()?;
-    let mut c = Command::new(client);
+    let mut c = crate::childenv::command(client, PASS);
     c.args(conn.args()).args([
         "--batch",
         "--skip-column-names",
@@ -1403,6 +1417,15 @@ INSERT INTO `t2` VALUES (1);\n\
         assert!(Conn::parse("postgres://h/db", "url", true).is_err());
         let s = Conn::parse("mariadb://root@localhost/db?socket=/run/m.sock", "u", true).unwrap();
         assert_eq!(s.socket.as_deref(), Some("/run/m.sock"));
+        // Issue 10 item 7: `?password=` goes to MYSQL_PWD, never to a display.
+        let q = Conn::parse("mysql://app@db/shop?password=q%26pw", "u", true).unwrap();
+        assert_eq!(q.password.as_deref(), Some("q&pw"));
+        assert_eq!(q.display(), "mysql://app@db:3306/shop");
+        assert!(!q.args().join(" ").contains("pw"));
+        let e = Conn::parse("mysql://app@db/shop?password=qpw&ssl=1", "u", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"ssl\"") && !e.contains("qpw"), "{e}");
     }
 
     #[test]

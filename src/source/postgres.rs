@@ -36,9 +36,11 @@
 //! needs a seekable file: the restore writes the authenticated dump to a
 //! temporary file (under `$TMPDIR`, mode 0600) and deletes it afterwards.
 //!
-//! Passwords: `password_file` / `password_env`, else one in the URL, reach
-//! the tools as `PGPASSWORD`; the tools get the URL without it, and messages
-//! and manifests never show it. Without either, libpq's usual `~/.pgpass`
+//! Passwords: `password_file` / `password_env`, else one in the URL (its
+//! user info or a `?password=` parameter), reach the tools as `PGPASSWORD`;
+//! the tools get the URL without it, and messages and manifests never show
+//! it. `?sslpassword=` is refused: libpq reads it from nowhere but the
+//! connection string, i.e. a command line. Without either, libpq's usual `~/.pgpass`
 //! and trust rules apply. Tools run with `--no-password`: they fail rather
 //! than prompt.
 //!
@@ -71,7 +73,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -103,6 +105,10 @@ ORDER BY 1\n\\gexec\n";
 
 // ------------------------------------------------------------ connections
 
+/// The one secret of coffer's environment the PostgreSQL tools get: their
+/// own password, when the user gives it as libpq's `PGPASSWORD`.
+const PASS: &[&str] = &["PGPASSWORD"];
+
 /// A connection target: the URL without password, the password (for
 /// `PGPASSWORD`), and the database name.
 #[derive(Clone)]
@@ -113,7 +119,8 @@ struct Conn {
 }
 
 impl Conn {
-    /// Parses `postgres://user[:pass]@host[:port]/db[?params]`. With
+    /// Parses `postgres://user[:pass]@host[:port]/db[?params]`; the password
+    /// (user info, else `?password=`) is kept apart from the URL. With
     /// `default_db`, a URL without a database means that one.
     fn parse(raw: &str, what: &str, default_db: Option<&str>) -> Result<Conn, SourceError> {
         let bad = |why: String| {
@@ -129,10 +136,36 @@ impl Conn {
         if url.cannot_be_a_base() {
             return Err(bad("it has no host part".into()));
         }
-        let password = url.password().map(pct_decode);
+        let mut password = url.password().map(pct_decode);
         if password.is_some() {
             url.set_password(None)
                 .map_err(|_| bad("its password cannot be removed".into()))?;
+        }
+        // `?password=` would reach every tool's argv (`--dbname=URL`, seen
+        // by `ps`) and every place the URL is shown: it moves to PGPASSWORD
+        // like a password in the user info (issue 10 item 7).
+        let mut kept = Vec::new();
+        for (k, v) in url.query_pairs() {
+            match &*k {
+                "password" => {
+                    password.get_or_insert_with(|| v.into_owned());
+                }
+                // libpq has no environment variable for it, so it could only
+                // go on a command line.
+                "sslpassword" => {
+                    return Err(bad(
+                        "its `sslpassword` parameter would show on the tools' command lines; \
+                         use a client key without a passphrase (mode 0600) instead"
+                            .into(),
+                    ));
+                }
+                _ => kept.push((k.into_owned(), v.into_owned())),
+            }
+        }
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
         }
         let db = url
             .path_segments()
@@ -194,7 +227,7 @@ impl Conn {
     }
 
     fn tool(&self, what: String, argv: Vec<String>) -> ToolSpec {
-        let mut spec = ToolSpec::new(what, argv);
+        let mut spec = ToolSpec::new(what, argv).pass(PASS);
         spec.env = self.env();
         spec
     }
@@ -206,7 +239,7 @@ impl Conn {
     /// Runs a psql script (fed on stdin, so `\gexec` works); its rows.
     fn psql(&self, script: &str) -> Result<Vec<Vec<String>>, SourceError> {
         let what = format!("psql on {}", self.display());
-        let mut c = Command::new("psql");
+        let mut c = crate::childenv::command("psql", PASS);
         c.args(psql_args(self))
             .envs(self.env())
             .stdin(Stdio::piped())
@@ -471,7 +504,7 @@ struct Session {
 impl Session {
     fn start(conn: &Conn) -> Result<Session, SourceError> {
         let what = format!("psql on {}", conn.display());
-        let mut c = Command::new("psql");
+        let mut c = crate::childenv::command("psql", PASS);
         c.args(psql_args(conn))
             .envs(conn.env())
             .stdin(Stdio::piped())
@@ -1486,6 +1519,33 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(!e.contains("pw"), "{e}");
+    }
+
+    /// Issue 10 item 7: `?password=` leaked into argv, messages and manifests.
+    #[test]
+    fn password_parameter_moves_to_the_environment() {
+        let c = Conn::parse(
+            "postgres://app@db:5432/shop?sslmode=require&password=q%26pw&application_name=x",
+            "t",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.password.as_deref(), Some("q&pw"));
+        assert_eq!(
+            c.display(),
+            "postgres://app@db:5432/shop?sslmode=require&application_name=x"
+        );
+        assert!(!c.dbname_arg().contains("pw"), "{}", c.dbname_arg());
+        assert!(c.env().contains(&("PGPASSWORD".into(), "q&pw".into())));
+        // The user info's password wins; the parameter is dropped all the same.
+        let c = Conn::parse("postgres://app:ui@db/shop?password=q", "t", None).unwrap();
+        assert_eq!(c.password.as_deref(), Some("ui"));
+        assert_eq!(c.display(), "postgres://app@db/shop");
+        let e = Conn::parse("postgres://app@db/shop?sslpassword=kpw", "t", None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("sslpassword") && !e.contains("kpw"), "{e}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::sqlite::{rename_into_place, set_mode_owner, stream_to_file, temp_beside};
@@ -57,6 +57,10 @@ const MAGIC: &[u8] = b"REDIS";
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to reach one Redis server with redis-cli.
+/// The one secret of coffer's environment redis-cli gets: its own password,
+/// when the user gives it as `REDISCLI_AUTH`.
+const PASS: &[&str] = &["REDISCLI_AUTH"];
+
 #[derive(Clone)]
 struct Conn {
     source: String,
@@ -120,9 +124,15 @@ impl Conn {
                 .map_err(|_| bad("the path must be a database number"))?,
         };
         let user = Some(percent_decode(u.username())).filter(|s| !s.is_empty());
+        // `?password=` (some clients' form) counts as the user info's
+        // password: it reaches redis-cli as REDISCLI_AUTH and is never shown.
+        let query_password = u
+            .query_pairs()
+            .find(|(k, _)| k == "password")
+            .map(|(_, v)| v.into_owned());
         let password = match configured_password(src)? {
             Some(p) => Some(p),
-            None => u.password().map(percent_decode),
+            None => u.password().map(percent_decode).or(query_password),
         };
         Ok(Conn {
             source: src.name.clone(),
@@ -192,7 +202,7 @@ impl Conn {
             argv.push("-x".into());
         }
         argv.extend(cmd.iter().map(|s| s.to_string()));
-        let mut c = Command::new(&argv[0]);
+        let mut c = crate::childenv::command(&argv[0], PASS);
         c.args(&argv[1..])
             .envs(self.env())
             .stdin(if last.is_some() {
@@ -428,7 +438,8 @@ impl Dumper for RedisDumper {
         let mut argv = c.args();
         argv.push("--rdb".into());
         argv.push(path.display().to_string());
-        let mut spec = ToolSpec::new(format!("redis-cli --rdb (source {})", c.source), argv);
+        let mut spec =
+            ToolSpec::new(format!("redis-cli --rdb (source {})", c.source), argv).pass(PASS);
         for (k, v) in c.env() {
             spec = spec.env(k, v);
         }
@@ -637,7 +648,7 @@ impl Live {
 
 /// The version `redis-server --version` prints (`v=7.0.15`).
 fn server_binary_version(bin: &Path) -> Option<String> {
-    let out = Command::new(bin)
+    let out = crate::childenv::command(bin, &[] as &[&str])
         .arg("--version")
         .stdin(Stdio::null())
         .output()
@@ -996,7 +1007,7 @@ impl TempServer {
         let log = dir.path().join("redis-server.log");
         let log_file = fs::File::create(&log)
             .map_err(|e| failed(format!("cannot create {}: {e}", log.display())))?;
-        let mut child = Command::new(&live.redis_server)
+        let mut child = crate::childenv::command(&live.redis_server, &[] as &[&str])
             .arg("-")
             .current_dir(dir.path())
             .stdin(Stdio::piped())
@@ -1432,6 +1443,11 @@ mod tests {
         assert_eq!(c.user.as_deref(), Some("app"));
         assert!(conn("redis://h/x").is_err());
         assert!(conn("http://h").is_err());
+        // Issue 10 item 7: `?password=` goes to REDISCLI_AUTH, never shown.
+        let c = conn("redis://127.0.0.1:6379/0?password=q%26pw").unwrap();
+        assert_eq!(c.password.as_deref(), Some("q&pw"));
+        assert!(!c.shown.contains("pw"), "{}", c.shown);
+        assert!(!c.args().join(" ").contains("pw"));
     }
 
     #[test]

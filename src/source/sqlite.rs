@@ -642,8 +642,9 @@ fn scratch_dir(req: &DrillRequest) -> Result<PathBuf, SourceError> {
     let p = u.strip_prefix("file://").unwrap_or(u);
     if p.contains("://") {
         return Err(SourceError::Usage(format!(
-            "source {} is a SQLite database: --scratch-url names a directory for its scratch file, not {u:?}",
-            req.source
+            "source {} is a SQLite database: --scratch-url names a directory for its scratch file, not {:?}",
+            req.source,
+            super::redact_url(u)
         )));
     }
     let p = PathBuf::from(p);

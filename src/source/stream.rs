@@ -145,11 +145,14 @@ pub struct Tool {
 }
 
 /// How to start a tool: program, arguments, extra environment (passwords go
-/// here, never in argv).
+/// here, never in argv). The tool starts from coffer's environment without
+/// coffer's secrets ([`crate::childenv`]), except the variables named in
+/// `pass`.
 pub struct ToolSpec {
     pub what: String,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    pub pass: Vec<String>,
 }
 
 impl ToolSpec {
@@ -158,7 +161,16 @@ impl ToolSpec {
             what: what.into(),
             argv,
             env: Vec::new(),
+            pass: Vec::new(),
         }
+    }
+
+    /// Passes these variables of coffer's environment on even though they
+    /// are secrets (a tool's own password, a config's `env` allow-list).
+    pub fn pass<S: AsRef<str>>(mut self, names: &[S]) -> Self {
+        self.pass
+            .extend(names.iter().map(|n| n.as_ref().to_string()));
+        self
     }
 
     pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
@@ -171,7 +183,7 @@ impl ToolSpec {
             .argv
             .split_first()
             .ok_or_else(|| SourceError::Usage(format!("{}: empty command", self.what)))?;
-        let mut c = Command::new(prog);
+        let mut c = crate::childenv::command(prog, &self.pass);
         c.args(args);
         for (k, v) in &self.env {
             c.env(k, v);

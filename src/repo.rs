@@ -88,6 +88,10 @@ pub enum RepoError {
     NoSnapshots(String),
     #[error("snapshot {0} already exists")]
     SnapshotExists(String),
+    #[error(
+        "snapshot {id} was not committed: its manifest would be {size} bytes, more than the {MANIFEST_MAX} a reader accepts (its `problems` lists are too long); exclude the unreadable paths from the source and take it again"
+    )]
+    ManifestTooLarge { id: String, size: u64 },
     #[error("no key slot {0}; list them with `coffer key list`")]
     UnknownSlot(String),
     #[error("refusing to remove key slot {0}: {1}")]
@@ -123,7 +127,8 @@ pub fn host_name() -> String {
 
 /// Creates a new repository in `store`, openable by `cred`.
 pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoError> {
-    match store.get(CONFIG_OBJECT).await {
+    // A HEAD, not a read: whatever sits there, however large, is in the way.
+    match store.size(CONFIG_OBJECT).await {
         Ok(_) => return Err(RepoError::AlreadyInitialised(store.url().to_string())),
         Err(StoreError::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
@@ -212,6 +217,12 @@ async fn read_config(store: &Store) -> Result<(RepoConfig, [u8; 32]), RepoError>
     }
     Ok((cfg, digest))
 }
+
+/// The largest sealed manifest coffer writes or reads. Manifests are a few
+/// KiB (a long `problems` list makes them grow, by about 200 bytes per
+/// file); anything far larger under `snapshots/` is planted or damaged, and
+/// `coffer snapshots` reads up to 16 manifests at a time.
+pub const MANIFEST_MAX: u64 = 16 << 20;
 
 /// The largest `config` or key slot object coffer reads (they are a few
 /// hundred bytes).
@@ -413,6 +424,13 @@ impl Repository {
             &seal_context(&self.id, &m.id, None),
             &plain,
         );
+        // Never commit what no reader would open.
+        if sealed.len() as u64 > MANIFEST_MAX {
+            return Err(RepoError::ManifestTooLarge {
+                id: m.id.clone(),
+                size: sealed.len() as u64,
+            });
+        }
         match self
             .store
             .put(&Self::manifest_object(&m.id), Bytes::from(sealed), true)
@@ -425,15 +443,17 @@ impl Repository {
 
     pub async fn load_manifest(&self, id: &str) -> Result<Manifest, RepoError> {
         let object = Self::manifest_object(id);
-        let raw = match self.store.get(&object).await {
-            Ok(b) => b,
-            Err(StoreError::NotFound { .. }) => return Err(RepoError::UnknownSnapshot(id.into())),
-            Err(e) => return Err(e.into()),
-        };
         let damaged = |reason: String| RepoError::DamagedManifest {
             id: id.to_string(),
             object: object.clone(),
             reason,
+        };
+        let raw = match self.store.get_capped(&object, MANIFEST_MAX).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => return Err(RepoError::UnknownSnapshot(id.into())),
+            // Too large to be a manifest: damaged, listed with the others.
+            Err(e @ StoreError::TooLarge { .. }) => return Err(damaged(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
         let plain = crypto::open_bytes(
             &self.master,

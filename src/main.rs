@@ -436,10 +436,15 @@ fn load_settings(g: &Global) -> Result<Settings, Error> {
     Ok(Settings { config, repo_url })
 }
 
-fn read_secret_file(p: &Path, what: &str) -> Result<String, Error> {
-    let s = std::fs::read_to_string(p)
-        .map_err(|e| Error::Usage(format!("cannot read {what} {}: {e}", p.display())))?;
-    let s = s.trim_end_matches(['\n', '\r']).to_string();
+/// Reads a passphrase file; the passphrase is wiped from memory when dropped.
+fn read_secret_file(p: &Path, what: &str) -> Result<zeroize::Zeroizing<String>, Error> {
+    let mut s = zeroize::Zeroizing::new(
+        std::fs::read_to_string(p)
+            .map_err(|e| Error::Usage(format!("cannot read {what} {}: {e}", p.display())))?,
+    );
+    // In place: a trimmed copy would leave the original behind unwiped.
+    let len = s.trim_end_matches(['\n', '\r']).len();
+    s.truncate(len);
     if s.is_empty() {
         return Err(Error::Usage(format!("{what} {} is empty", p.display())));
     }
@@ -467,7 +472,7 @@ fn credential(g: &Global, s: &Settings) -> Result<Credential, Error> {
     if let Ok(p) = std::env::var("COFFER_PASSPHRASE")
         && !p.is_empty()
     {
-        return Ok(Credential::Passphrase(p));
+        return Ok(Credential::Passphrase(p.into()));
     }
     let r = &s.config.repository;
     if let Some(p) = &r.key_file {
@@ -497,7 +502,8 @@ fn credential(g: &Global, s: &Settings) -> Result<Credential, Error> {
                 cmd[0], out.status
             )));
         }
-        let p = String::from_utf8_lossy(&out.stdout)
+        let stdout = zeroize::Zeroizing::new(out.stdout);
+        let p = String::from_utf8_lossy(&stdout)
             .trim_end_matches(['\n', '\r'])
             .to_string();
         if p.is_empty() {
@@ -506,7 +512,7 @@ fn credential(g: &Global, s: &Settings) -> Result<Credential, Error> {
                 cmd[0]
             )));
         }
-        return Ok(Credential::Passphrase(p));
+        return Ok(Credential::Passphrase(p.into()));
     }
     Err(RepoError::NoCredential.into())
 }
@@ -1067,7 +1073,7 @@ async fn key_command(g: &Global, r: &Repository, cmd: KeyCommand) -> Result<i32,
             } else if let Ok(p) = std::env::var("COFFER_NEW_PASSPHRASE")
                 && !p.is_empty()
             {
-                Credential::Passphrase(p)
+                Credential::Passphrase(p.into())
             } else {
                 return Err(Error::Usage(
                     "say what to add: --new-key-file PATH, --new-passphrase-file PATH, or COFFER_NEW_PASSPHRASE".into(),

@@ -9,6 +9,7 @@
 //! - `data/<snapshot id>/<object id>`: sealed archives and indexes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -113,7 +114,9 @@ pub struct Repository {
     pub id: String,
     /// SHA-256 of the `config` object, bound into every key slot.
     config_sha256: [u8; 32],
-    master: MasterKey,
+    /// Shared, never copied: clones of the repository and pipeline threads
+    /// hold the same key.
+    master: Arc<MasterKey>,
     /// The key slot that opened it.
     pub slot_id: String,
 }
@@ -168,7 +171,7 @@ pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
         store: store.clone(),
         id,
         config_sha256,
-        master,
+        master: Arc::new(master),
         slot_id: slot.id,
     })
 }
@@ -276,7 +279,7 @@ pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
         let cred = match cred {
             Credential::KeyFile { path, key } => Credential::KeyFile {
                 path: path.clone(),
-                key: *key,
+                key: key.clone(),
             },
             Credential::Passphrase(p) => Credential::Passphrase(p.clone()),
         };
@@ -310,7 +313,7 @@ pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
             store: store.clone(),
             id: cfg.id,
             config_sha256,
-            master,
+            master: Arc::new(master),
             slot_id,
         }),
         None => Err(RepoError::WrongKey {
@@ -345,6 +348,11 @@ pub struct Damaged {
 impl Repository {
     pub fn master(&self) -> &MasterKey {
         &self.master
+    }
+
+    /// The master key, for a thread that outlives a borrow of `self`.
+    pub fn shared_master(&self) -> Arc<MasterKey> {
+        Arc::clone(&self.master)
     }
 
     pub fn manifest_object(id: &str) -> String {

@@ -208,7 +208,7 @@ impl ObjectStream {
     pub fn open(repo: &Repository, at: &Where, obj: &ObjectRef, kind: ObjectKind) -> ObjectStream {
         let (mut w, reader) = stage_channel();
         let download = repo.store.download_opts(&obj.object, false);
-        let master = repo.master().clone();
+        let master = repo.shared_master();
         let ctx = seal_context(&repo.id, &at.snapshot, Some(&at.source));
         let at = at.clone();
         let obj = obj.clone();

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -211,7 +212,7 @@ async fn run_source(
     let archive_sink = sink(&archive_path);
     let index_sink = sink(&index_path);
     let ctx = seal_context(&repo.id, snap_id, Some(&src.name));
-    let master = repo.master().clone();
+    let master = repo.shared_master();
     let src_owned = src.clone();
     let level = opts.compression;
     let res = tokio::task::spawn_blocking(move || {
@@ -321,14 +322,14 @@ fn dump_into<W: io::Write, I: io::Write>(
 /// tar stream, with sealing and upload of the archive on a second thread.
 fn archive_source(
     src: &SourceConfig,
-    master: &crypto::MasterKey,
+    master: &Arc<crypto::MasterKey>,
     ctx: &[u8],
     level: i32,
     archive_sink: Sink,
     index_sink: Sink,
 ) -> Result<(Walked, Written, Written), PipelineError> {
     let (chan_w, mut chan_r) = stage_channel();
-    let seal_master = master.clone();
+    let seal_master = Arc::clone(master);
     let seal_ctx = ctx.to_vec();
     // Stage 2: seal (AES-GCM) and hash the compressed stream, and upload it.
     let sealer = std::thread::spawn(move || -> Result<Written, PipelineError> {

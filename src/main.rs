@@ -653,6 +653,7 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                     labels,
                     dry_run,
                     compression: s.config.repository.compression.unwrap_or(3),
+                    time: None,
                 };
                 match snapshot::snapshot(&r, &s.config, &opts).await {
                     Ok(out) => {

@@ -45,6 +45,11 @@ pub struct SnapshotOptions {
     pub dry_run: bool,
     /// zstd level.
     pub compression: i32,
+    /// The time recorded in the manifest instead of now. Only callers of
+    /// the library set it (tests of retention and `check --max-age`): the
+    /// CLI offers no way to, so no snapshot can be dated into the future to
+    /// stay `latest` and keep `check --max-age` green.
+    pub time: Option<chrono::DateTime<Utc>>,
 }
 
 /// The result of a snapshot run: the manifest (committed unless dry run).
@@ -95,7 +100,7 @@ pub async fn snapshot(
 ) -> Result<SnapshotOutcome, SnapshotError> {
     let sources = select_sources(cfg, &opts.only)?;
     let id = crypto::random_id(8);
-    let time = test_time().unwrap_or_else(Utc::now);
+    let time = opts.time.unwrap_or_else(Utc::now);
     let mut labels = cfg.labels.clone();
     labels.extend(opts.labels.clone());
     let mut records = Vec::new();
@@ -153,15 +158,6 @@ pub async fn snapshot(
         manifest,
         committed: true,
     })
-}
-
-/// Tests of retention need snapshots of chosen times: the hidden variable
-/// COFFER_TEST_SNAPSHOT_TIME (RFC 3339) sets the time recorded in the manifest.
-fn test_time() -> Option<chrono::DateTime<Utc>> {
-    let v = std::env::var("COFFER_TEST_SNAPSHOT_TIME").ok()?;
-    chrono::DateTime::parse_from_rfc3339(&v)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Best-effort removal of a failed snapshot's objects; `prune` removes

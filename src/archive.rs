@@ -191,6 +191,11 @@ impl<W: Write> TarWriter<W> {
     }
 }
 
+/// The longest index line (without its `\n`) written or read. Real lines
+/// are a few hundred bytes; the cap keeps a damaged or hostile index from
+/// making a reader buffer gigabytes in search of a newline.
+pub const MAX_INDEX_LINE: usize = 1 << 20;
+
 /// Writes index entries as JSON lines.
 pub struct IndexWriter<W: Write> {
     out: W,
@@ -201,7 +206,19 @@ impl<W: Write> IndexWriter<W> {
         IndexWriter { out }
     }
     pub fn push(&mut self, e: &IndexEntry) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, e).map_err(io::Error::other)?;
+        let line = serde_json::to_vec(e).map_err(io::Error::other)?;
+        // Never write what no reader would accept.
+        if line.len() > MAX_INDEX_LINE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the index line of {:?} would be {} bytes, more than the {MAX_INDEX_LINE} a reader accepts",
+                    e.path,
+                    line.len()
+                ),
+            ));
+        }
+        self.out.write_all(&line)?;
         self.out.write_all(b"\n")
     }
     pub fn finish(self) -> W {
@@ -232,10 +249,22 @@ impl<R: BufRead> IndexReader<R> {
     /// The next entry, or `None` at the end.
     pub fn next_entry(&mut self) -> io::Result<Option<IndexEntry>> {
         self.line.clear();
-        if self.input.read_line(&mut self.line)? == 0 {
+        // One byte more than the cap, plus the newline: enough to tell a
+        // line at the cap from one over it.
+        let limit = MAX_INDEX_LINE as u64 + 2;
+        if (&mut self.input).take(limit).read_line(&mut self.line)? == 0 {
             return Ok(None);
         }
         self.line_no += 1;
+        if self.line.trim_end_matches('\n').len() > MAX_INDEX_LINE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "index line {} is longer than {MAX_INDEX_LINE} bytes, which no coffer writes",
+                    self.line_no
+                ),
+            ));
+        }
         serde_json::from_str(self.line.trim_end())
             .map(Some)
             .map_err(|e| {
@@ -458,6 +487,33 @@ mod tests {
             })
             .collect();
         assert_eq!(names, vec![(long, 5), ("s".to_string(), 4)]);
+    }
+
+    /// Issue 10 item 11: an index line over the cap is refused after
+    /// reading at most the cap (plus two bytes), never searched to its end.
+    #[test]
+    fn overlong_index_lines_are_refused_without_reading_them_whole() {
+        let ok = entry("a", EntryKind::File, 1);
+        let mut w = IndexWriter::new(Vec::new());
+        w.push(&ok).unwrap();
+        let mut data = w.finish();
+        let huge = MAX_INDEX_LINE * 3;
+        data.extend(std::iter::repeat_n(b'x', huge));
+        data.push(b'\n');
+        let mut r = IndexReader::new(io::BufReader::new(data.as_slice()));
+        assert_eq!(r.next_entry().unwrap(), Some(ok));
+        let e = r.next_entry().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("index line 2 is longer than"), "{e}");
+        assert!(
+            r.line.len() <= MAX_INDEX_LINE + 2,
+            "{} bytes held",
+            r.line.len()
+        );
+        // A writer refuses to produce such a line.
+        let long = entry(&"p".repeat(MAX_INDEX_LINE), EntryKind::File, 1);
+        let e = IndexWriter::new(Vec::new()).push(&long).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]

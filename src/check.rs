@@ -197,7 +197,7 @@ fn config_detail(cfg: &Config, store: &Result<Store, String>) -> Result<String, 
 }
 
 async fn reachable(store: &Store) -> Result<String, String> {
-    match store.get(CONFIG_OBJECT).await {
+    match store.size(CONFIG_OBJECT).await {
         Ok(_) => Ok(store.url().to_string()),
         Err(StoreError::NotFound { .. }) => Err(format!(
             "{} answers, but holds no coffer repository (no `config` object); check the URL, or create one with `coffer init`",

@@ -20,6 +20,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Length of the master key, a key file's key, and every derived key.
 pub const KEY_LEN: usize = 32;
@@ -122,8 +123,9 @@ impl ObjectKind {
     }
 }
 
-/// The repository's random master key. Never stored in the clear.
-#[derive(Clone)]
+/// The repository's random master key. Never stored in the clear, wiped
+/// from memory when dropped, and deliberately not `Clone`: it is shared by
+/// reference (`Arc<MasterKey>` across threads), so exactly one copy lives.
 pub struct MasterKey([u8; KEY_LEN]);
 
 impl MasterKey {
@@ -133,12 +135,21 @@ impl MasterKey {
 
     fn derive_object_key(&self, salt: &[u8]) -> Aes256Gcm {
         let hk = Hkdf::<Sha256>::new(Some(salt), &self.0);
-        let mut okm = [0u8; KEY_LEN];
-        hk.expand(OBJECT_KEY_INFO, &mut okm)
+        let mut okm = Zeroizing::new([0u8; KEY_LEN]);
+        hk.expand(OBJECT_KEY_INFO, okm.as_mut_slice())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
-        Aes256Gcm::new_from_slice(&okm).expect("32-byte key")
+        // aes-gcm's `zeroize` feature wipes the cipher's key schedule on drop.
+        Aes256Gcm::new_from_slice(okm.as_slice()).expect("32-byte key")
     }
 }
+
+impl Drop for MasterKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for MasterKey {}
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -485,10 +496,14 @@ pub fn open_bytes(
 
 // ---------------------------------------------------------------- key slots
 
-/// What the user holds to open a repository.
+/// What the user holds to open a repository; both kinds are wiped from
+/// memory when dropped.
 pub enum Credential {
-    KeyFile { path: String, key: [u8; KEY_LEN] },
-    Passphrase(String),
+    KeyFile {
+        path: String,
+        key: Zeroizing<[u8; KEY_LEN]>,
+    },
+    Passphrase(Zeroizing<String>),
 }
 
 impl Credential {
@@ -509,19 +524,20 @@ impl Credential {
 /// Writes a new random key file (mode 0600), refusing to overwrite.
 pub fn generate_key_file(path: &std::path::Path) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let key: [u8; KEY_LEN] = random_array();
+    let key = Zeroizing::new(random_array::<KEY_LEN>());
+    let line = Zeroizing::new(format!("{KEY_FILE_PREFIX}{}\n", B64.encode(key.as_slice())));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    writeln!(f, "{KEY_FILE_PREFIX}{}", B64.encode(key))?;
+    f.write_all(line.as_bytes())?;
     f.sync_all()
 }
 
 /// Reads a key file written by [`generate_key_file`].
-pub fn read_key_file(path: &std::path::Path) -> Result<[u8; KEY_LEN], io::Error> {
-    let text = std::fs::read_to_string(path)?;
+pub fn read_key_file(path: &std::path::Path) -> Result<Zeroizing<[u8; KEY_LEN]>, io::Error> {
+    let text = Zeroizing::new(std::fs::read_to_string(path)?);
     let bad = |reason: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -535,11 +551,15 @@ pub fn read_key_file(path: &std::path::Path) -> Result<[u8; KEY_LEN], io::Error>
         .trim()
         .strip_prefix(KEY_FILE_PREFIX)
         .ok_or_else(|| bad("it does not start with 'coffer-key-v1:'"))?;
-    let raw = B64
-        .decode(body.trim())
-        .map_err(|_| bad("its key is not valid base64"))?;
-    raw.try_into()
-        .map_err(|_| bad("its key is not 32 bytes long"))
+    let raw = Zeroizing::new(
+        B64.decode(body.trim())
+            .map_err(|_| bad("its key is not valid base64"))?,
+    );
+    let key: [u8; KEY_LEN] = raw
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("its key is not 32 bytes long"))?;
+    Ok(Zeroizing::new(key))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -594,13 +614,13 @@ const ARGON2_M_KIB: u32 = 64 * 1024;
 const ARGON2_T: u32 = 3;
 const ARGON2_P: u32 = 1;
 
-fn slot_kek(cred: &Credential, kdf: &Kdf) -> Result<Option<[u8; KEY_LEN]>, CryptoError> {
-    let mut kek = [0u8; KEY_LEN];
+fn slot_kek(cred: &Credential, kdf: &Kdf) -> Result<Option<Zeroizing<[u8; KEY_LEN]>>, CryptoError> {
+    let mut kek = Zeroizing::new([0u8; KEY_LEN]);
     match (cred, kdf) {
         (Credential::KeyFile { key, .. }, Kdf::HkdfSha256 { salt }) => {
             let salt = B64.decode(salt).unwrap_or_default();
-            Hkdf::<Sha256>::new(Some(&salt), key)
-                .expand(b"coffer/v1/key-file-kek", &mut kek)
+            Hkdf::<Sha256>::new(Some(&salt), key.as_slice())
+                .expand(b"coffer/v1/key-file-kek", kek.as_mut_slice())
                 .expect("32 bytes");
         }
         (
@@ -622,7 +642,7 @@ fn slot_kek(cred: &Credential, kdf: &Kdf) -> Result<Option<[u8; KEY_LEN]>, Crypt
             let params = argon2::Params::new(*m_cost_kib, *t_cost, *p_cost, Some(KEY_LEN))
                 .map_err(|e| CryptoError::Kdf(e.to_string()))?;
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-                .hash_password_into(p.as_bytes(), &salt, &mut kek)
+                .hash_password_into(p.as_bytes(), &salt, kek.as_mut_slice())
                 .map_err(|e| CryptoError::Kdf(e.to_string()))?;
         }
         _ => return Ok(None),
@@ -688,8 +708,9 @@ impl KeySlot {
             nonce: B64.encode(nonce_bytes),
             wrapped_key: String::new(),
         };
-        let mut buf = master.0.to_vec();
-        let cipher = Aes256Gcm::new_from_slice(&kek).expect("32-byte key");
+        // Holds the master key until it is encrypted in place.
+        let mut buf = Zeroizing::new(master.0.to_vec());
+        let cipher = Aes256Gcm::new_from_slice(kek.as_slice()).expect("32-byte key");
         let tag = cipher
             .encrypt_inout_detached(
                 &Nonce::from(nonce_bytes),
@@ -698,7 +719,7 @@ impl KeySlot {
             )
             .expect("wrapping 32 bytes");
         buf.extend_from_slice(tag.as_slice());
-        slot.wrapped_key = B64.encode(buf);
+        slot.wrapped_key = B64.encode(buf.as_slice());
         Ok(slot)
     }
 
@@ -715,11 +736,12 @@ impl KeySlot {
         let Some(kek) = slot_kek(cred, &self.kdf)? else {
             return Ok(None);
         };
-        let (Ok(nonce_bytes), Ok(mut buf)) =
-            (B64.decode(&self.nonce), B64.decode(&self.wrapped_key))
+        let (Ok(nonce_bytes), Ok(buf)) = (B64.decode(&self.nonce), B64.decode(&self.wrapped_key))
         else {
             return Ok(None);
         };
+        // Decrypted in place: it then holds the master key.
+        let mut buf = Zeroizing::new(buf);
         let Ok(nonce_bytes) = <[u8; 12]>::try_from(nonce_bytes.as_slice()) else {
             return Ok(None);
         };
@@ -727,7 +749,7 @@ impl KeySlot {
             return Ok(None);
         }
         let tag = Tag::try_from(&buf[KEY_LEN..]).expect("16 bytes");
-        let cipher = Aes256Gcm::new_from_slice(&kek).expect("32-byte key");
+        let cipher = Aes256Gcm::new_from_slice(kek.as_slice()).expect("32-byte key");
         let ok = cipher
             .decrypt_inout_detached(
                 &Nonce::from(nonce_bytes),
@@ -754,6 +776,30 @@ mod tests {
             SealWriter::new_with_segment(Vec::new(), key, ObjectKind::Archive, ctx, seg).unwrap();
         w.write_all(plain).unwrap();
         w.finish().unwrap()
+    }
+
+    /// Issue 10 item 14, checked by the compiler: the master key is wiped
+    /// on drop, and cannot be cloned (so no stray copies are made).
+    #[test]
+    fn master_key_is_wiped_on_drop_and_cannot_be_cloned() {
+        fn wiped_on_drop<T: ZeroizeOnDrop>() {}
+        wiped_on_drop::<MasterKey>();
+        wiped_on_drop::<Aes256Gcm>();
+        // `assert_not_impl_any!` (static_assertions): the call below is
+        // ambiguous, and fails to compile, if `MasterKey: Clone`.
+        trait AmbiguousIfClone<A> {
+            fn check() {}
+        }
+        impl<T: ?Sized> AmbiguousIfClone<()> for T {}
+        #[allow(dead_code)]
+        struct IfClone;
+        impl<T: Clone> AmbiguousIfClone<IfClone> for T {}
+        <MasterKey as AmbiguousIfClone<_>>::check();
+        let mut k = MasterKey::generate();
+        k.0 = [9; KEY_LEN];
+        // What Drop runs:
+        k.0.zeroize();
+        assert_eq!(k.0, [0; KEY_LEN]);
     }
 
     /// Issue 10: a read after a failed one returns the same error, never
@@ -861,7 +907,7 @@ mod tests {
         let master = MasterKey::generate();
         let cred = Credential::KeyFile {
             path: "k".into(),
-            key: random_array(),
+            key: Zeroizing::new(random_array()),
         };
         let cfg = [7u8; 32];
         let slot = KeySlot::wrap(&master, &cred, "repo", &cfg, "host").unwrap();
@@ -869,15 +915,19 @@ mod tests {
         assert_eq!(got.0, master.0);
         let other = Credential::KeyFile {
             path: "k2".into(),
-            key: random_array(),
+            key: Zeroizing::new(random_array()),
         };
         assert!(slot.unwrap(&other, "repo", &cfg).unwrap().is_none());
         assert!(slot.unwrap(&cred, "another-repo", &cfg).unwrap().is_none());
         assert!(slot.unwrap(&cred, "repo", &[8u8; 32]).unwrap().is_none());
         assert!(
-            slot.unwrap(&Credential::Passphrase("x".into()), "repo", &cfg)
-                .unwrap()
-                .is_none()
+            slot.unwrap(
+                &Credential::Passphrase(String::from("x").into()),
+                "repo",
+                &cfg
+            )
+            .unwrap()
+            .is_none()
         );
         // Every field of the slot is authenticated.
         for tamper in [

@@ -103,7 +103,8 @@ fn repo_code(e: &RepoError) -> i32 {
         RepoError::UnsupportedVersion { .. }
         | RepoError::NewerManifest { .. }
         | RepoError::Credential(_)
-        | RepoError::SnapshotExists(_) => exit::FAILURE,
+        | RepoError::SnapshotExists(_)
+        | RepoError::ManifestTooLarge { .. } => exit::FAILURE,
     }
 }
 

@@ -457,10 +457,15 @@ fn warn_if_exposed(what: &str, path: &Path) {
     }
 }
 
-fn read_secret_file(p: &Path, what: &str) -> Result<String, Error> {
-    let s = std::fs::read_to_string(p)
-        .map_err(|e| Error::Usage(format!("cannot read {what} {}: {e}", p.display())))?;
-    let s = s.trim_end_matches(['\n', '\r']).to_string();
+/// Reads a passphrase file; the passphrase is wiped from memory when dropped.
+fn read_secret_file(p: &Path, what: &str) -> Result<zeroize::Zeroizing<String>, Error> {
+    let mut s = zeroize::Zeroizing::new(
+        std::fs::read_to_string(p)
+            .map_err(|e| Error::Usage(format!("cannot read {what} {}: {e}", p.display())))?,
+    );
+    // In place: a trimmed copy would leave the original behind unwiped.
+    let len = s.trim_end_matches(['\n', '\r']).len();
+    s.truncate(len);
     if s.is_empty() {
         return Err(Error::Usage(format!("{what} {} is empty", p.display())));
     }
@@ -488,7 +493,7 @@ fn credential(g: &Global, s: &Settings) -> Result<Credential, Error> {
     if let Ok(p) = std::env::var("COFFER_PASSPHRASE")
         && !p.is_empty()
     {
-        return Ok(Credential::Passphrase(p));
+        return Ok(Credential::Passphrase(p.into()));
     }
     let r = &s.config.repository;
     if let Some(p) = &r.key_file {
@@ -519,7 +524,8 @@ fn credential(g: &Global, s: &Settings) -> Result<Credential, Error> {
                 cmd[0], out.status
             )));
         }
-        let p = String::from_utf8_lossy(&out.stdout)
+        let stdout = zeroize::Zeroizing::new(out.stdout);
+        let p = String::from_utf8_lossy(&stdout)
             .trim_end_matches(['\n', '\r'])
             .to_string();
         if p.is_empty() {
@@ -528,7 +534,7 @@ fn credential(g: &Global, s: &Settings) -> Result<Credential, Error> {
                 cmd[0]
             )));
         }
-        return Ok(Credential::Passphrase(p));
+        return Ok(Credential::Passphrase(p.into()));
     }
     Err(RepoError::NoCredential.into())
 }
@@ -669,6 +675,7 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                     labels,
                     dry_run,
                     compression: s.config.repository.compression.unwrap_or(3),
+                    time: None,
                 };
                 match snapshot::snapshot(&r, &s.config, &opts).await {
                     Ok(out) => {
@@ -1105,7 +1112,7 @@ async fn key_command(g: &Global, r: &Repository, cmd: KeyCommand) -> Result<i32,
             } else if let Ok(p) = std::env::var("COFFER_NEW_PASSPHRASE")
                 && !p.is_empty()
             {
-                Credential::Passphrase(p)
+                Credential::Passphrase(p.into())
             } else {
                 return Err(Error::Usage(
                     "say what to add: --new-key-file PATH, --new-passphrase-file PATH, or COFFER_NEW_PASSPHRASE".into(),

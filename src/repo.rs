@@ -9,6 +9,7 @@
 //! - `data/<snapshot id>/<object id>`: sealed archives and indexes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -88,6 +89,10 @@ pub enum RepoError {
     NoSnapshots(String),
     #[error("snapshot {0} already exists")]
     SnapshotExists(String),
+    #[error(
+        "snapshot {id} was not committed: its manifest would be {size} bytes, more than the {MANIFEST_MAX} a reader accepts (its `problems` lists are too long); exclude the unreadable paths from the source and take it again"
+    )]
+    ManifestTooLarge { id: String, size: u64 },
     #[error("no key slot {0}; list them with `coffer key list`")]
     UnknownSlot(String),
     #[error("refusing to remove key slot {0}: {1}")]
@@ -109,7 +114,9 @@ pub struct Repository {
     pub id: String,
     /// SHA-256 of the `config` object, bound into every key slot.
     config_sha256: [u8; 32],
-    master: MasterKey,
+    /// Shared, never copied: clones of the repository and pipeline threads
+    /// hold the same key.
+    master: Arc<MasterKey>,
     /// The key slot that opened it.
     pub slot_id: String,
 }
@@ -123,7 +130,8 @@ pub fn host_name() -> String {
 
 /// Creates a new repository in `store`, openable by `cred`.
 pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoError> {
-    match store.get(CONFIG_OBJECT).await {
+    // A HEAD, not a read: whatever sits there, however large, is in the way.
+    match store.size(CONFIG_OBJECT).await {
         Ok(_) => return Err(RepoError::AlreadyInitialised(store.url().to_string())),
         Err(StoreError::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
@@ -163,7 +171,7 @@ pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
         store: store.clone(),
         id,
         config_sha256,
-        master,
+        master: Arc::new(master),
         slot_id: slot.id,
     })
 }
@@ -212,6 +220,12 @@ async fn read_config(store: &Store) -> Result<(RepoConfig, [u8; 32]), RepoError>
     }
     Ok((cfg, digest))
 }
+
+/// The largest sealed manifest coffer writes or reads. Manifests are a few
+/// KiB (a long `problems` list makes them grow, by about 200 bytes per
+/// file); anything far larger under `snapshots/` is planted or damaged, and
+/// `coffer snapshots` reads up to 16 manifests at a time.
+pub const MANIFEST_MAX: u64 = 16 << 20;
 
 /// The largest `config` or key slot object coffer reads (they are a few
 /// hundred bytes).
@@ -269,7 +283,7 @@ pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
         let cred = match cred {
             Credential::KeyFile { path, key } => Credential::KeyFile {
                 path: path.clone(),
-                key: *key,
+                key: key.clone(),
             },
             Credential::Passphrase(p) => Credential::Passphrase(p.clone()),
         };
@@ -303,7 +317,7 @@ pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
             store: store.clone(),
             id: cfg.id,
             config_sha256,
-            master,
+            master: Arc::new(master),
             slot_id,
         }),
         None => Err(RepoError::WrongKey {
@@ -338,6 +352,11 @@ pub struct Damaged {
 impl Repository {
     pub fn master(&self) -> &MasterKey {
         &self.master
+    }
+
+    /// The master key, for a thread that outlives a borrow of `self`.
+    pub fn shared_master(&self) -> Arc<MasterKey> {
+        Arc::clone(&self.master)
     }
 
     pub fn manifest_object(id: &str) -> String {
@@ -417,6 +436,13 @@ impl Repository {
             &seal_context(&self.id, &m.id, None),
             &plain,
         );
+        // Never commit what no reader would open.
+        if sealed.len() as u64 > MANIFEST_MAX {
+            return Err(RepoError::ManifestTooLarge {
+                id: m.id.clone(),
+                size: sealed.len() as u64,
+            });
+        }
         match self
             .store
             .put(&Self::manifest_object(&m.id), Bytes::from(sealed), true)
@@ -429,15 +455,17 @@ impl Repository {
 
     pub async fn load_manifest(&self, id: &str) -> Result<Manifest, RepoError> {
         let object = Self::manifest_object(id);
-        let raw = match self.store.get(&object).await {
-            Ok(b) => b,
-            Err(StoreError::NotFound { .. }) => return Err(RepoError::UnknownSnapshot(id.into())),
-            Err(e) => return Err(e.into()),
-        };
         let damaged = |reason: String| RepoError::DamagedManifest {
             id: id.to_string(),
             object: object.clone(),
             reason,
+        };
+        let raw = match self.store.get_capped(&object, MANIFEST_MAX).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => return Err(RepoError::UnknownSnapshot(id.into())),
+            // Too large to be a manifest: damaged, listed with the others.
+            Err(e @ StoreError::TooLarge { .. }) => return Err(damaged(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
         let plain = crypto::open_bytes(
             &self.master,

@@ -224,7 +224,7 @@ impl ObjectStream {
     pub fn open(repo: &Repository, at: &Where, obj: &ObjectRef, kind: ObjectKind) -> ObjectStream {
         let (mut w, reader) = stage_channel();
         let download = repo.store.download_opts(&obj.object, false);
-        let master = repo.master().clone();
+        let master = repo.shared_master();
         let ctx = seal_context(&repo.id, &at.snapshot, Some(&at.source));
         let at = at.clone();
         let obj = obj.clone();
@@ -2511,8 +2511,18 @@ impl ChunkStreams {
                             format!("entry {rel:?} is not a dump chunk"),
                         ));
                     };
+                    // Sizes come from stored data: never hold more than a
+                    // chunk can be, whatever the index or tar header says.
+                    let chunk = crate::source::stream::CHUNK as u64;
+                    if ie.size > chunk || entry.size() != ie.size {
+                        return Err(streams.at.integrity(
+                            &streams.archive_ref.object,
+                            format!("chunk {rel:?} claims {} bytes (index: {}); chunks hold at most {chunk}", entry.size(), ie.size),
+                        ));
+                    }
                     let mut data = Vec::with_capacity(ie.size as usize);
-                    entry
+                    (&mut entry)
+                        .take(ie.size)
                         .read_to_end(&mut data)
                         .map_err(|e| streams.archive_error(e))?;
                     let sha = hex::encode(Sha256::digest(&data));

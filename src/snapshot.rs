@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -44,6 +45,11 @@ pub struct SnapshotOptions {
     pub dry_run: bool,
     /// zstd level.
     pub compression: i32,
+    /// The time recorded in the manifest instead of now. Only callers of
+    /// the library set it (tests of retention and `check --max-age`): the
+    /// CLI offers no way to, so no snapshot can be dated into the future to
+    /// stay `latest` and keep `check --max-age` green.
+    pub time: Option<chrono::DateTime<Utc>>,
 }
 
 /// The result of a snapshot run: the manifest (committed unless dry run).
@@ -94,7 +100,7 @@ pub async fn snapshot(
 ) -> Result<SnapshotOutcome, SnapshotError> {
     let sources = select_sources(cfg, &opts.only)?;
     let id = crypto::random_id(8);
-    let time = test_time().unwrap_or_else(Utc::now);
+    let time = opts.time.unwrap_or_else(Utc::now);
     let mut labels = cfg.labels.clone();
     labels.extend(opts.labels.clone());
     let mut records = Vec::new();
@@ -154,15 +160,6 @@ pub async fn snapshot(
     })
 }
 
-/// Tests of retention need snapshots of chosen times: the hidden variable
-/// COFFER_TEST_SNAPSHOT_TIME (RFC 3339) sets the time recorded in the manifest.
-fn test_time() -> Option<chrono::DateTime<Utc>> {
-    let v = std::env::var("COFFER_TEST_SNAPSHOT_TIME").ok()?;
-    chrono::DateTime::parse_from_rfc3339(&v)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
 /// Best-effort removal of a failed snapshot's objects; `prune` removes
 /// whatever this misses.
 async fn discard_objects(repo: &Repository, id: &str) {
@@ -211,7 +208,7 @@ async fn run_source(
     let archive_sink = sink(&archive_path);
     let index_sink = sink(&index_path);
     let ctx = seal_context(&repo.id, snap_id, Some(&src.name));
-    let master = repo.master().clone();
+    let master = repo.shared_master();
     let src_owned = src.clone();
     let level = opts.compression;
     let res = tokio::task::spawn_blocking(move || {
@@ -321,14 +318,14 @@ fn dump_into<W: io::Write, I: io::Write>(
 /// tar stream, with sealing and upload of the archive on a second thread.
 fn archive_source(
     src: &SourceConfig,
-    master: &crypto::MasterKey,
+    master: &Arc<crypto::MasterKey>,
     ctx: &[u8],
     level: i32,
     archive_sink: Sink,
     index_sink: Sink,
 ) -> Result<(Walked, Written, Written), PipelineError> {
     let (chan_w, mut chan_r) = stage_channel();
-    let seal_master = master.clone();
+    let seal_master = Arc::clone(master);
     let seal_ctx = ctx.to_vec();
     // Stage 2: seal (AES-GCM) and hash the compressed stream, and upload it.
     let sealer = std::thread::spawn(move || -> Result<Written, PipelineError> {

@@ -1115,3 +1115,41 @@ fn assert_no_staging(dir: &Path) {
         );
     }
 }
+
+/// Issue 10 item 11: a huge object planted under `snapshots/` is refused by
+/// its size before it is read (a sparse file: 256 MiB that costs no disk,
+/// and would cost 256 MiB of memory if read), and is listed as a damaged
+/// manifest like any other: `snapshots` exit 3 listing the good one, `show`
+/// of it exit 3.
+#[test]
+fn a_huge_planted_manifest_is_damaged_and_never_read() {
+    let mut env = Env::init(Backend::Fs);
+    let data = env.path("data");
+    write(&data.join("a.txt"), b"a\n");
+    env.add_dir_source(SOURCE, &data, &[]);
+    let good = env.snapshot_ok();
+    let planted = "ffffffffffffffff";
+    let f = fs::File::create(Path::new(&env.url).join("snapshots").join(planted)).unwrap();
+    f.set_len(256 << 20).unwrap();
+    let o = run(&env, &["snapshots"]);
+    assert_eq!(
+        o.code,
+        Some(3),
+        "snapshots beside a huge manifest:\n{}",
+        o.text
+    );
+    assert!(
+        o.text.contains(&good),
+        "the good snapshot is listed:\n{}",
+        o.text
+    );
+    let needle = "more than any coffer object of its kind (at most 16777216)";
+    assert!(
+        o.text.contains(&format!("snapshots/{planted}")) && o.text.contains(needle),
+        "{}",
+        o.text
+    );
+    let o = run(&env, &["show", planted]);
+    assert_eq!(o.code, Some(3), "show of the huge manifest:\n{}", o.text);
+    assert!(o.text.contains(needle), "{}", o.text);
+}

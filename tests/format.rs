@@ -1098,7 +1098,7 @@ fn open_with(
             path: key_file().display().to_string(),
             key: crypto::read_key_file(&key_file()).expect("KEY"),
         },
-        "passphrase" => Credential::Passphrase(passphrase.to_string()),
+        "passphrase" => Credential::Passphrase(passphrase.to_string().into()),
         other => panic!("unknown credential {other}"),
     };
     block_on(coffer::repo::open(&store, &cred))

@@ -463,3 +463,104 @@ fn exclude_globs_exclude_what_they_should_and_nothing_else() {
         );
     }
 }
+
+/// Issue 10 item 4: run as root over a tree owned by `nobody`, while a
+/// `nobody` process keeps swapping a subdirectory for a symlink to a
+/// root-only directory holding files of the same names. No snapshot may
+/// ever hold the root-only bytes: a swap between the walk's lookup and its
+/// `open` is a per-file problem, never followed.
+#[test]
+fn a_parent_swapped_for_a_symlink_never_leaks_what_it_points_to() {
+    if !is_root() {
+        eprintln!("skipped: needs root (to snapshot a tree owned by another user)");
+        return;
+    }
+    use std::os::unix::fs::chown;
+    const NOBODY: u32 = 65534;
+    const SECRET: &[u8] = b"ROOT-ONLY-SECRET-2f9c";
+    let mut env = Env::init(Backend::Fs);
+    // The env dir is root's and 0700: the attacker's tree lives elsewhere.
+    let base = tempfile::tempdir().unwrap();
+    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = base.path().join("secret");
+    fs::create_dir(&secret).unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
+    let data = base.path().join("data");
+    let sub = data.join("sub");
+    fs::create_dir_all(&sub).unwrap();
+    for i in 0..100 {
+        let name = format!("f{i:03}");
+        write(&sub.join(&name), format!("public {i}\n").as_bytes());
+        chown(sub.join(&name), Some(NOBODY), Some(NOBODY)).unwrap();
+        let mut s = SECRET.to_vec();
+        s.extend_from_slice(format!(" {i}\n").as_bytes());
+        write(&secret.join(&name), &s);
+    }
+    for d in [&data, &sub] {
+        chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    env.add_dir_source("media", &data, &[]);
+
+    // The attacker parks the real `sub` and a ready-made symlink in a
+    // directory of their own, and flips between them by rename, holding
+    // each state a fraction of a millisecond (perl: no fork per step), for
+    // at most two minutes.
+    let stash = base.path().join("stash");
+    fs::create_dir(&stash).unwrap();
+    std::os::unix::fs::symlink(&secret, stash.join("link")).unwrap();
+    chown(&stash, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::os::unix::fs::lchown(stash.join("link"), Some(NOBODY), Some(NOBODY)).unwrap();
+    let script = "alarm 120; while (1) { \
+         rename 'sub', '../stash/real' or next; rename '../stash/link', 'sub'; \
+         select(undef, undef, undef, 0.0002); \
+         rename 'sub', '../stash/link'; rename '../stash/real', 'sub'; \
+         select(undef, undef, undef, 0.0002); }";
+    let mut swapper = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "perl",
+            "-e",
+        ])
+        .arg(script)
+        .current_dir(&data)
+        .spawn()
+        .expect("run setpriv perl (the swapping attacker)");
+
+    let started = std::time::Instant::now();
+    let mut leaks = Vec::new();
+    let (mut runs, mut refused) = (0, 0);
+    while runs < 40 && started.elapsed() < Duration::from_secs(60) {
+        runs += 1;
+        let o = env.cmd().args(["snapshot", "--json"]).output().unwrap();
+        if o.status.code() == Some(1) {
+            // Every file of the source failed: nothing committed.
+            continue;
+        }
+        assert!(
+            matches!(o.status.code(), Some(0 | 4)),
+            "snapshot under attack: {}",
+            stderr(&o)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if stderr(&o).contains("changed identity") {
+            refused += 1;
+        }
+        let id = v["id"].as_str().unwrap();
+        let d = env.cmd().args(["dump", id, "media"]).output().unwrap();
+        assert_code(&d, 0, "dump of a snapshot taken under attack");
+        if d.stdout.windows(SECRET.len()).any(|w| w == SECRET) {
+            leaks.push(id.to_string());
+        }
+    }
+    let _ = swapper.kill();
+    let _ = swapper.wait();
+    eprintln!("{runs} snapshots under attack, {refused} refused a swapped entry");
+    assert!(
+        leaks.is_empty(),
+        "{} of {runs} snapshots hold the root-only bytes: {leaks:?}",
+        leaks.len()
+    );
+    assert!(runs >= 5, "too few snapshots ran to mean anything: {runs}");
+}

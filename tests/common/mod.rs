@@ -235,6 +235,37 @@ pub fn coffer_cmd() -> Command {
     c
 }
 
+/// Takes a snapshot of `env`'s sources through the library, recorded at
+/// `time` (RFC 3339) with `tags`: how tests of retention and `check
+/// --max-age` get snapshots of chosen times, which the CLI cannot take.
+/// Returns its id.
+pub fn snapshot_at(env: &Env, time: &str, tags: &[&str]) -> String {
+    let time = chrono::DateTime::parse_from_rfc3339(time)
+        .expect("an RFC 3339 time")
+        .with_timezone(&chrono::Utc);
+    let cfg = coffer::config::Config::load(&env.config).expect("load the test config");
+    let cred = coffer::crypto::Credential::KeyFile {
+        path: env.key.display().to_string(),
+        key: coffer::crypto::read_key_file(&env.key).expect("key file"),
+    };
+    let store = env.store();
+    let opts = coffer::snapshot::SnapshotOptions {
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        compression: 3,
+        time: Some(time),
+        ..Default::default()
+    };
+    block_on(async move {
+        let repo = coffer::repo::open(&store, &cred).await.expect("open repo");
+        let out = coffer::snapshot::snapshot(&repo, &cfg, &opts)
+            .await
+            .expect("snapshot");
+        assert!(out.committed, "the snapshot was committed");
+        assert_eq!(out.manifest.time, time, "it records the chosen time");
+        out.manifest.id
+    })
+}
+
 /// Runs a future on a fresh runtime (library-tier tests).
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()

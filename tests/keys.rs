@@ -104,6 +104,15 @@ fn snapshots_with_passphrase(env: &Env, pass: &str) -> std::process::Output {
     o
 }
 
+/// `coffer key add` of a passphrase slot, given through COFFER_NEW_PASSPHRASE.
+fn add_passphrase(env: &Env, pass: &str) {
+    env.cmd()
+        .env("COFFER_NEW_PASSPHRASE", pass)
+        .args(["key", "add"])
+        .assert()
+        .success();
+}
+
 // ---------------------------------------------------------------- generate
 
 #[test]
@@ -746,11 +755,7 @@ fn wrong_key_file_exits_3() {
 fn wrong_passphrase_exits_3() {
     let env = env_with_data(Backend::Fs);
     env.snapshot_ok();
-    env.cmd()
-        .env("COFFER_NEW_PASSPHRASE", "the right one")
-        .args(["key", "add"])
-        .assert()
-        .success();
+    add_passphrase(&env, "the right one");
     assert_code(
         &snapshots_with_passphrase(&env, "the right one"),
         0,
@@ -834,11 +839,7 @@ fn put_object(env: &Env, path: &str, data: Vec<u8>) {
 fn a_slot_with_absurd_argon2_costs_is_skipped() {
     let env = env_with_data(Backend::Fs);
     env.snapshot_ok();
-    env.cmd()
-        .env("COFFER_NEW_PASSPHRASE", "the right one")
-        .args(["key", "add"])
-        .assert()
-        .success();
+    add_passphrase(&env, "the right one");
     let hostile = serde_json::json!({
         "version": 1, "id": "00000000", "kind": "passphrase",
         "created": "2026-01-01T00:00:00Z", "host": "evil",

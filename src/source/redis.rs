@@ -424,16 +424,7 @@ impl Dumper for RedisDumper {
         }
         self.started = true;
         let c = &self.conn;
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("coffer-redis-{}-", c.source))
-            .tempdir()
-            .map_err(|e| {
-                SourceError::Failed(format!(
-                    "source {}: cannot create a temp directory in {}: {e}",
-                    c.source,
-                    std::env::temp_dir().display()
-                ))
-            })?;
+        let tmp = temp_dir(&format!("coffer-redis-{}-", c.source), &c.source)?;
         let path = tmp.path().join(STREAM);
         let mut argv = c.args();
         argv.push("--rdb".into());
@@ -1302,6 +1293,19 @@ fn show_keyspace(k: &BTreeMap<String, u64>) -> String {
     )
 }
 
+/// A fresh private (0700) directory in the temp dir, named `prefix…`.
+fn temp_dir(prefix: &str, source: &str) -> Result<tempfile::TempDir, SourceError> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| {
+            SourceError::Failed(format!(
+                "source {source}: cannot create a temp directory in {}: {e}; set TMPDIR to a writable directory with room for the RDB file",
+                std::env::temp_dir().display()
+            ))
+        })
+}
+
 /// Loads the snapshot into the running local server: a temporary server
 /// loads the RDB file, the live server replicates it (a full sync replaces
 /// everything it holds), then is made a master again.
@@ -1312,16 +1316,7 @@ fn load_live(
 ) -> Result<DbRestored, SourceError> {
     let c = &live.conn;
     // Private (0700), so no other local user reads the data or the server's files.
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("coffer-redis-restore-{}-", req.source))
-        .tempdir()
-        .map_err(|e| {
-            SourceError::Failed(format!(
-                "source {}: cannot create a temp directory in {}: {e}",
-                req.source,
-                std::env::temp_dir().display()
-            ))
-        })?;
+    let dir = temp_dir(&format!("coffer-redis-restore-{}-", req.source), req.source)?;
     let path = dir.path().join(STREAM);
     let mut file = {
         use std::os::unix::fs::OpenOptionsExt;

@@ -191,6 +191,182 @@ impl<W: Write> TarWriter<W> {
     }
 }
 
+/// The most data a tar extension entry (a GNU long name or long link, a PAX
+/// header) may hold. coffer writes a few hundred bytes there at most; the
+/// `tar` crate reads such an entry whole into memory, so a stored header
+/// asking for gigabytes is refused before the crate sees it.
+pub const MAX_TAR_EXTENSION: u64 = 1 << 20;
+
+/// A tar stream that breaks the rules [`TarGuard`] enforces: stored data
+/// that no coffer writes (an integrity failure, not an I/O one).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TarLimit(pub String);
+
+fn tar_limit(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, TarLimit(msg))
+}
+
+/// Passes a tar stream through unchanged while following its headers, and
+/// fails the read that would hand the `tar` crate an extension entry over
+/// [`MAX_TAR_EXTENSION`] (or a GNU sparse entry, whose extra header blocks
+/// coffer never writes). A PAX `size` record is honoured for the entry it
+/// precedes, as the crate does, so the guard never loses step.
+pub struct TarGuard<R> {
+    inner: R,
+    header: [u8; BLOCK],
+    filled: usize,
+    /// Data and padding bytes of the current entry still to pass.
+    skip: u64,
+    /// The data of a PAX header being collected (at most the cap).
+    pax: Option<Vec<u8>>,
+    pax_left: u64,
+    /// A PAX `size` for the next entry.
+    next_size: Option<u64>,
+    /// Offset of the next byte in the stream, for messages.
+    offset: u64,
+    failed: Option<String>,
+}
+
+impl<R: Read> TarGuard<R> {
+    pub fn new(inner: R) -> Self {
+        TarGuard {
+            inner,
+            header: [0; BLOCK],
+            filled: 0,
+            skip: 0,
+            pax: None,
+            pax_left: 0,
+            next_size: None,
+            offset: 0,
+            failed: None,
+        }
+    }
+
+    fn observe(&mut self, mut b: &[u8]) -> Result<(), String> {
+        while !b.is_empty() {
+            if self.skip > 0 {
+                let n = (self.skip.min(b.len() as u64)) as usize;
+                if let Some(p) = &mut self.pax {
+                    let take = (self.pax_left.min(n as u64)) as usize;
+                    p.extend_from_slice(&b[..take]);
+                    self.pax_left -= take as u64;
+                }
+                self.skip -= n as u64;
+                self.offset += n as u64;
+                b = &b[n..];
+                if self.skip == 0
+                    && let Some(p) = self.pax.take()
+                {
+                    self.next_size = pax_size(&p)?;
+                }
+                continue;
+            }
+            let n = (BLOCK - self.filled).min(b.len());
+            self.header[self.filled..self.filled + n].copy_from_slice(&b[..n]);
+            self.filled += n;
+            b = &b[n..];
+            if self.filled == BLOCK {
+                self.filled = 0;
+                self.on_header()?;
+                self.offset += BLOCK as u64;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_header(&mut self) -> Result<(), String> {
+        let h = &self.header;
+        if h.iter().all(|&c| c == 0) {
+            return Ok(());
+        }
+        let ty = h[156];
+        let at = self.offset;
+        let size = header_size(&h[124..136])
+            .ok_or_else(|| format!("the tar header at byte {at} has an unreadable size field"))?;
+        match ty {
+            b'L' | b'K' | b'x' | b'g' => {
+                if size > MAX_TAR_EXTENSION {
+                    let what = match ty {
+                        b'L' => "GNU long name",
+                        b'K' => "GNU long link",
+                        _ => "PAX header",
+                    };
+                    return Err(format!(
+                        "the {what} at byte {at} of the tar stream claims {size} bytes; coffer writes at most {MAX_TAR_EXTENSION}"
+                    ));
+                }
+                if ty == b'x' {
+                    self.pax = Some(Vec::with_capacity(size as usize));
+                    self.pax_left = size;
+                }
+                self.skip = padded(size);
+            }
+            b'S' => {
+                return Err(format!(
+                    "the tar entry at byte {at} is a GNU sparse file, which coffer never writes"
+                ));
+            }
+            _ => {
+                let size = self.next_size.take().unwrap_or(size);
+                self.skip = padded(size);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn padded(size: u64) -> u64 {
+    size.div_ceil(BLOCK as u64).saturating_mul(BLOCK as u64)
+}
+
+/// A header's size field: octal digits, or base-256 when the high bit of its
+/// first byte is set (as the `tar` crate reads it).
+fn header_size(f: &[u8]) -> Option<u64> {
+    if f[0] & 0x80 != 0 {
+        if f[..f.len() - 8].iter().skip(1).any(|&c| c != 0) || f[0] & 0x7f != 0 {
+            return None;
+        }
+        return Some(u64::from_be_bytes(f[f.len() - 8..].try_into().ok()?));
+    }
+    let s = std::str::from_utf8(f).ok()?;
+    let s = s.trim_matches(|c| c == '\0' || c == ' ');
+    if s.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(s, 8).ok()
+}
+
+/// The `size` record of PAX header data, if any.
+fn pax_size(data: &[u8]) -> Result<Option<u64>, String> {
+    let mut size = None;
+    for rec in tar::PaxExtensions::new(data) {
+        let rec = rec.map_err(|e| format!("a PAX header cannot be read: {e}"))?;
+        if rec.key_bytes() == b"size" {
+            let v = std::str::from_utf8(rec.value_bytes())
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| "a PAX size record is not a number".to_string())?;
+            size = Some(v);
+        }
+    }
+    Ok(size)
+}
+
+impl<R: Read> Read for TarGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(m) = &self.failed {
+            return Err(tar_limit(m.clone()));
+        }
+        let n = self.inner.read(buf)?;
+        if let Err(m) = self.observe(&buf[..n]) {
+            self.failed = Some(m.clone());
+            return Err(tar_limit(m));
+        }
+        Ok(n)
+    }
+}
+
 /// The longest index line (without its `\n`) written or read. Real lines
 /// are a few hundred bytes; the cap keeps a damaged or hostile index from
 /// making a reader buffer gigabytes in search of a newline.
@@ -458,6 +634,117 @@ mod tests {
             let (len, _) = s.split_once(' ').unwrap();
             assert_eq!(len.parse::<usize>().unwrap(), out.len(), "value len {vlen}");
         }
+    }
+
+    /// A raw tar header of type `ty` announcing `size` bytes.
+    fn raw_header(name: &str, ty: u8, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_entry_type(tar::EntryType::new(ty));
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    fn block_pad(v: &mut Vec<u8>) {
+        while !v.len().is_multiple_of(BLOCK) {
+            v.push(0);
+        }
+    }
+
+    /// Reads `data` through the guard and the `tar` crate, as restore does:
+    /// the entries' paths, or the error.
+    fn through_guard(data: &[u8]) -> io::Result<Vec<String>> {
+        let mut a = tar::Archive::new(TarGuard::new(data));
+        let mut names = Vec::new();
+        for e in a.entries()? {
+            let mut e = e?;
+            names.push(String::from_utf8_lossy(&e.path_bytes()).into_owned());
+            io::copy(&mut e, &mut io::sink())?;
+        }
+        Ok(names)
+    }
+
+    /// Issue 10 item 11: what coffer writes passes the guard unchanged,
+    /// PAX headers and long names included.
+    #[test]
+    fn the_tar_guard_passes_coffers_own_archives() {
+        let long = format!("{}/{}", "d".repeat(120), "ü".repeat(70));
+        let mut w = TarWriter::new(Vec::new());
+        for (name, body) in [(long.as_str(), &b"hello"[..]), ("s", b"")] {
+            let mut data = body;
+            w.append(
+                &entry(name, EntryKind::File, body.len() as u64),
+                name,
+                Some(&mut data),
+            )
+            .unwrap();
+        }
+        let out = w.finish().unwrap();
+        let mut copy = Vec::new();
+        io::copy(&mut TarGuard::new(out.as_slice()), &mut copy).unwrap();
+        assert_eq!(copy, out);
+        assert_eq!(through_guard(&out).unwrap(), vec![long, "s".to_string()]);
+    }
+
+    /// Issue 10 item 11: a GNU long name, long link or PAX header that asks
+    /// for more than the cap is refused before the `tar` crate buffers it.
+    #[test]
+    fn the_tar_guard_refuses_oversized_extension_headers() {
+        for (ty, what) in [
+            (b'L', "GNU long name"),
+            (b'K', "GNU long link"),
+            (b'x', "PAX header"),
+        ] {
+            let size = MAX_TAR_EXTENSION + 1;
+            let mut t = raw_header("././@LongLink", ty, size);
+            t.extend(std::iter::repeat_n(b'a', size as usize));
+            block_pad(&mut t);
+            t.extend(raw_header("f", b'0', 0));
+            t.extend([0u8; 1024]);
+            let e = through_guard(&t).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{what}: {e}");
+            let inner = e.get_ref().and_then(|i| i.downcast_ref::<TarLimit>());
+            assert!(inner.is_some(), "{what}: not a TarLimit: {e}");
+            assert!(
+                e.to_string().contains(what) && e.to_string().contains("claims 1048577 bytes"),
+                "{e}"
+            );
+        }
+        // At the cap, it is read as usual.
+        let mut t = raw_header("././@LongLink", b'L', 300);
+        t.extend(std::iter::repeat_n(b'n', 300));
+        block_pad(&mut t);
+        t.extend(raw_header("ignored", b'0', 3));
+        t.extend(b"abc");
+        block_pad(&mut t);
+        t.extend([0u8; 1024]);
+        assert_eq!(through_guard(&t).unwrap(), vec!["n".repeat(300)]);
+    }
+
+    /// A PAX `size` overrides the header's, for the guard as for the crate:
+    /// an oversized long name hidden behind a PAX-sized entry is still
+    /// found, and a GNU sparse entry is refused.
+    #[test]
+    fn the_tar_guard_follows_pax_sizes() {
+        let mut pax = Vec::new();
+        pax_record(&mut pax, "size", b"1024");
+        let mut t = raw_header("pax", b'x', pax.len() as u64);
+        t.extend(&pax);
+        block_pad(&mut t);
+        // The header says 0 bytes; PAX says 1024, which the data really is.
+        t.extend(raw_header("f", b'0', 0));
+        t.extend([b'z'; 1024]);
+        t.extend(raw_header("././@LongLink", b'L', 5 << 20));
+        t.extend([0u8; 1024]);
+        let e = through_guard(&t).unwrap_err();
+        assert!(e.to_string().contains("GNU long name at byte 2560"), "{e}");
+
+        let mut t = raw_header("sparse", b'S', 0);
+        t.extend([0u8; 1024]);
+        let e = through_guard(&t).unwrap_err();
+        assert!(e.to_string().contains("GNU sparse"), "{e}");
     }
 
     #[test]

@@ -61,24 +61,42 @@ fn others_can_write(st: &Stat) -> bool {
 }
 
 /// Why a directory must not hold a staging directory, or `None` if it may:
-/// nobody but root and us can change its entries, or it is sticky and owned
-/// by root or us (like /tmp: others cannot rename or remove what we create).
+/// only its owner can change its entries, or it is sticky and owned by root
+/// or us (like /tmp: others cannot rename or remove what we create).
+///
+/// An owner other than root or us is accepted: the app user who owns
+/// `/srv/shop` can already rename or replace `/srv/shop/media` itself, so a
+/// staging directory beside it gives that user no power they lack, and
+/// everything restore does there goes through handles it opened itself,
+/// with the identity (device, inode) of what it renames checked after the
+/// rename and before anything is removed. Group- or world-writable
+/// directories (not sticky) are refused: they let users who have no say
+/// over the destination move entries around in it.
 pub fn unsafe_staging_parent(st: &Stat) -> Option<String> {
-    if !others_can_write(st) {
+    let mode = st.st_mode;
+    let group = st.st_gid != 0 && mode & 0o020 != 0;
+    let world = mode & 0o002 != 0;
+    if !group && !world {
         return None;
     }
-    let sticky = st.st_mode & 0o1000 != 0;
+    let sticky = mode & 0o1000 != 0;
     if sticky && (st.st_uid == 0 || st.st_uid == me()) {
         return None;
     }
-    Some(if st.st_uid != 0 && st.st_uid != me() {
-        format!("it is owned by uid {}, not by root or us", st.st_uid)
+    Some(if world {
+        format!("its mode {:o} lets every user write to it", mode & 0o7777)
     } else {
         format!(
-            "its mode {:o} lets other users write to it",
-            st.st_mode & 0o7777
+            "its mode {:o} lets the users of group {} write to it",
+            mode & 0o7777,
+            st.st_gid
         )
     })
+}
+
+/// A file's identity, to tell whether a name still leads to what we made.
+pub fn identity(st: &Stat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
 }
 
 /// Whether `st` (a directory) is fit to hold a staging directory.
@@ -537,7 +555,10 @@ mod tests {
         assert!(!safe_staging_parent(&st(0, 0, 0o777)));
         assert!(!safe_staging_parent(&st(0, 100, 0o775)));
         if me != 65534 {
-            assert!(!safe_staging_parent(&st(65534, 65534, 0o755)));
+            // Owned by another user who alone can write: that user can
+            // replace the destination anyway (see unsafe_staging_parent).
+            assert!(safe_staging_parent(&st(65534, 65534, 0o755)));
+            assert!(!safe_staging_parent(&st(65534, 65534, 0o775)));
             assert!(!safe_staging_parent(&st(65534, 0, 0o1777)));
             assert!(safe_staging_parent(&st(65534, 0, 0o555)));
         }

@@ -61,10 +61,16 @@ struct Global {
     /// Write Prometheus textfile-collector metrics of this run to PATH, atomically
     #[arg(long, global = true, value_name = "PATH")]
     metrics_file: Option<PathBuf>,
-    /// healthchecks.io-style pings: URL/start, URL on success, URL/fail on failure
+    /// healthchecks.io-style pings: URL/start, URL on success, URL/fail on failure; @FILE reads the URL from FILE
     // Checked in `main`, not by clap: clap's error would quote the value,
     // and the URL's path is the check's secret.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "COFFER_PING",
+        hide_env_values = true
+    )]
     ping: Option<String>,
 }
 
@@ -232,9 +238,14 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli.global);
-    let ping = match cli.global.ping.as_deref().map(coffer::ping::parse_url) {
+    let ping = match cli.global.ping.as_deref().map(coffer::ping::resolve) {
         None => None,
-        Some(Ok(u)) => Some(u),
+        Some(Ok((u, exposed))) => {
+            if let Some(x) = exposed {
+                eprintln!("warning: {x}");
+            }
+            Some(u)
+        }
         Some(Err(why)) => {
             eprintln!("error: invalid value for '--ping <URL>': {why}");
             return ExitCode::from(exit::USAGE as u8);

@@ -54,6 +54,35 @@ pub fn parse_url(s: &str) -> Result<Url, String> {
     }
 }
 
+/// The most a `--ping @FILE` file may hold: a URL, not a log.
+const MAX_PING_FILE: u64 = 4096;
+
+/// The ping URL of a `--ping` (or `COFFER_PING`) value: the URL itself, or
+/// `@FILE`, a file holding it, so that the check's secret stays out of argv
+/// (`ps`, shell history, `systemctl show`). Returns the URL and, for a file
+/// its group or others can read, the warning to print.
+pub fn resolve(arg: &str) -> Result<(Url, Option<crate::secret_files::Exposed>), String> {
+    let Some(file) = arg.strip_prefix('@') else {
+        return Ok((parse_url(arg)?, None));
+    };
+    let path = std::path::Path::new(file);
+    let text = std::fs::File::open(path)
+        .and_then(|f| {
+            use std::io::Read;
+            let mut s = String::new();
+            f.take(MAX_PING_FILE + 1).read_to_string(&mut s)?;
+            Ok(s)
+        })
+        .map_err(|e| format!("cannot read the ping URL from {file}: {e}"))?;
+    if text.len() as u64 > MAX_PING_FILE {
+        return Err(format!(
+            "{file} is longer than {MAX_PING_FILE} bytes; it must hold only the ping URL"
+        ));
+    }
+    let url = parse_url(text.trim()).map_err(|why| format!("{file}: {why}"))?;
+    Ok((url, crate::secret_files::exposed("ping URL file", path)))
+}
+
 /// `URL`, `URL/start` or `URL/fail` (query string kept).
 pub fn endpoint(base: &Url, kind: Kind) -> Url {
     let mut u = base.clone();

@@ -32,7 +32,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::archive::{ChanReader, IndexReader, safe_path, stage_channel};
+use crate::archive::{ChanReader, IndexReader, TarGuard, TarLimit, safe_path, stage_channel};
 use crate::crypto::{self, ObjectKind, OpenReader, read_full};
 use crate::dirfd::{self, Dir};
 use crate::manifest::{
@@ -92,9 +92,15 @@ pub enum RestoreError {
     },
     /// A staging directory would go where another user could replace it.
     #[error(
-        "{path}: {reason}. A restore stages its copy there, and another user who can write to it could redirect the restore (as root, anywhere). Make it writable only by its owner and owned by root or by the user running coffer (e.g. `chown root {path} && chmod go-w {path}`), or restore with --target DIR into a directory only you can write to and move the result into place yourself"
+        "{path}: {reason}. A restore stages its copy there, and users who can write to it could move what the restore puts there. Make it writable only by its owner (e.g. `chmod go-w {path}`), or restore with --target DIR into a directory only you can write to and move the result into place yourself"
     )]
     UnsafeParent { path: String, reason: String },
+    /// A name the restore made in a directory no longer leads to what it
+    /// made: another process renamed or replaced it meanwhile.
+    #[error(
+        "{path}: {what} was renamed or replaced by another process during the restore; nothing there was deleted. Check {path} and the .coffer-restore-* entries beside it by hand, stop whatever changes that directory, and restore again"
+    )]
+    Changed { path: String, what: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// `coffer dump`'s reader closed the pipe (`pg_restore -l`, `head`):
@@ -200,6 +206,9 @@ pub fn classify(e: io::Error, at: &Where, object: &str) -> RestoreError {
     if let Some(c) = crypto::integrity_error(&e) {
         return at.integrity(object, c.to_string());
     }
+    if let Some(l) = e.get_ref().and_then(|i| i.downcast_ref::<TarLimit>()) {
+        return at.integrity(object, l.to_string());
+    }
     if let Some(inner) = e.get_ref()
         && inner.downcast_ref::<StoreError>().is_some()
     {
@@ -277,7 +286,8 @@ pub struct SourceStreams {
     index: ObjectStream,
 }
 
-pub type TarStream = tar::Archive<zstd::stream::read::Decoder<'static, BufReader<ChanReader>>>;
+pub type TarStream =
+    tar::Archive<TarGuard<zstd::stream::read::Decoder<'static, BufReader<ChanReader>>>>;
 pub type IndexStream =
     IndexReader<BufReader<zstd::stream::read::Decoder<'static, BufReader<ChanReader>>>>;
 
@@ -316,7 +326,7 @@ impl SourceStreams {
                     .integrity(obj, format!("cannot start decompression: {e}"))
             })
         };
-        let tar = tar::Archive::new(dec(a, &self.archive_ref.object)?);
+        let tar = tar::Archive::new(TarGuard::new(dec(a, &self.archive_ref.object)?));
         let index = IndexReader::new(BufReader::new(dec(i, &self.index_ref.object)?));
         Ok((tar, index))
     }
@@ -912,6 +922,11 @@ struct Swapped {
     old_name: String,
     /// Whether the destination existed before (an exchange) or not (a rename).
     existed: bool,
+    /// Identities of the previous content (now at `old_name`) and of the
+    /// restored copy (now at `dest_name`): nothing is removed by name
+    /// unless the name still leads to it.
+    old_id: Option<(u64, u64)>,
+    new_id: (u64, u64),
 }
 
 /// Why a swap could not be undone, for the on-call message.
@@ -962,15 +977,31 @@ impl Swapped {
                 .map_err(fail)?;
         }
         // `old_name` now holds the restored copy.
-        let _ = self.parent.remove_all(&self.old_name);
+        remove_if(&self.parent, &self.old_name, Some(self.new_id));
         Ok(())
     }
 
     /// The restore committed: the previous content goes.
     fn forget_old(self) {
         if self.existed {
-            let _ = self.parent.remove_all(&self.old_name);
+            remove_if(&self.parent, &self.old_name, self.old_id);
         }
+    }
+}
+
+/// Removes `name` from `parent` only if it is still the file `id` names
+/// (another process may have put something else under that name).
+fn remove_if(parent: &Dir, name: &str, id: Option<(u64, u64)>) {
+    let Some(id) = id else { return };
+    match parent.stat_at(name) {
+        Ok(st) if dirfd::identity(&st) == id => {
+            let _ = parent.remove_all(name);
+        }
+        Ok(_) => tracing::warn!(
+            "{} is no longer what this restore made there; left as it is",
+            parent.join(name).display()
+        ),
+        Err(_) => {}
     }
 }
 
@@ -980,6 +1011,9 @@ struct Staging {
     parent: Dir,
     name: String,
     dir: Dir,
+    /// The staging directory's identity, checked before any rename or
+    /// removal by name.
+    id: (u64, u64),
     keep: bool,
 }
 
@@ -999,10 +1033,12 @@ impl Staging {
         let (name, dir) = parent
             .make_staging(".coffer-restore-")
             .map_err(io_err("create a staging directory in", parent.path()))?;
+        let id = dirfd::identity(&dir.stat().map_err(io_err("inspect", dir.path()))?);
         Ok(Staging {
             parent,
             name,
             dir,
+            id,
             keep: false,
         })
     }
@@ -1011,7 +1047,7 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.keep {
-            let _ = self.parent.remove_all(&self.name);
+            remove_if(&self.parent, &self.name, Some(self.id));
         }
     }
 }
@@ -1116,18 +1152,57 @@ impl StagedSource {
         let (Some(dest), Layout::Tree(staging)) = (&self.dest, &mut self.layout) else {
             unreachable!("only tree swaps are undoable")
         };
-        let existed = dest.parent.exists(&dest.name);
+        let old_id = dest
+            .parent
+            .stat_at(&dest.name)
+            .ok()
+            .map(|s| dirfd::identity(&s));
+        let existed = old_id.is_some();
         let flags = if existed {
             RenameFlags::EXCHANGE
         } else {
             RenameFlags::NOREPLACE
         };
+        let here = dest
+            .parent
+            .stat_at(&staging.name)
+            .ok()
+            .map(|s| dirfd::identity(&s));
+        if here != Some(staging.id) {
+            staging.keep = true;
+            return Err(RestoreError::Changed {
+                path: dest.parent.path().display().to_string(),
+                what: format!("the staging directory {}", staging.name),
+            });
+        }
         dest.parent
             .rename(&staging.name, &dest.parent, &dest.name, flags)
             .map_err(io_err("swap the restored copy into place at", &dest.path()))?;
         // From here the staging name holds the old content (or nothing),
         // and the swap record is in charge of it.
         staging.keep = true;
+        // The names were looked up again for the rename: check that they
+        // led to what they did a moment before.
+        let now_dest = dest
+            .parent
+            .stat_at(&dest.name)
+            .ok()
+            .map(|s| dirfd::identity(&s));
+        let now_old = dest
+            .parent
+            .stat_at(&staging.name)
+            .ok()
+            .map(|s| dirfd::identity(&s));
+        if now_dest != Some(staging.id) || (existed && now_old != old_id) {
+            return Err(RestoreError::Changed {
+                path: dest.parent.path().display().to_string(),
+                what: format!(
+                    "{} or the staging directory {}",
+                    dest.name.to_string_lossy(),
+                    staging.name
+                ),
+            });
+        }
         let sw = Swapped {
             parent: dest
                 .parent
@@ -1136,6 +1211,8 @@ impl StagedSource {
             dest_name: dest.name.clone(),
             old_name: staging.name.clone(),
             existed,
+            old_id,
+            new_id: staging.id,
         };
         let out = RestoredSource {
             duration_ms: self.started.elapsed().as_millis() as u64,

@@ -295,6 +295,9 @@ enum E {
     GnuLongFile(Vec<u8>, &'static [u8]),
     Symlink(Vec<u8>, Vec<u8>),
     Hardlink(Vec<u8>, Vec<u8>),
+    /// A GNU long-name entry of this many bytes (no index line): more than
+    /// any name coffer writes.
+    HugeLongName(usize),
 }
 
 fn pad(tar: &mut Vec<u8>) {
@@ -452,6 +455,17 @@ fn build(entries: &[E]) -> (Vec<u8>, Vec<u8>) {
                 );
                 push_index(index_entry(name, EntryKind::Hardlink, None, Some(target)));
             }
+            E::HugeLongName(size) => {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::GNULongName);
+                h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+                h.set_mode(0o644);
+                h.set_size(*size as u64);
+                h.set_cksum();
+                tar.extend_from_slice(h.as_bytes());
+                tar.extend(std::iter::repeat_n(b'n', *size));
+                pad(&mut tar);
+            }
         }
     }
     tar.extend_from_slice(&[0u8; 1024]);
@@ -462,13 +476,30 @@ fn build(entries: &[E]) -> (Vec<u8>, Vec<u8>) {
 /// snapshot naming them, with the repository's own key: everything
 /// authenticates. Returns the snapshot id.
 fn commit_crafted(env: &Env, entries: &[E], origin: &Path) -> String {
+    commit_crafted_source(
+        env,
+        entries,
+        "directory",
+        Some(origin.display().to_string()),
+        serde_json::Map::new(),
+    )
+}
+
+/// As [`commit_crafted`], for a source of any type and details.
+fn commit_crafted_source(
+    env: &Env,
+    entries: &[E],
+    kind: &str,
+    origin: Option<String>,
+    details: serde_json::Map<String, serde_json::Value>,
+) -> String {
     let (tar, index) = build(entries);
     let store = env.store();
     let cred = Credential::KeyFile {
         path: env.key.display().to_string(),
         key: coffer::crypto::read_key_file(&env.key).expect("key file"),
     };
-    let origin = origin.display().to_string();
+    let kind = kind.to_string();
     block_on(async move {
         let repo = coffer::repo::open(&store, &cred).await.expect("open repo");
         let id = coffer::crypto::random_id(8);
@@ -511,19 +542,19 @@ fn commit_crafted(env: &Env, entries: &[E], origin: &Path) -> String {
             parent: None,
             sources: vec![SourceRecord {
                 name: SOURCE.into(),
-                kind: "directory".into(),
+                kind,
                 status: SourceStatus::Ok,
                 error: None,
                 files,
                 bytes_read: tar.len() as u64,
                 bytes_stored: aref.size + iref.size,
                 duration_ms: 0,
-                origin: Some(origin),
+                origin,
                 archive: Some(aref),
                 index: Some(iref),
                 problems: Vec::new(),
                 skipped: Vec::new(),
-                details: Default::default(),
+                details,
             }],
         };
         repo.commit_manifest(&m).await.expect("commit manifest");
@@ -753,4 +784,71 @@ fn malicious_archive_entries_never_leave_the_target_fs() {
 #[test]
 fn malicious_archive_entries_never_leave_the_target_s3() {
     malicious_archives(Backend::S3);
+}
+
+/// Issue 10 item 11: sizes that an authenticated archive asks for are
+/// capped. A GNU long name of 2 MiB (the `tar` crate would read any size
+/// whole into memory) and a dump chunk of more than 4 MiB (restore holds one
+/// chunk in memory) are refused as damaged data (exit 3), naming the object,
+/// before they are buffered.
+#[test]
+fn oversized_tar_headers_and_dump_chunks_are_refused() {
+    let env = Env::init(Backend::Fs);
+    let id = commit_crafted(
+        &env,
+        &[
+            E::HugeLongName(2 << 20),
+            E::File(b"after.txt".to_vec(), b"after"),
+        ],
+        &env.path("origin-never-used"),
+    );
+    let target = env.path("restored");
+    for args in [
+        vec!["restore", id.as_str(), "--target", target.to_str().unwrap()],
+        vec!["verify", "--deep", id.as_str()],
+    ] {
+        // verify reports on stdout, restore on stderr.
+        let out = env.cmd().args(&args).output().expect("run coffer");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(3), "{args:?}:\n{text}");
+        assert!(
+            text.contains("GNU long name") && text.contains("claims 2097152 bytes"),
+            "{args:?} does not say what is wrong:\n{text}"
+        );
+        assert!(text.contains(&id), "{args:?}: {text}");
+    }
+    assert!(!target.join(SOURCE).exists(), "nothing was restored");
+
+    // A command source whose one chunk is 4 MiB + 1 byte.
+    static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let big: &'static [u8] = BIG.get_or_init(|| vec![b'c'; (4 << 20) + 1]);
+    let details: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(serde_json::json!({"streams": [{"name": "out"}]})).unwrap();
+    let id = commit_crafted_source(
+        &env,
+        &[E::File(b"out/000000".to_vec(), big)],
+        "command",
+        None,
+        details,
+    );
+    let out = env
+        .cmd()
+        .args(["dump", &id, SOURCE])
+        .output()
+        .expect("run coffer dump");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "dump of an oversized chunk:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("chunks hold at most 4194304"),
+        "the message does not say what is wrong:\n{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no byte of the chunk went out");
 }

@@ -165,6 +165,7 @@ fn swapped_staging(sticky: bool) {
     let _attacker = Attacker::start(SWAP_STAGING, &[&shop, &canary]);
     let started = Instant::now();
     let mut runs = 0;
+    let mut succeeded = 0;
     while runs < ITERATIONS && started.elapsed() < TIME_LIMIT {
         runs += 1;
         let r = restore(&env);
@@ -179,11 +180,17 @@ fn swapped_staging(sticky: bool) {
         if sticky {
             assert_eq!(r.code, Some(0), "restore {runs}: {}", r.stderr);
             assert_eq!(describe_tree(&media), snapshot_tree, "restore {runs}");
-        } else if r.code != Some(0) {
-            // A refusal must say where and what to do instead.
+        } else if r.code == Some(0) {
+            // The owner of the parent may make a restore fail, never make
+            // a successful one put anything but the snapshot in place.
+            assert_eq!(describe_tree(&media), snapshot_tree, "restore {runs}");
+            succeeded += 1;
+        } else {
+            // A failure must say where and what happened.
             assert!(
-                r.stderr.contains(&shop.display().to_string()) && r.stderr.contains("--target"),
-                "restore {runs} failed without saying what to do: {}",
+                r.stderr.contains(&shop.display().to_string())
+                    && r.stderr.contains("renamed or replaced by another process"),
+                "restore {runs} failed without saying what happened: {}",
                 r.stderr
             );
         }
@@ -200,6 +207,56 @@ fn swapped_staging(sticky: bool) {
         }
     }
     assert!(runs >= 10, "only {runs} restores ran in {TIME_LIMIT:?}");
+    if !sticky {
+        eprintln!("{succeeded} of {runs} restores under attack succeeded");
+        // Without the attacker, the same restore works: the app user's
+        // ownership of the parent alone is no reason to refuse.
+        drop(_attacker);
+        let r = restore(&env);
+        assert_eq!(
+            r.code,
+            Some(0),
+            "restore without the attacker: {}",
+            r.stderr
+        );
+        assert_eq!(describe_tree(&media), snapshot_tree);
+        assert_eq!(describe_tree(&canary), canary_before);
+    }
+}
+
+/// A parent that a group or every user can write to (not sticky) is
+/// refused before anything is written, with what to do instead.
+#[test]
+fn a_restore_refuses_a_parent_others_can_write_to() {
+    need_root();
+    let mut env = Env::init(Backend::Fs);
+    let shop = env.path("shop");
+    let media = shop.join("media");
+    sample_tree(&media, None);
+    env.add_dir_source("media", &media, &[]);
+    env.snapshot_ok();
+    let before = describe_tree(&media);
+    for mode in [0o777, 0o775] {
+        fs::set_permissions(&shop, fs::Permissions::from_mode(mode)).expect("chmod");
+        if mode == 0o775 {
+            // A group other than root's.
+            std::os::unix::fs::chown(&shop, None, Some(65534)).expect("chgrp");
+        }
+        fs::write(media.join("new.txt"), b"made after the snapshot").unwrap();
+        let after_write = describe_tree(&media);
+        let r = restore(&env);
+        assert_eq!(r.code, Some(1), "mode {mode:o}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&shop.display().to_string())
+                && r.stderr.contains("chmod go-w")
+                && r.stderr.contains("--target"),
+            "mode {mode:o}: the refusal does not say what to do: {}",
+            r.stderr
+        );
+        assert_eq!(describe_tree(&media), after_write, "nothing changed");
+        fs::remove_file(media.join("new.txt")).unwrap();
+    }
+    assert_eq!(describe_tree(&media), before);
 }
 
 /// Swaps the directory holding a files source's files for a symlink to the

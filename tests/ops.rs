@@ -892,6 +892,79 @@ fn bad_ping_url_is_a_usage_error() {
     assert_eq!(snapshot_count(&env), 0);
 }
 
+/// Issue 10 item 8: the ping URL (its path is the check's secret) can stay
+/// out of argv: `COFFER_PING`, or `--ping @FILE`; a file others can read
+/// gets a warning, as other secret files do.
+#[test]
+fn the_ping_url_can_come_from_the_environment_or_a_file() {
+    let server = PingServer::start(200);
+    let (env, _) = ping_world();
+    let o = env
+        .cmd()
+        .env("COFFER_PING", &server.url)
+        .args(["snapshot"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "snapshot with COFFER_PING");
+    let paths: Vec<String> = server.take().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/ping/check-1/start", "/ping/check-1"]);
+
+    let file = env.path("ping-url");
+    fs::write(&file, format!("{}\n", server.url)).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    let arg = format!("@{}", file.display());
+    let o = env
+        .cmd()
+        .args(["snapshot", "--ping", &arg])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "snapshot with --ping @FILE");
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    let paths: Vec<String> = server.take().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/ping/check-1/start", "/ping/check-1"]);
+
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let o = env
+        .cmd()
+        .args(["snapshot", "--ping", &arg])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "snapshot with a readable ping file");
+    assert!(
+        stderr(&o).contains(&format!(
+            "warning: ping URL file {} is readable by others",
+            file.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(server.take().len(), 2);
+
+    // A file that is missing or holds no URL is a usage error that names
+    // the file, not its content.
+    fs::write(&file, "not a url SECRET\n").unwrap();
+    for (arg, why) in [
+        (arg.clone(), "not a URL"),
+        (
+            format!("@{}", env.path("missing").display()),
+            "cannot read the ping URL",
+        ),
+    ] {
+        let o = env
+            .cmd()
+            .args(["snapshot", "--ping", &arg])
+            .output()
+            .unwrap();
+        assert_code(&o, 2, &arg);
+        assert!(
+            stderr(&o).contains(why) && stderr(&o).contains(&arg[1..]),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!stderr(&o).contains("SECRET"), "{}", stderr(&o));
+    }
+}
+
 // ------------------------------------------------------- completions, man
 
 #[test]
@@ -988,6 +1061,10 @@ fn cron_lines_of_the_runbook_run() {
     env.extra = "[retention]\nkeep_last = 3\n".into();
     env.write_config();
     let prom = env.path("coffer-shop.prom");
+    // The runbook keeps the ping URL (a secret) in a file, out of argv.
+    let ping_file = env.path("shop.ping");
+    fs::write(&ping_file, format!("{}\n", server.url)).unwrap();
+    fs::set_permissions(&ping_file, fs::Permissions::from_mode(0o600)).unwrap();
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_coffer"))
         .parent()
         .unwrap()
@@ -1010,7 +1087,7 @@ fn cron_lines_of_the_runbook_run() {
                 "/var/lib/prometheus/node-exporter/coffer-shop.prom",
                 &prom.display().to_string(),
             )
-            .replace("https://hc-ping.com/YOUR-UUID", &server.url);
+            .replace("/etc/coffer/shop.ping", &ping_file.display().to_string());
         let o = Command::new("sh")
             .arg("-c")
             .arg(&cmd)

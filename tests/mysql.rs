@@ -749,13 +749,24 @@ fn passwords_stay_secret_and_bad_connections_fail_clearly() {
     let mut env = new_env();
     let with_pw = format!("mysql://{user}:{good}@127.0.0.1:3306/{}", db.name());
     add_mysql_source(&mut env, "orders", &with_pw, "");
-    let (code, out, err) = run(&env, &["snapshot", "--json"]);
+    // Issue 10 item 7: nor does it reach a tool's command line (`ps`).
+    let spy = ArgvSpy::new(
+        env.dir.path(),
+        &["mariadb-dump", "mysqldump", "mariadb", "mysql"],
+    );
+    let path = spy.path_var();
+    let (code, out, err) = run_with(&env, &["snapshot", "--json"], &[("PATH", &path)]);
     assert_eq!(code, 0, "{out}\n{err}");
     let (_, shown, _) = run(&env, &["show", "latest", "--json"]);
     let (_, listed, _) = run(&env, &["snapshots"]);
-    let (code, drilled, derr) = run(&env, &["drill", "--json"]);
+    let (code, drilled, derr) = run_with(&env, &["drill", "--json"], &[("PATH", &path)]);
     assert_eq!(code, 0, "{drilled}\n{derr}");
-    for text in [&out, &err, &shown, &listed, &drilled, &derr] {
+    let argv = spy.command_lines();
+    assert!(
+        argv.contains("dump ") && argv.lines().count() >= 2,
+        "the dump and client tools ran through the wrappers: {argv}"
+    );
+    for text in [&out, &err, &shown, &listed, &drilled, &derr, &argv] {
         assert!(!text.contains(&good), "password leaked: {text}");
     }
     assert!(shown.contains(&url), "{shown}");

@@ -847,3 +847,56 @@ fn a_damaged_archive_leaves_the_database_as_it_was() {
         "a temporary database was left behind"
     );
 }
+
+/// Issue 10 item 7: a password in the URL, in the user info or as
+/// `?password=`, reaches pg_dump, psql and pg_restore only through their
+/// environment (PGPASSWORD), never their command lines (`ps`), and shows in
+/// no output.
+#[test]
+fn a_url_password_never_reaches_a_tools_command_line() {
+    for (tag, url_of) in [
+        (
+            "argvui",
+            (|db: &str| format!("postgres://postgres:hunter2@127.0.0.1:5432/{db}"))
+                as fn(&str) -> String,
+        ),
+        ("argvq", |db: &str| {
+            format!("postgres://postgres@127.0.0.1:5432/{db}?password=hunter2&sslmode=disable")
+        }),
+    ] {
+        let db = TestDb::create(tag);
+        sql(&db.0, SCHEMA);
+        let mut env = Env::init(Backend::Fs);
+        add_pg_source(&mut env, "db", &url_of(&db.0), "");
+        let spy = ArgvSpy::new(env.dir.path(), &["pg_dump", "psql", "pg_restore"]);
+        let mut outputs = Vec::new();
+        for args in [
+            &["snapshot", "--json"][..],
+            &["drill", "--json"],
+            &["check"],
+        ] {
+            let o = env
+                .cmd()
+                .env("PATH", spy.path_var())
+                .args(args)
+                .output()
+                .unwrap();
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(o.status.code(), Some(0), "{tag} {args:?}: {all}");
+            outputs.push(all);
+        }
+        let argv = spy.command_lines();
+        assert!(
+            argv.contains("pg_dump ") && argv.contains("pg_restore "),
+            "{tag}: the tools ran through the wrappers: {argv}"
+        );
+        outputs.push(argv);
+        for t in outputs {
+            assert!(!t.contains("hunter2"), "{tag}: password shown: {t}");
+        }
+    }
+}

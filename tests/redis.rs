@@ -817,3 +817,58 @@ fn restore_without_redis_server_installed_says_so() {
     }
     assert_eq!(server.cli(&["EXISTS", "later"]).trim(), "1");
 }
+
+/// Issue 10 item 7: a password in the Redis URL (`redis://:PW@host:port`)
+/// works, reaches redis-cli through its environment (REDISCLI_AUTH), and
+/// shows nowhere: not in redis-cli's command line (`ps`), not in `--json`,
+/// `show`, `snapshots` or stderr; the URL is shown with `***` for it.
+#[test]
+fn a_password_in_the_url_never_reaches_a_command_line_or_the_output() {
+    let mut env = Env::init(Backend::Fs);
+    fs::create_dir_all(env.path("tmp")).unwrap();
+    let server = OwnServer::start(&env.path("redis-data"));
+    server.cli(&["SET", "greeting", "hello"]);
+    env.sources.push_str(&format!(
+        "[[sources]]\nname = \"cache\"\ntype = \"redis\"\nurl = \"redis://:{PASSWORD}@127.0.0.1:{}\"\n\n",
+        server.port
+    ));
+    env.write_config();
+    let spy = ArgvSpy::new(env.dir.path(), &["redis-cli"]);
+    let o = cmd(&env)
+        .env("PATH", spy.path_var())
+        .args(["snapshot", "--json"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "snapshot with a password in the URL");
+    let shown = cmd(&env)
+        .args(["show", "latest", "--json"])
+        .output()
+        .unwrap();
+    let listed = cmd(&env).args(["snapshots"]).output().unwrap();
+    let checked = cmd(&env)
+        .env("PATH", spy.path_var())
+        .args(["check"])
+        .output()
+        .unwrap();
+    assert_code(&checked, 0, "check");
+    let argv = spy.command_lines();
+    assert!(
+        argv.contains("redis-cli"),
+        "redis-cli ran through the wrapper: {argv:?}"
+    );
+    for (what, t) in [
+        ("snapshot stdout", text(&o.stdout)),
+        ("snapshot stderr", text(&o.stderr)),
+        ("show", text(&shown.stdout)),
+        ("snapshots", text(&listed.stdout)),
+        ("check", text(&checked.stdout) + &text(&checked.stderr)),
+        ("redis-cli's command lines", argv),
+    ] {
+        assert!(!t.contains(PASSWORD), "password in {what}: {t}");
+    }
+    assert!(
+        text(&shown.stdout).contains(&format!("redis://:***@127.0.0.1:{}", server.port)),
+        "{}",
+        text(&shown.stdout)
+    );
+}

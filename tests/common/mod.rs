@@ -422,3 +422,58 @@ pub fn same_inode(a: &Path, b: &Path) -> bool {
     );
     x.ino() == y.ino() && x.dev() == y.dev()
 }
+
+/// Wrappers for database tools, first in `PATH`: each appends its command
+/// line (one line per run) to a log, then runs the real tool. For tests
+/// that a secret never reaches a child's command line, which every local
+/// user can read in `ps` (contract, guarantee 10).
+#[allow(dead_code)]
+pub struct ArgvSpy {
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+#[allow(dead_code)]
+impl ArgvSpy {
+    /// Wraps each of `tools` that is installed (others are left out).
+    pub fn new(root: &Path, tools: &[&str]) -> ArgvSpy {
+        let dir = root.join("argv-spy");
+        std::fs::create_dir_all(&dir).expect("mkdir argv-spy");
+        let log = root.join("argv-spy.log");
+        let path = std::env::var("PATH").unwrap_or_default();
+        let mut wrapped = 0;
+        for tool in tools {
+            let Some(real) = std::env::split_paths(&path)
+                .map(|d| d.join(tool))
+                .find(|p| p.is_file())
+            else {
+                continue;
+            };
+            let script = format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$0 $*\" >> '{}'\nexec '{}' \"$@\"\n",
+                log.display(),
+                real.display()
+            );
+            let p = dir.join(tool);
+            std::fs::write(&p, script).expect("write wrapper");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            wrapped += 1;
+        }
+        assert!(wrapped > 0, "none of {tools:?} is installed");
+        ArgvSpy { dir, log }
+    }
+
+    /// `PATH` with the wrappers first.
+    pub fn path_var(&self) -> String {
+        format!(
+            "{}:{}",
+            self.dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    /// Every command line logged so far.
+    pub fn command_lines(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

@@ -51,6 +51,42 @@ pub struct RepositoryConfig {
     pub compression: Option<i32>,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// How requests to a cloud store are retried (`[repository.retry]`).
+    #[serde(default)]
+    pub retry: RetryTable,
+}
+
+/// `[repository.retry]`: durations as text ("90s", "2m").
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryTable {
+    pub window: Option<String>,
+    pub timeout: Option<String>,
+}
+
+impl RepositoryConfig {
+    /// The retry policy: the defaults, with what `[repository.retry]` sets
+    /// (already validated by [`Config::parse`]).
+    pub fn retry_policy(&self) -> crate::store::RetryPolicy {
+        let mut p = crate::store::RetryPolicy::default();
+        if let Some(w) = self
+            .retry
+            .window
+            .as_deref()
+            .and_then(|w| humantime::parse_duration(w).ok())
+        {
+            p.window = w;
+        }
+        if let Some(t) = self
+            .retry
+            .timeout
+            .as_deref()
+            .and_then(|t| humantime::parse_duration(t).ok())
+        {
+            p.timeout = t;
+        }
+        p
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -272,6 +308,39 @@ impl Config {
                 "compression",
                 format!("[repository].compression: {level} is not a zstd level from 1 to 19"),
             ));
+        }
+        for (key, value, least) in [
+            (
+                "window",
+                &repository.retry.window,
+                std::time::Duration::ZERO,
+            ),
+            (
+                "timeout",
+                &repository.retry.timeout,
+                std::time::Duration::from_secs(1),
+            ),
+        ] {
+            let Some(v) = value else { continue };
+            match humantime::parse_duration(v) {
+                Ok(d) if d >= least => {}
+                Ok(_) => {
+                    return Err(invalid_key(
+                        repo_at,
+                        key,
+                        format!("[repository.retry].{key}: {v:?} is too short; at least {least:?}"),
+                    ));
+                }
+                Err(e) => {
+                    return Err(invalid_key(
+                        repo_at,
+                        key,
+                        format!(
+                            "[repository.retry].{key}: {v:?} is not a duration ({e}); write e.g. \"90s\" or \"5m\""
+                        ),
+                    ));
+                }
+            }
         }
 
         let mut names = HashSet::new();

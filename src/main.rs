@@ -566,7 +566,12 @@ fn open_store(s: &Settings, create: bool) -> Result<Store, Error> {
         Some(c) if scheme(c) != scheme(url) => &empty,
         _ => &s.config.repository.options,
     };
-    Ok(Store::open(url, options, create)?)
+    Ok(Store::open_with(
+        url,
+        options,
+        create,
+        s.config.repository.retry_policy(),
+    )?)
 }
 
 async fn open_repo(g: &Global, s: &Settings) -> Result<Repository, Error> {

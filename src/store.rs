@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -48,6 +50,40 @@ pub enum StoreError {
         size: u64,
         cap: u64,
     },
+    #[error(
+        "{op} {path} in {store} failed: {endpoint} did not answer ({source}); coffer retried for {window:?}, waiting at most {timeout:?} for each answer. Check that {endpoint} is up and reachable from this host; to ride out longer outages, raise [repository.retry] window"
+    )]
+    Unreachable {
+        op: &'static str,
+        store: String,
+        path: String,
+        endpoint: String,
+        window: Duration,
+        timeout: Duration,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error(
+        "{op} {path} in {store}: {what}, and reading it back to see whether it was stored failed too ({source}); run the command again once the store answers (coffer snapshots shows what was committed)"
+    )]
+    Undecided {
+        op: &'static str,
+        store: String,
+        path: String,
+        what: String,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error(
+        "{op} {path} in {store}: {what}; the object is not there as written ({found}), so nothing was committed: run the command again"
+    )]
+    NotStored {
+        op: &'static str,
+        store: String,
+        path: String,
+        what: String,
+        found: String,
+    },
     #[error("{op} {path} in {store} failed: {source}")]
     Io {
         op: &'static str,
@@ -68,6 +104,56 @@ impl StoreError {
     }
 }
 
+/// How a cloud store's requests are retried: one policy for every request,
+/// set in `[repository.retry]` (docs/CONFIG.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// How long a failing request is retried, with backoff, from its first
+    /// attempt: an outage or restart shorter than this is ridden out.
+    pub window: Duration,
+    /// How long one attempt may hear nothing (no connection, no byte of the
+    /// answer) before it is abandoned and retried.
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            window: Duration::from_secs(90),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Backoff between attempts: from 200 ms, doubling, at most 10 s.
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+impl RetryPolicy {
+    fn object_store_config(&self) -> object_store::RetryConfig {
+        object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: BACKOFF_FIRST,
+                max_backoff: BACKOFF_MAX,
+                base: 2.0,
+            },
+            // The window bounds the retries, not a count: a count runs out in
+            // seconds against a refused connection.
+            max_retries: usize::MAX,
+            retry_timeout: self.window,
+        }
+    }
+
+    fn client_options(&self) -> object_store::ClientOptions {
+        object_store::ClientOptions::new()
+            .with_connect_timeout(self.timeout.min(Duration::from_secs(10)))
+            // Silence, not length, ends an attempt: a large download may
+            // take hours, a dead connection must not.
+            .with_read_timeout(self.timeout)
+            .with_timeout_disabled()
+    }
+}
+
 /// One storage location: a store plus the URL it was opened from.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -76,6 +162,76 @@ pub struct Store {
     /// The directory of a filesystem store: it gets small upload parts (no
     /// 5 MiB minimum, no network to fill).
     local_root: Option<std::path::PathBuf>,
+    policy: RetryPolicy,
+    /// Where requests go, for messages.
+    endpoint: String,
+    /// Attempts that failed and were retried (by object_store or by us).
+    retries: Arc<AtomicU64>,
+    /// What was recovered on the way (a lost answer to a write that did
+    /// happen), for the command's report.
+    warnings: Arc<Mutex<Vec<String>>>,
+}
+
+/// Counts the attempts that failed in a way object_store retries
+/// (transport errors, 5xx, 429, 408): the retries a run needed.
+#[derive(Debug)]
+struct CountingService {
+    inner: object_store::client::HttpClient,
+    retries: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl object_store::client::HttpService for CountingService {
+    async fn call(
+        &self,
+        req: object_store::client::HttpRequest,
+    ) -> Result<object_store::client::HttpResponse, object_store::client::HttpError> {
+        let r = self.inner.execute(req).await;
+        let failed = match &r {
+            Ok(resp) => {
+                let s = resp.status().as_u16();
+                s >= 500 || s == 429 || s == 408
+            }
+            Err(_) => true,
+        };
+        if failed {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+#[derive(Debug)]
+struct CountingConnector {
+    retries: Arc<AtomicU64>,
+}
+
+impl object_store::client::HttpConnector for CountingConnector {
+    fn connect(
+        &self,
+        options: &object_store::ClientOptions,
+    ) -> object_store::Result<object_store::client::HttpClient> {
+        let inner = object_store::client::ReqwestConnector::default().connect(options)?;
+        Ok(object_store::client::HttpClient::new(CountingService {
+            inner,
+            retries: self.retries.clone(),
+        }))
+    }
+}
+
+/// True when `e` came from the transport (no answer, a reset, a timeout):
+/// the request may or may not have reached the store.
+fn is_transport(e: &object_store::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        if x.downcast_ref::<object_store::client::HttpError>()
+            .is_some()
+        {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
 }
 
 impl Store {
@@ -126,12 +282,22 @@ fn part_size(base: usize, part_number: usize) -> usize {
 }
 
 impl Store {
-    /// Opens the store at `url`. `create` makes a missing local directory
-    /// (for `init`); otherwise a missing one is an error.
+    /// Opens the store at `url` with the default [`RetryPolicy`].
     pub fn open(
         url: &str,
         options: &BTreeMap<String, String>,
         create: bool,
+    ) -> Result<Store, StoreError> {
+        Store::open_with(url, options, create, RetryPolicy::default())
+    }
+
+    /// Opens the store at `url`. `create` makes a missing local directory
+    /// (for `init`); otherwise a missing one is an error.
+    pub fn open_with(
+        url: &str,
+        options: &BTreeMap<String, String>,
+        create: bool,
+        policy: RetryPolicy,
     ) -> Result<Store, StoreError> {
         let bad = |reason: &str| StoreError::BadUrl {
             url: url.to_string(),
@@ -178,6 +344,10 @@ impl Store {
                 inner: Arc::new(fs),
                 url: url.to_string(),
                 local_root: Some(path),
+                policy,
+                endpoint: String::new(),
+                retries: Arc::default(),
+                warnings: Arc::default(),
             });
         }
         let parsed = url::Url::parse(url).map_err(|e| {
@@ -196,10 +366,41 @@ impl Store {
             scheme: scheme.clone(),
             key: k.to_string(),
         };
+        let retries = Arc::new(AtomicU64::new(0));
+        let connector = || CountingConnector {
+            retries: retries.clone(),
+        };
+        let env_or = |keys: &[&str], default: String| {
+            keys.iter()
+                .find_map(|k| {
+                    options
+                        .get(*k)
+                        .cloned()
+                        .or_else(|| std::env::var(k.to_uppercase()).ok())
+                })
+                .unwrap_or(default)
+        };
+        let endpoint = match scheme.as_str() {
+            "s3" => env_or(
+                &["aws_endpoint", "aws_endpoint_url"],
+                "the S3 endpoint".to_string(),
+            ),
+            "gs" => "the Google Cloud Storage endpoint".to_string(),
+            "az" => env_or(
+                &["azure_storage_endpoint", "azurite_blob_storage_url"],
+                "the Azure Blob Storage endpoint".to_string(),
+            ),
+            _ => String::new(),
+        };
+        // Options the user gives come last: they override the policy's
+        // client settings where both name one.
         let built: Arc<dyn ObjectStore> = match scheme.as_str() {
             "s3" => {
-                let mut b =
-                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&bucket);
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(&bucket)
+                    .with_retry(policy.object_store_config())
+                    .with_client_options(policy.client_options())
+                    .with_http_connector(connector());
                 for (k, v) in options {
                     b = b.with_config(k.parse().map_err(|_| bad_opt(k))?, v);
                 }
@@ -207,7 +408,10 @@ impl Store {
             }
             "gs" => {
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(&bucket);
+                    .with_bucket_name(&bucket)
+                    .with_retry(policy.object_store_config())
+                    .with_client_options(policy.client_options())
+                    .with_http_connector(connector());
                 for (k, v) in options {
                     b = b.with_config(k.parse().map_err(|_| bad_opt(k))?, v);
                 }
@@ -215,7 +419,10 @@ impl Store {
             }
             "az" => {
                 let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_container_name(&bucket);
+                    .with_container_name(&bucket)
+                    .with_retry(policy.object_store_config())
+                    .with_client_options(policy.client_options())
+                    .with_http_connector(connector());
                 for (k, v) in options {
                     b = b.with_config(k.parse().map_err(|_| bad_opt(k))?, v);
                 }
@@ -239,7 +446,28 @@ impl Store {
             inner,
             url: url.to_string(),
             local_root: None,
+            policy,
+            endpoint,
+            retries,
+            warnings: Arc::default(),
         })
+    }
+
+    /// Attempts that failed and were retried so far, on this store and its
+    /// clones.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Takes the warnings gathered so far (lost answers to writes that did
+    /// happen), for the command's report.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().unwrap())
+    }
+
+    fn warn(&self, w: String) {
+        tracing::warn!("{w}");
+        self.warnings.lock().unwrap().push(w);
     }
 
     fn part_base(&self) -> usize {
@@ -277,6 +505,17 @@ impl Store {
                 store: self.url.clone(),
                 path: path.to_string(),
             },
+            source if self.local_root.is_none() && is_transport(&source) => {
+                StoreError::Unreachable {
+                    op,
+                    store: self.url.clone(),
+                    path: path.to_string(),
+                    endpoint: self.endpoint.clone(),
+                    window: self.policy.window,
+                    timeout: self.policy.timeout,
+                    source,
+                }
+            }
             source => StoreError::Backend {
                 op,
                 store: self.url.clone(),
@@ -288,20 +527,109 @@ impl Store {
 
     /// Writes a small object; with `create_only` a second write of the same
     /// name fails with [`StoreError::AlreadyExists`] instead of replacing it.
+    ///
+    /// A create-only write is a commit point (a manifest, a key slot), so its
+    /// outcome must be known: it is retried after transport errors too (a
+    /// retry is safe, the store refuses a second creation), and after an
+    /// error whose outcome is unknown the object is read back: when it
+    /// holds exactly `data`, the write happened and its answer was lost (a
+    /// warning, not an error).
     pub async fn put(&self, path: &str, data: Bytes, create_only: bool) -> Result<(), StoreError> {
-        let opts = PutOptions {
-            mode: if create_only {
-                PutMode::Create
-            } else {
-                PutMode::Overwrite
-            },
-            ..Default::default()
+        let loc = ObjPath::from(path);
+        if !create_only {
+            let opts = PutOptions {
+                mode: PutMode::Overwrite,
+                ..Default::default()
+            };
+            self.inner
+                .put_opts(&loc, PutPayload::from(data), opts)
+                .await
+                .map_err(|e| self.err("write", path, e))?;
+            return Ok(());
+        }
+        let start = Instant::now();
+        let mut backoff = BACKOFF_FIRST;
+        let mut attempt = 0u32;
+        let last = loop {
+            attempt += 1;
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            let e = match self
+                .inner
+                .put_opts(&loc, PutPayload::from(data.clone()), opts)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            let exists = matches!(
+                e,
+                object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }
+            );
+            if exists && attempt == 1 {
+                // Not ours: someone else's object by that name.
+                return Err(self.err("write", path, e));
+            }
+            if exists || !is_transport(&e) || start.elapsed() >= self.policy.window {
+                break e;
+            }
+            tracing::info!("write {path}: {e}; retrying in {backoff:?}");
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
         };
-        self.inner
-            .put_opts(&ObjPath::from(path), PutPayload::from(data), opts)
-            .await
-            .map_err(|e| self.err("write", path, e))?;
-        Ok(())
+        // The write may have happened: what the store holds decides.
+        let what = if matches!(
+            last,
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }
+        ) {
+            "a retried write answered that the object already exists".to_string()
+        } else {
+            format!("the write failed ({last})")
+        };
+        match self.get_capped(path, data.len() as u64).await {
+            Ok(held) if held == data => {
+                self.warn(format!(
+                    "write {path} in {}: {what}, but reading it back shows it was stored as written: committed",
+                    self.url
+                ));
+                Ok(())
+            }
+            Ok(held) => Err(StoreError::NotStored {
+                op: "write",
+                store: self.url.clone(),
+                path: path.to_string(),
+                what,
+                found: format!("it holds {} other bytes", held.len()),
+            }),
+            Err(StoreError::NotFound { .. }) => match self.err("write", path, last) {
+                StoreError::AlreadyExists { .. } => Err(StoreError::NotStored {
+                    op: "write",
+                    store: self.url.clone(),
+                    path: path.to_string(),
+                    what,
+                    found: "it is absent".into(),
+                }),
+                e => Err(e),
+            },
+            Err(StoreError::TooLarge { size, .. }) => Err(StoreError::NotStored {
+                op: "write",
+                store: self.url.clone(),
+                path: path.to_string(),
+                what,
+                found: format!("it holds {size} bytes, not {}", data.len()),
+            }),
+            Err(e) => Err(StoreError::Undecided {
+                op: "write",
+                store: self.url.clone(),
+                path: path.to_string(),
+                what,
+                source: Box::new(e),
+            }),
+        }
     }
 
     /// Reads a whole (small) object.
@@ -461,6 +789,7 @@ impl Store {
             .await
             .map_err(|e| self.err("start upload of", &path, e))?;
         let mut tasks = tokio::task::JoinSet::new();
+        let mut total = (first.len() + second.len()) as u64;
         let mut next = vec![second, first]; // popped from the end: first goes first
         let outcome: Result<bool, object_store::Error> = async {
             loop {
@@ -473,7 +802,10 @@ impl Store {
                     tasks.spawn(upload.put_part(PutPayload::from(b)));
                 }
                 match rx.recv().await {
-                    Some(Part::Data(b)) => next.push(b),
+                    Some(Part::Data(b)) => {
+                        total += b.len() as u64;
+                        next.push(b)
+                    }
                     Some(Part::End) => break,
                     // Dropped without finish(): abandon, so no partial object appears.
                     None => return Ok(false),
@@ -486,11 +818,13 @@ impl Store {
         }
         .await;
         match outcome {
-            Ok(true) => upload
-                .complete()
-                .await
-                .map(|_| ())
-                .map_err(|e| self.err("finish upload of", &path, e)),
+            Ok(true) => match upload.complete().await {
+                Ok(_) => Ok(()),
+                // The answer to the completion may have been lost, and its
+                // retry refused (the upload is gone once completed): the
+                // object itself says whether it happened.
+                Err(e) => self.completed_anyway(&path, total, e).await,
+            },
             Ok(false) => {
                 tasks.shutdown().await;
                 let _ = upload.abort().await;
@@ -501,6 +835,51 @@ impl Store {
                 let _ = upload.abort().await;
                 Err(self.err("upload", &path, e))
             }
+        }
+    }
+
+    /// After a failed CompleteMultipartUpload: Ok when the object is there
+    /// with the size that was sent (its contents are authenticated by every
+    /// later read), else an error that says what happened.
+    async fn completed_anyway(
+        &self,
+        path: &str,
+        total: u64,
+        e: object_store::Error,
+    ) -> Result<(), StoreError> {
+        let what = format!(
+            "the store did not confirm the end of the upload ({})",
+            one_line(&e.to_string())
+        );
+        match self.size(path).await {
+            Ok(size) if size == total => {
+                self.warn(format!(
+                    "upload of {path} to {}: {what}, but the object is there with all {total} bytes: stored",
+                    self.url
+                ));
+                Ok(())
+            }
+            Ok(size) => Err(StoreError::NotStored {
+                op: "upload",
+                store: self.url.clone(),
+                path: path.to_string(),
+                what,
+                found: format!("it has {size} bytes, not {total}"),
+            }),
+            Err(StoreError::NotFound { .. }) => Err(StoreError::NotStored {
+                op: "upload",
+                store: self.url.clone(),
+                path: path.to_string(),
+                what,
+                found: "it is absent".into(),
+            }),
+            Err(err) => Err(StoreError::Undecided {
+                op: "upload",
+                store: self.url.clone(),
+                path: path.to_string(),
+                what,
+                source: Box::new(err),
+            }),
         }
     }
 
@@ -555,6 +934,16 @@ impl Store {
             hasher: hash.then(Sha256::new),
             size: 0,
         }
+    }
+}
+
+/// An error's text on one line (object_store's carry the server's XML).
+fn one_line(s: &str) -> String {
+    let s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.len() > 300 {
+        format!("{}...", &s[..s.floor_char_boundary(300)])
+    } else {
+        s
     }
 }
 

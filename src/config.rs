@@ -309,6 +309,19 @@ impl Config {
                 format!("[repository].compression: {level} is not a zstd level from 1 to 19"),
             ));
         }
+        // `[repository.retry]` is its own table in the text: point at its
+        // keys from its header (or from [repository], for inline forms).
+        let retry_at = text
+            .match_indices('[')
+            .find(|(i, _)| {
+                let line_start = text[..*i].rfind('\n').map_or(0, |n| n + 1);
+                text[line_start..*i].trim().is_empty()
+                    && text[*i + 1..]
+                        .split(']')
+                        .next()
+                        .is_some_and(|h| h.replace([' ', '"'], "") == "repository.retry")
+            })
+            .map_or(repo_at, |(i, _)| i);
         for (key, value, least) in [
             (
                 "window",
@@ -326,14 +339,14 @@ impl Config {
                 Ok(d) if d >= least => {}
                 Ok(_) => {
                     return Err(invalid_key(
-                        repo_at,
+                        retry_at,
                         key,
                         format!("[repository.retry].{key}: {v:?} is too short; at least {least:?}"),
                     ));
                 }
                 Err(e) => {
                     return Err(invalid_key(
-                        repo_at,
+                        retry_at,
                         key,
                         format!(
                             "[repository.retry].{key}: {v:?} is not a duration ({e}); write e.g. \"90s\" or \"5m\""

@@ -284,6 +284,16 @@ fn main() -> ExitCode {
         }
     };
     rec.exit_code = code;
+    if coffer::store::run_opened() {
+        rec.store_retries = Some(coffer::store::run_retries());
+        if !json {
+            // Recovered faults (a lost answer to a write that did happen):
+            // the run succeeded, and on-call should know the network was bad.
+            for w in coffer::store::run_warnings() {
+                eprintln!("warning: {w}");
+            }
+        }
+    }
     rt.block_on(monitor.finish(&rec));
     // Background tasks (abandoned uploads) must not keep us alive.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
@@ -421,8 +431,20 @@ fn init_logging(g: &Global) {
 
 fn print_json(v: &serde_json::Value) {
     coffer::progress::finish();
+    // Every document of a run that reached a store says how the store
+    // behaved: requests that failed and were retried, and what was
+    // recovered (docs/JSON.md, "store").
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut()
+        && coffer::store::run_opened()
+    {
+        o.insert(
+            "store".into(),
+            json!({"retries": coffer::store::run_retries(), "warnings": coffer::store::run_warnings()}),
+        );
+    }
     let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer_pretty(&mut out, v);
+    let _ = serde_json::to_writer_pretty(&mut out, &v);
     let _ = writeln!(out);
 }
 

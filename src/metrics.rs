@@ -53,6 +53,9 @@ pub struct RunRecord {
     pub error: Option<String>,
     /// A one-line summary of a successful run.
     pub summary: Option<String>,
+    /// Requests to the store that failed and were retried (None when the
+    /// run opened no store).
+    pub store_retries: Option<u64>,
 }
 
 impl RunRecord {
@@ -67,6 +70,7 @@ impl RunRecord {
             snapshots_total: None,
             error: None,
             summary: None,
+            store_retries: None,
         }
     }
 
@@ -174,6 +178,10 @@ const METRICS: &[(&str, &str)] = &[
     (
         "coffer_snapshots_total",
         "Complete snapshots in the repository after the last run that counted them.",
+    ),
+    (
+        "coffer_store_retries",
+        "Requests to the repository's store that failed with a transient error (connection, timeout, 5xx) and were retried, in the last run of this operation.",
     ),
 ];
 
@@ -330,6 +338,9 @@ pub fn merge(
     }
     if let Some(b) = rec.bytes_stored {
         new.push(op_sample("coffer_bytes_stored", op, b as f64));
+    }
+    if let Some(n) = rec.store_retries {
+        new.push(op_sample("coffer_store_retries", op, n as f64));
     }
     for s in &rec.sources {
         new.push(Sample {

@@ -172,6 +172,37 @@ pub struct Store {
     warnings: Arc<Mutex<Vec<String>>>,
 }
 
+/// Retries over every store this process opened, for the run's report and
+/// its metrics (a copy uses two stores; a run reports one figure).
+static RUN_RETRIES: AtomicU64 = AtomicU64::new(0);
+/// Warnings over every store this process opened.
+static RUN_WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Whether this process opened a store at all (a run's report only speaks
+/// of the store when there was one).
+static RUN_OPENED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether any store was opened by this process.
+pub fn run_opened() -> bool {
+    RUN_OPENED.load(Ordering::Relaxed)
+}
+
+fn count_retry(store: &AtomicU64) {
+    store.fetch_add(1, Ordering::Relaxed);
+    RUN_RETRIES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Requests retried so far by every store of this process.
+pub fn run_retries() -> u64 {
+    RUN_RETRIES.load(Ordering::Relaxed)
+}
+
+/// What every store of this process recovered from so far (a lost answer
+/// to a write that did happen): warnings for the run's report.
+pub fn run_warnings() -> Vec<String> {
+    RUN_WARNINGS.lock().unwrap().clone()
+}
+
 /// Counts the attempts that failed in a way object_store retries
 /// (transport errors, 5xx, 429, 408): the retries a run needed.
 #[derive(Debug)]
@@ -195,7 +226,7 @@ impl object_store::client::HttpService for CountingService {
             Err(_) => true,
         };
         if failed {
-            self.retries.fetch_add(1, Ordering::Relaxed);
+            count_retry(&self.retries);
         }
         r
     }
@@ -299,6 +330,7 @@ impl Store {
         create: bool,
         policy: RetryPolicy,
     ) -> Result<Store, StoreError> {
+        RUN_OPENED.store(true, Ordering::Relaxed);
         let bad = |reason: &str| StoreError::BadUrl {
             url: url.to_string(),
             reason: reason.to_string(),
@@ -466,7 +498,8 @@ impl Store {
     }
 
     fn warn(&self, w: String) {
-        tracing::warn!("{w}");
+        tracing::info!("{w}");
+        RUN_WARNINGS.lock().unwrap().push(w.clone());
         self.warnings.lock().unwrap().push(w);
     }
 
@@ -569,15 +602,13 @@ impl Store {
                 object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. }
             );
-            if exists && attempt == 1 {
-                // Not ours: someone else's object by that name.
-                return Err(self.err("write", path, e));
-            }
+            // "Already exists" on the first attempt may still be ours:
+            // object_store can retry a write whose answer was lost, and the
+            // retry finds our own object. The bytes it holds decide below.
             if exists || !is_transport(&e) || start.elapsed() >= self.policy.window {
                 break e;
             }
             tracing::info!("write {path}: {e}; retrying in {backoff:?}");
-            self.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         };
@@ -586,7 +617,7 @@ impl Store {
             last,
             object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }
         ) {
-            "a retried write answered that the object already exists".to_string()
+            "the write answered that the object already exists".to_string()
         } else {
             format!("the write failed ({last})")
         };
@@ -598,6 +629,8 @@ impl Store {
                 ));
                 Ok(())
             }
+            // Someone else's object by that name, found on our first try.
+            Ok(_) if attempt == 1 => Err(self.err("write", path, last)),
             Ok(held) => Err(StoreError::NotStored {
                 op: "write",
                 store: self.url.clone(),

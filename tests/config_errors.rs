@@ -198,6 +198,24 @@ fn cases() -> Vec<Case> {
             lines: 1..=4,
         },
         Case {
+            name: "[repository.retry] window that is not a duration",
+            text: "[repository]\nurl = \"/r\"\n\n[repository.retry]\ntimeout = \"20s\"\nwindow = \"ninety\"\n",
+            key: Some("window"),
+            lines: 6..=6,
+        },
+        Case {
+            name: "[repository.retry] timeout under a second",
+            text: "[repository]\nurl = \"/r\"\n\n[repository.retry]\nwindow = \"90s\"\ntimeout = \"10ms\"\n",
+            key: Some("timeout"),
+            lines: 6..=6,
+        },
+        Case {
+            name: "unknown key in [repository.retry]",
+            text: "[repository]\nurl = \"/r\"\n\n[repository.retry]\nwindow = \"90s\"\nretries = 5\n",
+            key: Some("retries"),
+            lines: 6..=6,
+        },
+        Case {
             name: "invalid TOML: unterminated string",
             text: "[repository]\nurl = \"/r\"\n\n[[sources]]\nname = \"media\ntype = \"directory\"\n",
             key: None,

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
+pub mod faultproxy;
+
 /// Where a test repository lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -1,0 +1,327 @@
+//! A flaky network between coffer and S3 (issue 11, items 5 to 8): a fault
+//! proxy in front of the S3 test server resets connections, loses answers,
+//! answers 503 SlowDown, refuses connections for a while (a restart) or
+//! goes silent. Whatever happens, the exit code tells the truth: a
+//! snapshot that was committed exits 0 (with a warning when an answer was
+//! lost), one that was not exits 1 and says what was tried.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::faultproxy::{Action, FaultProxy, Rule};
+use common::*;
+
+/// An initialised S3 repository reached through `proxy`, with one
+/// directory source (`big` adds a file of that many incompressible bytes).
+fn proxied(proxy: &FaultProxy, big: Option<usize>, retry: Option<(&str, &str)>) -> Env {
+    let mut env = Env::new(Backend::S3);
+    env.options.insert("aws_endpoint".into(), proxy.endpoint());
+    if let Some((window, timeout)) = retry {
+        env.extra = format!("[repository.retry]\nwindow = {window:?}\ntimeout = {timeout:?}\n");
+    }
+    env.write_config();
+    env.cmd().arg("init").assert().success();
+    let data = env.path("data");
+    sample_tree(&data, big);
+    env.add_dir_source("media", &data, &[]);
+    env
+}
+
+fn run(env: &Env, args: &[&str]) -> std::process::Output {
+    env.cmd().args(args).output().expect("run coffer")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs `snapshot --json`, asserting the exit code; returns the document
+/// and stderr.
+fn snapshot(env: &Env, code: i32) -> (serde_json::Value, String) {
+    let o = run(env, &["snapshot", "--json"]);
+    let err = text(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "snapshot exit code; stderr:\n{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("snapshot --json prints JSON ({e}): {}", text(&o.stdout)));
+    (v, err)
+}
+
+fn snapshot_ids(env: &Env) -> Vec<String> {
+    let o = run(env, &["snapshots", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "snapshots: {}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn verify_deep(env: &Env) {
+    let o = run(env, &["verify", "--all", "--deep"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "verify --all --deep: {}",
+        text(&o.stderr)
+    );
+}
+
+/// The restored tree equals the source.
+fn restores_whole(env: &Env, id: &str) {
+    let target = env.path(&unique("restored"));
+    let o = run(env, &["restore", id, "--target", target.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "restore: {}", text(&o.stderr));
+    assert_same_tree(&env.path("data"), &target.join("media"));
+}
+
+fn retries(v: &serde_json::Value) -> u64 {
+    v["store"]["retries"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("--json has store.retries: {v}"))
+}
+
+// ---------------------------------------------------------------- item 5
+
+#[test]
+fn a_reset_at_the_commit_point_is_retried() {
+    let proxy = FaultProxy::s3();
+    let env = proxied(&proxy, None, None);
+    // The manifest PUT is the only PUT under snapshots/.
+    proxy.add(Rule::on("PUT", "/snapshots/", Action::Reset));
+    let (v, _) = snapshot(&env, 0);
+    assert_eq!(
+        proxy.faults().len(),
+        1,
+        "the reset happened: {:?}",
+        proxy.requests()
+    );
+    assert!(retries(&v) >= 1, "the reset counts as a retry: {v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(snapshot_ids(&env), vec![id.clone()]);
+    verify_deep(&env);
+    restores_whole(&env, &id);
+}
+
+#[test]
+fn resets_and_slowdowns_on_data_uploads_are_ridden_out() {
+    let proxy = FaultProxy::s3();
+    let env = proxied(&proxy, None, None);
+    proxy.add(Rule::on("PUT", "/data/", Action::SlowDown).times(3));
+    proxy.add(Rule::on("PUT", "/data/", Action::Reset).nth(2).times(2));
+    let metrics = env.path("coffer.prom");
+    let o = run(
+        &env,
+        &[
+            "snapshot",
+            "--json",
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(proxy.faults().len(), 5, "{:?}", proxy.faults());
+    assert!(retries(&v) >= 5, "five failed requests were retried: {v}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    let line = prom
+        .lines()
+        .find(|l| l.starts_with("coffer_store_retries{operation=\"snapshot\"}"))
+        .unwrap_or_else(|| panic!("metrics name the retries:\n{prom}"));
+    let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 5.0, "{line}");
+    verify_deep(&env);
+}
+
+// ---------------------------------------------------------------- item 6
+
+#[test]
+fn a_lost_answer_to_the_manifest_write_is_a_committed_snapshot() {
+    let proxy = FaultProxy::s3();
+    let env = proxied(&proxy, None, None);
+    proxy.add(Rule::on("PUT", "/snapshots/", Action::LoseResponse));
+    let (v, _) = snapshot(&env, 0);
+    let faults = proxy.faults();
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    let warnings = v["store"]["warnings"].as_array().expect("store.warnings");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("committed")),
+        "a warning says the write was found committed: {v}"
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    // Listed once: the retry did not make a second snapshot.
+    assert_eq!(snapshot_ids(&env), vec![id.clone()]);
+    verify_deep(&env);
+
+    // The same in text: exit 0, the id on stdout, a warning on stderr.
+    proxy.add(Rule::on("PUT", "/snapshots/", Action::LoseResponse));
+    let o = run(&env, &["snapshot"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let id2 = text(&o.stdout).trim().to_string();
+    assert!(
+        err.contains("warning:") && err.contains("committed") && err.contains("snapshots/"),
+        "stderr says what was recovered: {err}"
+    );
+    let ids = snapshot_ids(&env);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&id2), "{ids:?} holds {id2}");
+}
+
+#[test]
+fn a_manifest_write_that_never_reached_the_store_fails_the_snapshot() {
+    // Every manifest PUT is reset before the server sees it, for longer
+    // than the retry window: nothing is committed, exit 1, nothing listed.
+    let proxy = FaultProxy::s3();
+    let env = proxied(&proxy, None, Some(("3s", "2s")));
+    proxy.add(Rule::on("PUT", "/snapshots/", Action::Reset).always());
+    let o = run(&env, &["snapshot"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        proxy.faults().len() >= 2,
+        "the write was retried: {:?}",
+        proxy.faults()
+    );
+    assert!(
+        err.contains(&proxy.endpoint().replace("http://", "")),
+        "the error names the endpoint: {err}"
+    );
+    proxy.clear();
+    assert!(snapshot_ids(&env).is_empty());
+}
+
+// ---------------------------------------------------------------- item 7
+
+#[test]
+fn a_lost_answer_to_complete_multipart_upload_is_checked_not_misreported() {
+    let proxy = FaultProxy::s3();
+    // 20 MiB of incompressible data: the archive goes up in parts.
+    let env = proxied(&proxy, Some(20 << 20), None);
+    // The upload completes but its answer is lost; the retry is refused,
+    // as S3 refuses to complete an upload that no longer exists (this
+    // server would accept it).
+    proxy.add(Rule::on("POST", "uploadId=", Action::LoseResponse));
+    proxy.add(Rule::on(
+        "POST",
+        "uploadId=",
+        Action::Refuse(403, "AccessDenied"),
+    ));
+    let (v, err) = snapshot(&env, 0);
+    assert_eq!(proxy.faults().len(), 2, "{:?}", proxy.requests());
+    assert!(
+        !err.contains("privileges"),
+        "no talk of privileges for a lost answer: {err}"
+    );
+    let warnings = v["store"]["warnings"].as_array().expect("store.warnings");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("did not confirm")),
+        "a warning says the upload's end was not confirmed but the object is there: {v}"
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    verify_deep(&env);
+    restores_whole(&env, &id);
+
+    // When the upload did not happen, the refusal is an error that says
+    // so (the object is absent), not a talk of privileges.
+    proxy.add(Rule::on("POST", "uploadId=", Action::Refuse(404, "NoSuchUpload")).always());
+    let o = run(&env, &["snapshot"]);
+    let err = text(&o.stderr);
+    proxy.clear();
+    assert!(
+        o.status.code() == Some(1) || o.status.code() == Some(4),
+        "{err}"
+    );
+    assert!(
+        err.contains("data/") && err.contains("absent"),
+        "the error names the object and says it is absent: {err}"
+    );
+    assert_eq!(snapshot_ids(&env), vec![id]);
+}
+
+// ---------------------------------------------------------------- item 8
+
+#[test]
+fn a_short_s3_restart_is_ridden_out() {
+    let proxy = FaultProxy::s3();
+    let env = proxied(&proxy, None, None);
+    // Connections are refused for 3 s from the start of the snapshot.
+    proxy.down_for(Duration::from_secs(3));
+    let (v, _) = snapshot(&env, 0);
+    assert!(retries(&v) >= 1, "the outage cost retries: {v}");
+    verify_deep(&env);
+}
+
+#[test]
+fn an_outage_of_a_minute_is_ridden_out_with_the_default_policy() {
+    let proxy = FaultProxy::s3();
+    let env = proxied(&proxy, None, None);
+    proxy.down_for(Duration::from_secs(62));
+    let started = Instant::now();
+    let (v, _) = snapshot(&env, 0);
+    assert!(
+        started.elapsed() >= Duration::from_secs(60),
+        "the store was down for the first minute"
+    );
+    assert!(retries(&v) >= 3, "{v}");
+    assert_eq!(snapshot_ids(&env).len(), 1);
+}
+
+#[test]
+fn a_silent_endpoint_is_given_up_on_with_a_message_that_names_it() {
+    let proxy = FaultProxy::s3();
+    let env = proxied(&proxy, None, Some(("5s", "2s")));
+    proxy.silent(true);
+    let started = Instant::now();
+    let o = run(&env, &["snapshot", "--json"]);
+    let took = started.elapsed();
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    // A window of 5 s and 2 s per request: well under a minute, not the
+    // minutes a silent connection used to take.
+    assert!(
+        took < Duration::from_secs(60),
+        "gave up after {took:?}: {err}"
+    );
+    let endpoint = proxy.endpoint();
+    assert!(
+        err.contains(endpoint.trim_start_matches("http://")),
+        "{err}"
+    );
+    assert!(
+        err.contains("[repository.retry]"),
+        "the error says how to wait longer: {err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(retries(&v) >= 1, "{v}");
+    proxy.silent(false);
+    assert!(snapshot_ids(&env).is_empty());
+}
+
+#[test]
+fn restore_rides_out_resets_and_a_short_restart() {
+    let proxy = FaultProxy::s3();
+    let env = proxied(&proxy, None, None);
+    let id = env.snapshot_ok();
+    proxy.add(Rule::on("GET", "/data/", Action::Reset).times(2));
+    // Checked once the resets are used up: the third read of data stalls.
+    proxy.add(Rule::on(
+        "GET",
+        "/data/",
+        Action::Stall(Duration::from_millis(500)),
+    ));
+    restores_whole(&env, &id);
+    assert!(proxy.faults().len() >= 3, "{:?}", proxy.faults());
+    proxy.down_for(Duration::from_secs(3));
+    restores_whole(&env, &id);
+}

@@ -144,6 +144,26 @@ impl RetryPolicy {
         }
     }
 
+    /// The policy's client settings, with what the environment sets for
+    /// the client (`AWS_ALLOW_HTTP`, `GOOGLE_PROXY_URL`, ...) on top, as the
+    /// builder's `from_env` would have done: `with_client_options`
+    /// replaces the client settings the builder read from the environment.
+    fn client_options_with_env(
+        &self,
+        prefix: &str,
+        client_key: impl Fn(&str) -> Option<object_store::ClientConfigKey>,
+    ) -> object_store::ClientOptions {
+        let mut o = self.client_options();
+        for (k, v) in std::env::vars() {
+            if k.starts_with(prefix)
+                && let Some(ck) = client_key(&k.to_ascii_lowercase())
+            {
+                o = o.with_config(ck, v);
+            }
+        }
+        o
+    }
+
     fn client_options(&self) -> object_store::ClientOptions {
         object_store::ClientOptions::new()
             .with_connect_timeout(self.timeout.min(Duration::from_secs(10)))
@@ -167,6 +187,8 @@ pub struct Store {
     endpoint: String,
     /// Attempts that failed and were retried (by object_store or by us).
     retries: Arc<AtomicU64>,
+    /// Whether the store is taken as down (see [`Health`]).
+    health: Arc<Health>,
     /// What was recovered on the way (a lost answer to a write that did
     /// happen), for the command's report.
     warnings: Arc<Mutex<Vec<String>>>,
@@ -209,7 +231,35 @@ pub fn run_warnings() -> Vec<String> {
 struct CountingService {
     inner: object_store::client::HttpClient,
     retries: Arc<AtomicU64>,
+    health: Arc<Health>,
 }
+
+/// Whether a store is taken as down: it has answered nothing (every
+/// request failed in transport) for a whole retry window. Then requests are
+/// not retried (each would wait out a window of its own: a copy of
+/// thousands of objects to a dead store would take days); one request every
+/// [`PROBE_EVERY`] goes out, the others fail at once, until any answer
+/// comes back.
+#[derive(Debug, Default)]
+struct Health {
+    window: Duration,
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// The first transport failure since the last answer.
+    failing_since: Option<Instant>,
+    /// The last request sent while down.
+    last_probe: Option<Instant>,
+}
+
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// The error of a request not sent because the store is down.
+#[derive(Debug, thiserror::Error)]
+#[error("not sent: the store has answered nothing for longer than the retry window")]
+struct StoreDown;
 
 #[async_trait::async_trait]
 impl object_store::client::HttpService for CountingService {
@@ -217,7 +267,35 @@ impl object_store::client::HttpService for CountingService {
         &self,
         req: object_store::client::HttpRequest,
     ) -> Result<object_store::client::HttpResponse, object_store::client::HttpError> {
+        use object_store::client::{HttpError, HttpErrorKind};
+        let down = {
+            let mut h = self.health.state.lock().unwrap();
+            let down = h
+                .failing_since
+                .is_some_and(|t| t.elapsed() >= self.health.window);
+            if down {
+                if h.last_probe.is_some_and(|t| t.elapsed() < PROBE_EVERY) {
+                    return Err(HttpError::new(HttpErrorKind::Unknown, StoreDown));
+                }
+                h.last_probe = Some(Instant::now());
+            }
+            down
+        };
         let r = self.inner.execute(req).await;
+        {
+            let mut h = self.health.state.lock().unwrap();
+            if r.is_ok() {
+                *h = HealthState::default();
+            } else {
+                h.failing_since.get_or_insert_with(Instant::now);
+            }
+        }
+        if down && let Err(e) = r {
+            // A failed probe is not retried (kind Unknown): the store
+            // stays down.
+            count_retry(&self.retries);
+            return Err(HttpError::new(HttpErrorKind::Unknown, e));
+        }
         let failed = match &r {
             Ok(resp) => {
                 let s = resp.status().as_u16();
@@ -235,6 +313,7 @@ impl object_store::client::HttpService for CountingService {
 #[derive(Debug)]
 struct CountingConnector {
     retries: Arc<AtomicU64>,
+    health: Arc<Health>,
 }
 
 impl object_store::client::HttpConnector for CountingConnector {
@@ -246,6 +325,7 @@ impl object_store::client::HttpConnector for CountingConnector {
         Ok(object_store::client::HttpClient::new(CountingService {
             inner,
             retries: self.retries.clone(),
+            health: self.health.clone(),
         }))
     }
 }
@@ -379,6 +459,7 @@ impl Store {
                 policy,
                 endpoint: String::new(),
                 retries: Arc::default(),
+                health: Arc::default(),
                 warnings: Arc::default(),
             });
         }
@@ -399,8 +480,13 @@ impl Store {
             key: k.to_string(),
         };
         let retries = Arc::new(AtomicU64::new(0));
+        let health = Arc::new(Health {
+            window: policy.window,
+            state: Mutex::default(),
+        });
         let connector = || CountingConnector {
             retries: retries.clone(),
+            health: health.clone(),
         };
         let env_or = |keys: &[&str], default: String| {
             keys.iter()
@@ -428,10 +514,17 @@ impl Store {
         // client settings where both name one.
         let built: Arc<dyn ObjectStore> = match scheme.as_str() {
             "s3" => {
+                use object_store::aws::AmazonS3ConfigKey as K;
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(&bucket)
                     .with_retry(policy.object_store_config())
-                    .with_client_options(policy.client_options())
+                    .with_client_options(policy.client_options_with_env(
+                        "AWS_",
+                        |k| match k.parse() {
+                            Ok(K::Client(c)) => Some(c),
+                            _ => None,
+                        },
+                    ))
                     .with_http_connector(connector());
                 for (k, v) in options {
                     b = b.with_config(k.parse().map_err(|_| bad_opt(k))?, v);
@@ -439,10 +532,16 @@ impl Store {
                 Arc::new(b.build().map_err(|e| bad(&e.to_string()))?)
             }
             "gs" => {
+                use object_store::gcp::GoogleConfigKey as K;
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(&bucket)
                     .with_retry(policy.object_store_config())
-                    .with_client_options(policy.client_options())
+                    .with_client_options(policy.client_options_with_env("GOOGLE_", |k| {
+                        match k.parse() {
+                            Ok(K::Client(c)) => Some(c),
+                            _ => None,
+                        }
+                    }))
                     .with_http_connector(connector());
                 for (k, v) in options {
                     b = b.with_config(k.parse().map_err(|_| bad_opt(k))?, v);
@@ -450,10 +549,16 @@ impl Store {
                 Arc::new(b.build().map_err(|e| bad(&e.to_string()))?)
             }
             "az" => {
+                use object_store::azure::AzureConfigKey as K;
                 let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_container_name(&bucket)
                     .with_retry(policy.object_store_config())
-                    .with_client_options(policy.client_options())
+                    .with_client_options(policy.client_options_with_env("AZURE_", |k| {
+                        match k.parse() {
+                            Ok(K::Client(c)) => Some(c),
+                            _ => None,
+                        }
+                    }))
                     .with_http_connector(connector());
                 for (k, v) in options {
                     b = b.with_config(k.parse().map_err(|_| bad_opt(k))?, v);
@@ -481,6 +586,7 @@ impl Store {
             policy,
             endpoint,
             retries,
+            health,
             warnings: Arc::default(),
         })
     }

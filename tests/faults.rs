@@ -325,3 +325,85 @@ fn restore_rides_out_resets_and_a_short_restart() {
     proxy.down_for(Duration::from_secs(3));
     restores_whole(&env, &id);
 }
+
+#[test]
+fn an_endpoint_that_goes_silent_mid_upload_is_given_up_on_within_about_two_minutes() {
+    // The default policy: a 90 s window, 30 s of silence per attempt. The
+    // store goes silent once the first part of a large upload has gone up.
+    let proxy = FaultProxy::s3();
+    let env = proxied(&proxy, Some(40 << 20), None);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (o, took) = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if proxy.count("PUT", "partNumber=") >= 1 {
+                    proxy.silent(true);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let started = Instant::now();
+        let o = run(&env, &["snapshot", "--json"]);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (o, started.elapsed())
+    });
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        took < Duration::from_secs(170),
+        "gave up after {took:?}, not within about two minutes: {err}"
+    );
+    assert!(
+        err.contains(proxy.endpoint().trim_start_matches("http://")),
+        "{err}"
+    );
+    proxy.silent(false);
+    assert!(snapshot_ids(&env).is_empty());
+}
+
+#[test]
+fn an_endpoint_given_by_the_environment_keeps_its_settings_and_its_name() {
+    // AWS_ENDPOINT and AWS_ALLOW_HTTP from the environment only: the retry
+    // policy's client settings must not drop them (they did: "builder
+    // error" on every request to an http:// endpoint).
+    let proxy = FaultProxy::s3();
+    let mut env = Env::new(Backend::S3);
+    env.options.remove("aws_endpoint");
+    env.options.remove("aws_allow_http");
+    env.extra = "[repository.retry]\nwindow = \"3s\"\ntimeout = \"2s\"\n".into();
+    env.write_config();
+    let cmd = |args: &[&str]| {
+        env.cmd()
+            .env("AWS_ENDPOINT", proxy.endpoint())
+            .env("AWS_ALLOW_HTTP", "true")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = cmd(&["init"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let data = env.path("data");
+    sample_tree(&data, None);
+    let mut env = env;
+    env.add_dir_source("media", &data, &[]);
+    let env = env;
+    let cmd = |args: &[&str]| {
+        env.cmd()
+            .env("AWS_ENDPOINT", proxy.endpoint())
+            .env("AWS_ALLOW_HTTP", "true")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = cmd(&["snapshot"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    proxy.silent(true);
+    let o = cmd(&["snapshots"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(proxy.endpoint().trim_start_matches("http://")),
+        "{err}"
+    );
+}

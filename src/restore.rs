@@ -101,6 +101,19 @@ pub enum RestoreError {
         "{path}: {what} was renamed or replaced by another process during the restore; nothing there was deleted. Check {path} and the .coffer-restore-* entries beside it by hand, stop whatever changes that directory, and restore again"
     )]
     Changed { path: String, what: String },
+    /// The filesystem where the restore stages its copy has too little
+    /// free space for it: refused before anything is written.
+    #[error(
+        "snapshot {snapshot}, source {source_name}: restoring {dest} needs about {needed} free on the filesystem of {staging_dir} (the restore stages a complete copy there, and what {dest} holds now stays until the copy is swapped in), but only {available} is free there; nothing was changed. Free space on that filesystem, or restore with --target DIR on a filesystem with room and move the result into place"
+    )]
+    NoSpace {
+        snapshot: String,
+        source_name: String,
+        dest: String,
+        staging_dir: String,
+        needed: String,
+        available: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// `coffer dump`'s reader closed the pipe (`pg_restore -l`, `head`):
@@ -1153,6 +1166,45 @@ impl TreeDest {
         self.parent.join(&self.name)
     }
 
+    /// Refuses, before anything is written, a restore of `src` whose staged
+    /// copy cannot fit where [`TreeDest::staging`] puts it: the copy is
+    /// staged whole while the destination keeps its current content, so an
+    /// in-place restore needs room for a second copy. The snapshot's
+    /// `bytes_read` (what its files held) is the size of that copy.
+    fn check_room(&self, m: &Manifest, src: &SourceRecord) -> Result<(), RestoreError> {
+        let (fd, dir) = if self.mount {
+            let d = self
+                .parent
+                .open_dir(&self.name)
+                .map_err(io_err("open directory", &self.path()))?;
+            let p = self.path();
+            (d, p)
+        } else {
+            let d = self
+                .parent
+                .try_clone()
+                .map_err(io_err("open directory", self.parent.path()))?;
+            let p = self.parent.path().to_path_buf();
+            (d, p)
+        };
+        let st = rustix::fs::fstatvfs(&fd)
+            .map_err(|e| io_err("find the free space of", &dir)(e.into()))?;
+        let available = st.f_bavail.saturating_mul(st.f_frsize);
+        let needed = src.bytes_read;
+        if available >= needed {
+            return Ok(());
+        }
+        let shown = |n: u64| format!("{:.1} MB ({n} bytes)", n as f64 / 1e6);
+        Err(RestoreError::NoSpace {
+            snapshot: m.id.clone(),
+            source_name: src.name.clone(),
+            dest: self.path().display().to_string(),
+            staging_dir: dir.display().to_string(),
+            needed: shown(needed),
+            available: shown(available),
+        })
+    }
+
     /// A staging directory beside the destination, or inside it if it is a
     /// mount point.
     fn staging(&self) -> Result<Staging, RestoreError> {
@@ -1526,6 +1578,11 @@ fn stage_source(
     let (layout, dest, allowed) = match &plan {
         Plan::Swap { dest: d } | Plan::PerEntry { root: d, .. } => {
             let dest = TreeDest::open(d)?;
+            // With --include only part is restored: the whole source's size
+            // would refuse restores that fit.
+            if include.is_none() {
+                dest.check_room(m, src)?;
+            }
             (Layout::Tree(dest.staging()?), Some(dest), None)
         }
         Plan::Files { allowed, .. } => {

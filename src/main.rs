@@ -1374,6 +1374,11 @@ async fn show(g: &Global, r: &Repository, m: &Manifest, files: bool) -> Result<i
         if let Some(e) = &s.error {
             out.push_str(&format!("  error     {e}\n"));
         }
+        for v in &s.vanished {
+            out.push_str(&format!(
+                "  vanished  {v} (deleted during the snapshot, not stored)\n"
+            ));
+        }
         for (k, v) in &s.details {
             out.push_str(&format!("  {k:<9} {v}\n"));
         }

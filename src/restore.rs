@@ -1497,6 +1497,9 @@ async fn dry_run(
         let reader = std::mem::replace(&mut stream.reader, stage_channel().1);
         let mut out = RestoredSource::new(&src, plan_root(&plan).display().to_string());
         let mut stored_flagged = Vec::new();
+        // Flagged files this dry run would write, by archive path, for the
+        // hard links to them.
+        let mut flagged_here = BTreeMap::new();
         let consumed = (|| -> Result<(), RestoreError> {
             let dec = zstd::stream::read::Decoder::new(reader)
                 .map_err(|e| classify(e, &at, &index_ref.object))?;
@@ -1520,6 +1523,12 @@ async fn dry_run(
                 }
                 let dest = plan_root(&plan).join(&e.path);
                 if let (true, Some(why)) = (flagged, &e.error) {
+                    out.flag(&dest, why);
+                    flagged_here.insert(e.path.clone(), why.clone());
+                } else if e.kind == EntryKind::Hardlink
+                    && let Some(why) = e.target.as_ref().and_then(|t| flagged_here.get(t))
+                {
+                    // The same bytes as the file it links to.
                     out.flag(&dest, why);
                 }
                 let what = match e.kind {
@@ -2259,6 +2268,11 @@ impl Extractor {
                             self.copy_file(&td, &tn, &d, &n, &ie)?
                         }
                         other => other.map_err(io_err("create hard link", &d.join(&n)))?,
+                    }
+                    // The same bytes as the file it links to: as (in)consistent.
+                    if let Some((_, why)) = self.flagged.iter().find(|(r, _)| *r == trel) {
+                        let why = why.clone();
+                        self.flagged.push((rel.clone(), why));
                     }
                     self.links += 1;
                     self.committed.push((rel.clone(), kind));

@@ -289,6 +289,8 @@ fn snapshot_of_a_growing_file(env: &mut Env) -> (PathBuf, PathBuf, Output) {
             f.write_all(&pseudo_random(1 << 20, 100 + i)).unwrap();
         }
     }
+    // Sorts after growing.log: a hard link to it, holding the same bytes.
+    fs::hard_link(&growing, data.join("zz-growing.link")).unwrap();
     env.add_dir_source("media", &data, &[]);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -616,6 +618,14 @@ fn a_file_deleted_during_the_snapshot_is_a_warning_and_recorded() {
     let id = v["id"].as_str().unwrap().to_string();
 
     // The manifest records it (`show` reads the stored manifest back).
+    let o = env.cmd().args(["show", &id]).output().unwrap();
+    assert_code(&o, 0, "show");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("vanished") && l.contains("cache/session.db")),
+        "{text}"
+    );
     let o = env.cmd().args(["show", &id, "--json"]).output().unwrap();
     assert_code(&o, 0, "show");
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -704,10 +714,12 @@ fn restore_reports_a_torn_file_as_restored_and_possibly_inconsistent() {
     assert_code(&o, 0, "restore --json of the torn snapshot");
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let media = source(&r, "media");
-    let want = target.join("media/growing.log").display().to_string();
+    // The hard link to it holds the same bytes: flagged too.
+    let want = ["media/growing.log", "media/zz-growing.link"]
+        .map(|p| target.join(p).display().to_string());
     assert_eq!(
         media["possibly_inconsistent"],
-        serde_json::json!([want]),
+        serde_json::json!(want),
         "{r}"
     );
     assert_eq!(media["not_stored"], serde_json::json!([]), "{r}");
@@ -747,7 +759,7 @@ fn restore_reports_a_torn_file_as_restored_and_possibly_inconsistent() {
     let media = source(&r, "media");
     assert_eq!(
         media["possibly_inconsistent"].as_array().unwrap().len(),
-        1,
+        2,
         "{r}"
     );
     assert_eq!(media["not_stored"], serde_json::json!([]), "{r}");

@@ -20,6 +20,19 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
+    #[error(
+        "config file {path} is larger than {MAX_CONFIG_BYTES} bytes (1 MiB), far more than any coffer config: check that --config (or COFFER_CONFIG) names the config file"
+    )]
+    TooLarge { path: String },
+    #[error(
+        "config file {path}, line {line}, column {column}: byte 0x{byte:02x} is not valid UTF-8; a config file must be UTF-8 text: fix or retype that character"
+    )]
+    NotUtf8 {
+        path: String,
+        line: usize,
+        column: usize,
+        byte: u8,
+    },
     #[error("config file {path}, line {line}: {message}")]
     Invalid {
         path: String,
@@ -38,6 +51,7 @@ struct RawConfig {
     sources: Vec<Spanned<SourceConfig>>,
     hooks: Option<Spanned<HooksConfig>>,
     retention: Option<Spanned<RetentionConfig>>,
+    snapshot: Option<Spanned<SnapshotTable>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -166,6 +180,29 @@ pub struct RetentionConfig {
     pub keep_tags: Option<Vec<String>>,
 }
 
+/// `[snapshot]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotTable {
+    vanished: Option<String>,
+}
+
+/// What a file deleted between the walk and its read does to a snapshot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum VanishedPolicy {
+    /// A warning; the snapshot stays "ok" (exit 0).
+    #[default]
+    Warn,
+    /// The snapshot is partial (exit 4), as for an unreadable file.
+    Partial,
+}
+
+/// `[snapshot]`: how a snapshot treats what happens under it.
+#[derive(Debug, Default, Clone)]
+pub struct SnapshotConfig {
+    pub vanished: VanishedPolicy,
+}
+
 /// A validated configuration.
 #[derive(Debug, Default, Clone)]
 pub struct Config {
@@ -176,6 +213,7 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     pub hooks: HooksConfig,
     pub retention: RetentionConfig,
+    pub snapshot: SnapshotConfig,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -228,13 +266,49 @@ pub fn valid_source_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
+/// The largest config file read. A real one is a few kB; without a cap,
+/// `--config /dev/zero` (or a log file named by mistake) would be read
+/// whole into memory before failing.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Config bytes as text, or where the first byte that is not UTF-8 is
+/// (line and column, both from 1; the column counts characters).
+fn config_text(bytes: Vec<u8>, path: &Path) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        // Everything before `at` is valid UTF-8.
+        let before = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        ConfigError::NotUtf8 {
+            path: path.display().to_string(),
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+            byte: bytes[at],
+        }
+    })
+}
+
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        use std::io::Read;
+        let read_err = |e| ConfigError::Read {
             path: path.display().to_string(),
             source: e,
-        })?;
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(read_err)?
+            .take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.display().to_string(),
+            });
+        }
+        let text = config_text(bytes, path)?;
         Self::parse(&text, path)
     }
 
@@ -435,6 +509,24 @@ impl Config {
             ));
         }
 
+        let mut snapshot = SnapshotConfig::default();
+        if let Some(t) = raw.snapshot {
+            let at = t.span().start;
+            snapshot.vanished = match t.into_inner().vanished.as_deref() {
+                None | Some("warn") => VanishedPolicy::Warn,
+                Some("partial") => VanishedPolicy::Partial,
+                Some(other) => {
+                    return Err(invalid_key(
+                        at,
+                        "vanished",
+                        format!(
+                            "[snapshot].vanished: {other:?} is not one of \"warn\" (a file deleted during the snapshot is a warning, exit 0) or \"partial\" (it makes the snapshot partial, exit 4)"
+                        ),
+                    ));
+                }
+            };
+        }
+
         // The variables holding database passwords are coffer's secrets from
         // the moment a config names them: no child may inherit them (a hook,
         // a command source, another source's tool).
@@ -447,6 +539,7 @@ impl Config {
             sources,
             hooks,
             retention,
+            snapshot,
         })
     }
 
@@ -658,6 +751,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(m.contains("nosql") && m.contains("line 3"), "{m}");
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_is_located() {
+        let e = config_text(
+            b"[repository]\nurl = \"/r\xc3\xa9\xff\"\n".to_vec(),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 2, column 11") && e.contains("0xff") && e.contains("c.toml"),
+            "{e}"
+        );
     }
 
     #[test]

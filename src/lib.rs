@@ -76,6 +76,8 @@ pub enum Error {
 fn store_code(e: &StoreError) -> i32 {
     if e.is_usage() {
         exit::USAGE
+    } else if e.is_integrity() {
+        exit::INTEGRITY
     } else {
         exit::FAILURE
     }
@@ -121,6 +123,7 @@ fn restore_code(e: &RestoreError) -> i32 {
         | RestoreError::Io { .. }
         | RestoreError::UnsafeParent { .. }
         | RestoreError::Changed { .. }
+        | RestoreError::NoSpace { .. }
         | RestoreError::OutputClosed => exit::FAILURE,
         // The cause decides: a part-way stop over damaged data is still 3.
         RestoreError::PartlyRestored { error, .. } => restore_code(error),

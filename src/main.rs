@@ -938,6 +938,20 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                                 src.name, rep.snapshot
                             );
                         }
+                        // Stored anyway, so restored: say so, and why it may
+                        // not be what the application last wrote.
+                        for (p, why) in src
+                            .possibly_inconsistent
+                            .iter()
+                            .zip(&src.possibly_inconsistent_why)
+                        {
+                            eprintln!(
+                                "warning: source {}: {p} {} but possibly inconsistent (snapshot {}: {why})",
+                                src.name,
+                                if dry_run { "would be restored" } else { "is restored" },
+                                rep.snapshot
+                            );
+                        }
                     }
                     for sk in &rep.skipped {
                         eprintln!(
@@ -1230,6 +1244,7 @@ fn snapshot_json(m: &Manifest) -> serde_json::Value {
             "name": s.name, "type": s.kind, "status": s.status, "files": s.files,
             "bytes_read": s.bytes_read, "bytes_stored": s.bytes_stored, "duration_ms": s.duration_ms,
             "error": s.error, "problems": s.problems, "skipped": s.skipped,
+            "vanished": s.vanished,
         })).collect::<Vec<_>>(),
     })
 }
@@ -1265,8 +1280,11 @@ fn report_snapshot(g: &Global, m: &Manifest, committed: bool, dry_run: bool) {
             human_bytes(m.bytes_stored())
         );
         for s in &m.sources {
+            // Vanished files make a source partial only when the config
+            // says so, and then the snapshot is partial too.
+            let vanished_partial = !s.vanished.is_empty() && m.status == SnapshotStatus::Partial;
             let status = match s.status {
-                SourceStatus::Ok if s.problems.is_empty() => "ok",
+                SourceStatus::Ok if s.problems.is_empty() && !vanished_partial => "ok",
                 SourceStatus::Ok => "partial",
                 SourceStatus::Failed => "FAILED",
             };
@@ -1288,6 +1306,11 @@ fn report_snapshot(g: &Global, m: &Manifest, committed: bool, dry_run: bool) {
             }
             for p in &s.skipped {
                 eprintln!("    skipped: {}: {}", p.path, p.error);
+            }
+            for p in &s.vanished {
+                eprintln!(
+                    "    warning: vanished during the snapshot (deleted after the walk listed it), not stored: {p}"
+                );
             }
         }
     }
@@ -1372,6 +1395,11 @@ async fn show(g: &Global, r: &Repository, m: &Manifest, files: bool) -> Result<i
         }
         if let Some(e) = &s.error {
             out.push_str(&format!("  error     {e}\n"));
+        }
+        for v in &s.vanished {
+            out.push_str(&format!(
+                "  vanished  {v} (deleted during the snapshot, not stored)\n"
+            ));
         }
         for (k, v) in &s.details {
             out.push_str(&format!("  {k:<9} {v}\n"));

@@ -94,6 +94,11 @@ pub struct SourceRecord {
     /// Special files skipped (sockets, FIFOs, devices).
     #[serde(default)]
     pub skipped: Vec<Problem>,
+    /// Files and directories deleted between the walk's listing and their
+    /// read: not stored. Absent from manifests written before this field
+    /// existed, and when nothing vanished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vanished: Vec<String>,
     /// Type-specific facts (database server version, dump format, ...).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub details: serde_json::Map<String, serde_json::Value>,

@@ -16,7 +16,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::manifest::{Manifest, SourceStatus};
+use crate::manifest::{Manifest, SnapshotStatus, SourceStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -89,6 +89,11 @@ impl RunRecord {
 
     /// Records what a snapshot stored.
     pub fn record_manifest(&mut self, m: &Manifest) {
+        // Vanished files count against a source only where they made the
+        // snapshot partial (`[snapshot] vanished = "partial"`).
+        let vanished_partial = |s: &crate::manifest::SourceRecord| {
+            m.status == SnapshotStatus::Partial && !s.vanished.is_empty()
+        };
         self.snapshot_id = Some(m.id.clone());
         self.bytes_read = Some(m.sources.iter().map(|s| s.bytes_read).sum());
         self.bytes_stored = Some(m.bytes_stored());
@@ -98,7 +103,7 @@ impl RunRecord {
             .map(|s| SourceResult {
                 name: s.name.clone(),
                 kind: s.kind.clone(),
-                ok: s.status == SourceStatus::Ok && s.problems.is_empty(),
+                ok: s.status == SourceStatus::Ok && s.problems.is_empty() && !vanished_partial(s),
             })
             .collect();
         let failed: Vec<String> = m
@@ -116,6 +121,12 @@ impl RunRecord {
                     s.problems.len(),
                     s.problems[0].path,
                     s.problems[0].error
+                )),
+                SourceStatus::Ok if vanished_partial(s) => Some(format!(
+                    "source {}: {} file(s) vanished during the snapshot, first {}",
+                    s.name,
+                    s.vanished.len(),
+                    s.vanished[0]
                 )),
                 SourceStatus::Ok => None,
             })

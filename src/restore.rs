@@ -19,7 +19,7 @@
 //! goes back to the paths of the current config, never to the path the
 //! snapshot records, which any host sharing the key could have written.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
@@ -101,6 +101,19 @@ pub enum RestoreError {
         "{path}: {what} was renamed or replaced by another process during the restore; nothing there was deleted. Check {path} and the .coffer-restore-* entries beside it by hand, stop whatever changes that directory, and restore again"
     )]
     Changed { path: String, what: String },
+    /// The filesystem where the restore stages its copy has too little
+    /// free space for it: refused before anything is written.
+    #[error(
+        "snapshot {snapshot}, source {source_name}: restoring {dest} needs about {needed} free on the filesystem of {staging_dir} (the restore stages a complete copy there, and what {dest} holds now stays until the copy is swapped in), but only {available} is free there; nothing was changed. Free space on that filesystem, or restore with --target DIR on a filesystem with room and move the result into place"
+    )]
+    NoSpace {
+        snapshot: String,
+        source_name: String,
+        dest: String,
+        staging_dir: String,
+        needed: String,
+        available: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// `coffer dump`'s reader closed the pipe (`pg_restore -l`, `head`):
@@ -427,6 +440,14 @@ pub struct RestoredSource {
     pub planned: Vec<String>,
     /// Files the snapshot could not read: absent from the restored copy.
     pub not_stored: Vec<String>,
+    /// Files the snapshot stored although they changed, shrank or failed
+    /// part-way while it read them: restored (where they go, as in
+    /// `destination`), but their content is possibly inconsistent.
+    pub possibly_inconsistent: Vec<String>,
+    /// Why, one per `possibly_inconsistent` path (the snapshot's words),
+    /// for the text report.
+    #[serde(skip)]
+    pub possibly_inconsistent_why: Vec<String>,
     /// Files of a files source that the current config no longer lists:
     /// not restored in place (`--target` restores them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -449,9 +470,48 @@ impl RestoredSource {
             duration_ms: 0,
             planned: Vec::new(),
             not_stored: Vec::new(),
+            possibly_inconsistent: Vec::new(),
+            possibly_inconsistent_why: Vec::new(),
             not_configured: Vec::new(),
             next_steps: Vec::new(),
         }
+    }
+
+    /// Notes a file stored with a problem (index `error` on a `stored`
+    /// entry) that this restore writes, at `dest`.
+    fn flag(&mut self, dest: &Path, why: &str) {
+        self.possibly_inconsistent.push(dest.display().to_string());
+        self.possibly_inconsistent_why.push(why.to_string());
+    }
+
+    /// The snapshot's problems that kept a file out of the archive. A
+    /// problem of a file that was stored anyway (`stored_flagged`: its path
+    /// in the archive) is not one of them: that file is restored, and
+    /// reported as possibly inconsistent instead.
+    fn set_not_stored(&mut self, src: &SourceRecord, stored_flagged: &[String]) {
+        // A problem's path is the walk's: the source's origin joined with
+        // the path in the archive.
+        let origin = src.origin.as_deref().map(Path::new);
+        let stored: HashSet<String> = stored_flagged
+            .iter()
+            .map(|rel| match origin {
+                Some(o) => o.join(rel).display().to_string(),
+                None => format!("/{rel}"),
+            })
+            .collect();
+        self.not_stored = src
+            .problems
+            .iter()
+            .filter(|p| {
+                // Older manifests have no origin: match by the tail.
+                let by_tail = origin.is_none()
+                    && stored_flagged
+                        .iter()
+                        .any(|r| p.path.ends_with(&format!("/{r}")));
+                !(stored.contains(&p.path) || by_tail)
+            })
+            .map(|p| p.path.clone())
+            .collect();
     }
 }
 
@@ -781,7 +841,6 @@ async fn dry_run_all(
         let started = Instant::now();
         let mut done = dry_run(repo, m, src, &plan, include).await?;
         done.duration_ms = started.elapsed().as_millis() as u64;
-        done.not_stored = src.problems.iter().map(|p| p.path.clone()).collect();
         report.sources.push(done);
     }
     Ok(())
@@ -1107,6 +1166,45 @@ impl TreeDest {
         self.parent.join(&self.name)
     }
 
+    /// Refuses, before anything is written, a restore of `src` whose staged
+    /// copy cannot fit where [`TreeDest::staging`] puts it: the copy is
+    /// staged whole while the destination keeps its current content, so an
+    /// in-place restore needs room for a second copy. The snapshot's
+    /// `bytes_read` (what its files held) is the size of that copy.
+    fn check_room(&self, m: &Manifest, src: &SourceRecord) -> Result<(), RestoreError> {
+        let (fd, dir) = if self.mount {
+            let d = self
+                .parent
+                .open_dir(&self.name)
+                .map_err(io_err("open directory", &self.path()))?;
+            let p = self.path();
+            (d, p)
+        } else {
+            let d = self
+                .parent
+                .try_clone()
+                .map_err(io_err("open directory", self.parent.path()))?;
+            let p = self.parent.path().to_path_buf();
+            (d, p)
+        };
+        let st = rustix::fs::fstatvfs(&fd)
+            .map_err(|e| io_err("find the free space of", &dir)(e.into()))?;
+        let available = st.f_bavail.saturating_mul(st.f_frsize);
+        let needed = src.bytes_read;
+        if available >= needed {
+            return Ok(());
+        }
+        let shown = |n: u64| format!("{:.1} MB ({n} bytes)", n as f64 / 1e6);
+        Err(RestoreError::NoSpace {
+            snapshot: m.id.clone(),
+            source_name: src.name.clone(),
+            dest: self.path().display().to_string(),
+            staging_dir: dir.display().to_string(),
+            needed: shown(needed),
+            available: shown(available),
+        })
+    }
+
     /// A staging directory beside the destination, or inside it if it is a
     /// mount point.
     fn staging(&self) -> Result<Staging, RestoreError> {
@@ -1398,6 +1496,10 @@ async fn dry_run(
         let mut stream = ObjectStream::open(&repo, &at, &index_ref, ObjectKind::Index);
         let reader = std::mem::replace(&mut stream.reader, stage_channel().1);
         let mut out = RestoredSource::new(&src, plan_root(&plan).display().to_string());
+        let mut stored_flagged = Vec::new();
+        // Flagged files this dry run would write, by archive path, for the
+        // hard links to them.
+        let mut flagged_here = BTreeMap::new();
         let consumed = (|| -> Result<(), RestoreError> {
             let dec = zstd::stream::read::Decoder::new(reader)
                 .map_err(|e| classify(e, &at, &index_ref.object))?;
@@ -1406,6 +1508,10 @@ async fn dry_run(
                 .next_stored()
                 .map_err(|e| classify(e, &at, &index_ref.object))?
             {
+                let flagged = e.kind == EntryKind::File && e.error.is_some();
+                if flagged {
+                    stored_flagged.push(e.path.clone());
+                }
                 if !included(&include, &e.path) {
                     continue;
                 }
@@ -1416,6 +1522,15 @@ async fn dry_run(
                     continue;
                 }
                 let dest = plan_root(&plan).join(&e.path);
+                if let (true, Some(why)) = (flagged, &e.error) {
+                    out.flag(&dest, why);
+                    flagged_here.insert(e.path.clone(), why.clone());
+                } else if e.kind == EntryKind::Hardlink
+                    && let Some(why) = e.target.as_ref().and_then(|t| flagged_here.get(t))
+                {
+                    // The same bytes as the file it links to.
+                    out.flag(&dest, why);
+                }
                 let what = match e.kind {
                     EntryKind::File => {
                         out.files += 1;
@@ -1452,6 +1567,7 @@ async fn dry_run(
         let joined = stream.join();
         joined?;
         consumed?;
+        out.set_not_stored(&src, &stored_flagged);
         Ok(out)
     })
     .await
@@ -1471,6 +1587,11 @@ fn stage_source(
     let (layout, dest, allowed) = match &plan {
         Plan::Swap { dest: d } | Plan::PerEntry { root: d, .. } => {
             let dest = TreeDest::open(d)?;
+            // With --include only part is restored: the whole source's size
+            // would refuse restores that fit.
+            if include.is_none() {
+                dest.check_room(m, src)?;
+            }
             (Layout::Tree(dest.staging()?), Some(dest), None)
         }
         Plan::Files { allowed, .. } => {
@@ -1519,7 +1640,10 @@ fn stage_source(
     }
     let mut out = RestoredSource::new(src, plan_root(&plan).display().to_string());
     (out.files, out.dirs, out.links, out.bytes) = (ex.files, ex.dirs, ex.links, ex.bytes);
-    out.not_stored = src.problems.iter().map(|p| p.path.clone()).collect();
+    out.set_not_stored(src, &ex.stored_flagged);
+    for (rel, why) in &ex.flagged {
+        out.flag(&plan_root(&plan).join(rel), why);
+    }
     out.not_configured = std::mem::take(&mut ex.not_configured);
     let entries = std::mem::take(&mut ex.committed);
     Ok(StagedSource {
@@ -1809,6 +1933,11 @@ struct Extractor {
     /// Files of the snapshot left out because the current config no longer
     /// lists them.
     not_configured: Vec<String>,
+    /// Archive paths of the files stored with a problem (a torn read),
+    /// restored or not.
+    stored_flagged: Vec<String>,
+    /// Those of them restored, with the snapshot's reason.
+    flagged: Vec<(String, String)>,
     writer: FileWriter,
 }
 
@@ -1909,6 +2038,8 @@ impl Extractor {
             dir_meta: Vec::new(),
             committed: Vec::new(),
             not_configured: Vec::new(),
+            stored_flagged: Vec::new(),
+            flagged: Vec::new(),
             writer: FileWriter::start(),
         }
     }
@@ -2014,6 +2145,9 @@ impl Extractor {
                 ));
             };
             let ie = expect_entry(s, &mut index, &rel, kind)?;
+            if kind == EntryKind::File && ie.error.is_some() {
+                self.stored_flagged.push(rel.clone());
+            }
             let mut wanted = included(&self.include, &rel);
             if wanted
                 && let Some(a) = &self.allowed
@@ -2085,6 +2219,9 @@ impl Extractor {
                             ),
                         ));
                     }
+                    if let Some(why) = &ie.error {
+                        self.flagged.push((rel.clone(), why.clone()));
+                    }
                     self.writer.send(WriteOp::Close(ie, self.as_root))?;
                     self.files += 1;
                     self.bytes += n;
@@ -2131,6 +2268,11 @@ impl Extractor {
                             self.copy_file(&td, &tn, &d, &n, &ie)?
                         }
                         other => other.map_err(io_err("create hard link", &d.join(&n)))?,
+                    }
+                    // The same bytes as the file it links to: as (in)consistent.
+                    if let Some((_, why)) = self.flagged.iter().find(|(r, _)| *r == trel) {
+                        let why = why.clone();
+                        self.flagged.push((rel.clone(), why));
                     }
                     self.links += 1;
                     self.committed.push((rel.clone(), kind));

@@ -13,7 +13,7 @@ use std::time::Instant;
 use chrono::Utc;
 
 use crate::archive::{IndexWriter, TarWriter, stage_channel};
-use crate::config::{Config, SourceConfig, SourceKind};
+use crate::config::{Config, SourceConfig, SourceKind, VanishedPolicy};
 use crate::crypto::{self, ObjectKind, SealWriter};
 use crate::manifest::{
     MANIFEST_VERSION, Manifest, ObjectRef, SnapshotStatus, SourceRecord, SourceStatus, seal_context,
@@ -112,9 +112,15 @@ pub async fn snapshot(
         }
         records.push(rec);
     }
-    let any_problem = records
-        .iter()
-        .any(|r| r.status == SourceStatus::Failed || !r.problems.is_empty());
+    // A file deleted during the snapshot is normal on a live system (a
+    // cache file, a rotated log): only a warning, unless the config says
+    // it must make the snapshot partial.
+    let vanished_counts = cfg.snapshot.vanished == VanishedPolicy::Partial;
+    let any_problem = records.iter().any(|r| {
+        r.status == SourceStatus::Failed
+            || !r.problems.is_empty()
+            || (vanished_counts && !r.vanished.is_empty())
+    });
     let manifest = Manifest {
         version: MANIFEST_VERSION,
         id: id.clone(),
@@ -185,6 +191,7 @@ fn failed(src: &SourceConfig, started: Instant, error: String) -> SourceRecord {
         index: None,
         problems: Vec::new(),
         skipped: Vec::new(),
+        vanished: Vec::new(),
         details: Default::default(),
     }
 }
@@ -245,6 +252,7 @@ async fn run_source(
                 }),
                 problems: walked.problems,
                 skipped: walked.skipped,
+                vanished: walked.vanished,
                 details: walked.details,
             }
         }

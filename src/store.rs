@@ -33,7 +33,7 @@ pub enum StoreError {
     NotFound { store: String, path: String },
     #[error("object {path} already exists in {store}")]
     AlreadyExists { store: String, path: String },
-    #[error("{op} {path} in {store} failed: {source}")]
+    #[error("{op} {path} in {store} failed: {source}{}", next_step(.store, .path, .source))]
     Backend {
         op: &'static str,
         store: String,
@@ -84,7 +84,16 @@ pub enum StoreError {
         what: String,
         found: String,
     },
-    #[error("{op} {path} in {store} failed: {source}")]
+    #[error(
+        "{op} {path} in {store} failed: {what}: the repository is damaged; run `coffer verify --all` to see what else is, and put back that part of the repository from a copy"
+    )]
+    Damaged {
+        op: &'static str,
+        store: String,
+        path: String,
+        what: String,
+    },
+    #[error("{op} {path} in {store} failed: {source}{}", next_step(.store, .path, .source))]
     Io {
         op: &'static str,
         store: String,
@@ -94,6 +103,78 @@ pub enum StoreError {
     },
 }
 
+/// What to do next after a failed store operation (the contract asks every
+/// error to say), from what the error chain holds: "; " and a hint, or
+/// nothing when the error already carries one (an upload's task error
+/// passed on through the writer).
+fn next_step(store: &str, path: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    let text = e.to_string();
+    // Every hint (and the Unreachable/Undecided/NotStored messages) ends
+    // so: an error that says it already gets no second one.
+    if text.contains("run the command again") || text.contains("Check that ") {
+        return String::new();
+    }
+    let local = store.starts_with('/') || store.starts_with("file://");
+    let mut kind = None;
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if let Some(io) = x.downcast_ref::<io::Error>() {
+            kind = Some((io.kind(), io.raw_os_error()));
+        }
+        if let Some(
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. },
+        ) = x.downcast_ref::<object_store::Error>()
+        {
+            kind = Some((io::ErrorKind::PermissionDenied, None));
+        }
+        cur = x.source();
+    }
+    let hint = match kind {
+        Some((io::ErrorKind::PermissionDenied, _)) if local => {
+            let full = format!("{}/{path}", store.trim_start_matches("file://"));
+            format!(
+                "permission denied to {}: check the owner and mode of {full} and of the directories above it (`ls -ld`), or run coffer as the user that owns the repository; then run the command again",
+                running_user()
+            )
+        }
+        Some((_, Some(libc::ENOSPC))) | Some((_, Some(libc::EDQUOT))) => format!(
+            "the filesystem holding {store} is full (or over quota): free space there, or run `coffer prune`, then run the command again"
+        ),
+        _ if local => format!(
+            "check that {store} is mounted and that the user running coffer ({}) can read and write it, then run the command again",
+            running_user()
+        ),
+        _ if text.contains("NoSuchBucket") || text.contains("ContainerNotFound") => {
+            "the bucket does not exist: check the bucket name in the repository URL and the endpoint/region in [repository.options] (or the AWS_*/GOOGLE_*/AZURE_* variables), then run the command again".to_string()
+        }
+        Some((io::ErrorKind::PermissionDenied, _)) => "the store refused the credentials: check them ([repository.options] or the AWS_*/GOOGLE_*/AZURE_* variables) and that they may read, write and list this bucket and prefix, then run the command again".to_string(),
+        _ if ["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "403"]
+            .iter()
+            .any(|w| text.contains(w)) =>
+        {
+            "the store refused the credentials: check them ([repository.options] or the AWS_*/GOOGLE_*/AZURE_* variables) and that they may read, write and list this bucket and prefix, then run the command again".to_string()
+        }
+        _ => "check the endpoint and region ([repository.options] or the AWS_*/GOOGLE_*/AZURE_* variables), the bucket in the repository URL, the credentials and the network, then run the command again".to_string(),
+    };
+    format!("; {hint}")
+}
+
+/// "user NAME (uid N)", for messages about permissions: whose they are.
+fn running_user() -> String {
+    let uid = rustix::process::geteuid().as_raw();
+    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|t| {
+        t.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+        })
+    });
+    match name {
+        Some(n) => format!("user {n} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
 impl StoreError {
     /// True for errors in what the user wrote (URL, options): exit 2.
     pub fn is_usage(&self) -> bool {
@@ -101,6 +182,12 @@ impl StoreError {
             self,
             StoreError::BadUrl { .. } | StoreError::BadOption { .. }
         )
+    }
+
+    /// True when the store's own layout is broken (exit 3, like damaged
+    /// data): no retry or other credentials can fix it.
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, StoreError::Damaged { .. })
     }
 }
 
@@ -634,6 +721,14 @@ impl Store {
     }
 
     fn err(&self, op: &'static str, path: &str, e: object_store::Error) -> StoreError {
+        if let Some(what) = self.broken_layout(path, &e) {
+            return StoreError::Damaged {
+                op,
+                store: self.url.clone(),
+                path: path.to_string(),
+                what,
+            };
+        }
         match e {
             object_store::Error::NotFound { .. } => StoreError::NotFound {
                 store: self.url.clone(),
@@ -662,6 +757,38 @@ impl Store {
                 source,
             },
         }
+    }
+
+    /// In a filesystem repository, `ENOTDIR` on `path` means a file stands
+    /// where one of its directories must be (`data/<id>` replaced by a
+    /// file): damage, not an I/O failure. Says which.
+    fn broken_layout(&self, path: &str, e: &object_store::Error) -> Option<String> {
+        let root = self.local_root.as_ref()?;
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut enotdir = false;
+        while let Some(x) = cur {
+            if let Some(io) = x.downcast_ref::<io::Error>()
+                && io.raw_os_error() == Some(libc::ENOTDIR)
+            {
+                enotdir = true;
+            }
+            cur = x.source();
+        }
+        if !enotdir {
+            return None;
+        }
+        let file = std::path::Path::new(path)
+            .ancestors()
+            .skip(1)
+            .filter(|a| !a.as_os_str().is_empty())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .find(|a| std::fs::symlink_metadata(root.join(a)).is_ok_and(|m| !m.is_dir()));
+        Some(match file {
+            Some(f) => format!("{} is a file where a directory must be", f.display()),
+            None => "a file stands where one of its directories must be".to_string(),
+        })
     }
 
     /// Writes a small object; with `create_only` a second write of the same
@@ -1301,5 +1428,79 @@ impl Write for Sink {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11 item 11: store errors say what to do next; a permission
+    /// error says whose permission it is.
+    #[test]
+    fn store_errors_say_what_to_do_next() {
+        let denied = StoreError::Io {
+            op: "write",
+            store: "/srv/backups/repo".into(),
+            path: "data/ab/cd".into(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        }
+        .to_string();
+        assert!(
+            denied.contains("permission denied to ")
+                && denied.contains("(uid ")
+                && denied.contains("/srv/backups/repo/data/ab/cd")
+                && denied.contains("ls -ld"),
+            "{denied}"
+        );
+        let full = StoreError::Io {
+            op: "upload",
+            store: "/srv/backups/repo".into(),
+            path: "data/ab/cd".into(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        }
+        .to_string();
+        assert!(full.contains("is full") && full.contains("prune"), "{full}");
+        let cloud = StoreError::Backend {
+            op: "read",
+            store: "s3://bucket/prefix".into(),
+            path: "config".into(),
+            source: object_store::Error::Generic {
+                store: "S3",
+                source: "Client error with status 403 Forbidden: AccessDenied".into(),
+            },
+        }
+        .to_string();
+        assert!(
+            cloud.contains("check them") && cloud.contains("credentials"),
+            "{cloud}"
+        );
+        let other = StoreError::Backend {
+            op: "read",
+            store: "s3://bucket/prefix".into(),
+            path: "config".into(),
+            source: object_store::Error::Generic {
+                store: "S3",
+                source: "error decoding response body".into(),
+            },
+        }
+        .to_string();
+        assert!(
+            other.contains("check the endpoint") && other.contains("network"),
+            "{other}"
+        );
+        // An error that already says what to do gets no second hint.
+        let passed_on = StoreError::Io {
+            op: "upload",
+            store: "s3://bucket/prefix".into(),
+            path: "data/x".into(),
+            source: io::Error::other(cloud.clone()),
+        }
+        .to_string();
+        assert_eq!(
+            passed_on.matches("check").count(),
+            cloud.matches("check").count(),
+            "{passed_on}"
+        );
     }
 }

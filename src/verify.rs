@@ -148,6 +148,9 @@ async fn check_object(
         Err(StoreError::NotFound { .. }) => {
             return Ok(Some(format!("object {} is missing", o.object)));
         }
+        // A broken repository layout is damage to report, like a missing
+        // object, not an operational failure.
+        Err(e) if e.is_integrity() => return Ok(Some(e.to_string())),
         Err(e) => return Err(e.into()),
     };
     if size != o.size {

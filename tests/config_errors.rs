@@ -216,6 +216,12 @@ fn cases() -> Vec<Case> {
             lines: 6..=6,
         },
         Case {
+            name: "bad [snapshot].vanished",
+            text: "[repository]\nurl = \"/r\"\n\n[snapshot]\n\nvanished = \"sometimes\"\n",
+            key: Some("vanished"),
+            lines: 6..=6,
+        },
+        Case {
             name: "invalid TOML: unterminated string",
             text: "[repository]\nurl = \"/r\"\n\n[[sources]]\nname = \"media\ntype = \"directory\"\n",
             key: None,
@@ -702,4 +708,82 @@ fn hostile_config_values_never_panic() {
         );
         assert_ne!(o.status.code(), Some(0), "config {t:?} accepted: {e}");
     }
+}
+
+/// Issue 11 item 11: `--config /dev/zero` (or any huge file) fails at once
+/// with exit 2 and a message saying why, instead of reading gigabytes.
+#[test]
+fn an_oversized_config_is_refused_without_reading_it_all() {
+    let started = std::time::Instant::now();
+    let o = coffer_cmd()
+        .args(["--config", "/dev/zero", "snapshots"])
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert_code(&o, 2, "--config /dev/zero");
+    let e = stderr(&o);
+    assert!(
+        e.contains("/dev/zero") && e.contains("larger than") && e.contains("1 MiB"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    // A file just over the cap too; one at the cap is read (and then
+    // judged as TOML).
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    let mut text = b"# padding\n".repeat(104_858);
+    text.truncate(1 << 20);
+    fs::write(&big, &text).unwrap();
+    let o = coffer_cmd()
+        .current_dir(dir.path())
+        .arg("--config")
+        .arg(&big)
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert!(!stderr(&o).contains("larger than"), "{}", stderr(&o));
+    text.push(b'\n');
+    fs::write(&big, &text).unwrap();
+    let o = coffer_cmd()
+        .current_dir(dir.path())
+        .arg("--config")
+        .arg(&big)
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_code(&o, 2, "config of 1 MiB + 1 byte");
+    assert!(stderr(&o).contains("larger than"), "{}", stderr(&o));
+}
+
+/// Issue 11 item 11: a config that is not UTF-8 says where: line and column.
+#[test]
+fn a_config_that_is_not_utf8_names_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("latin1.toml");
+    // "café" in Latin-1 on line 3: 0xe9 is not UTF-8 there.
+    fs::write(
+        &p,
+        b"[repository]\nurl = \"/r\"\n[labels]\nowner = \"caf\xe9\"\n",
+    )
+    .unwrap();
+    let o = coffer_cmd()
+        .current_dir(dir.path())
+        .arg("--config")
+        .arg(&p)
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_code(&o, 2, "config with a Latin-1 byte");
+    let e = stderr(&o);
+    assert!(
+        e.contains("latin1.toml")
+            && e.contains("line 4, column 13")
+            && e.contains("UTF-8")
+            && e.contains("0xe9"),
+        "{e}"
+    );
 }

@@ -554,6 +554,7 @@ fn commit_crafted_source(
                 index: Some(iref),
                 problems: Vec::new(),
                 skipped: Vec::new(),
+                vanished: Vec::new(),
                 details,
             }],
         };

@@ -1153,3 +1153,30 @@ fn a_huge_planted_manifest_is_damaged_and_never_read() {
     assert_eq!(o.code, Some(3), "show of the huge manifest:\n{}", o.text);
     assert!(o.text.contains(needle), "{}", o.text);
 }
+
+/// Issue 11 item 11: in a filesystem repository, `data/<id>` replaced by a
+/// file is damage: `verify`, `restore` and `dump` exit 3 naming it, not 1.
+#[test]
+fn a_data_directory_replaced_by_a_file_is_damage_fs() {
+    let w = world(Backend::Fs);
+    let mut f = Failures::default();
+    let dir = Path::new(&w.env.url).join("data").join(&w.a.id);
+    let aside = Path::new(&w.env.url).join(format!("aside-{}", w.a.id));
+    fs::rename(&dir, &aside).unwrap();
+    fs::write(&dir, b"not a directory\n").unwrap();
+    let shown = format!("data/{}", w.a.id);
+    expect_detected(
+        &w,
+        &mut f,
+        "data/<id> is a file",
+        &w.a.id,
+        &[&shown, "is a file where a directory must be"],
+    );
+    let o = run(&w.env, &["verify", &w.a.id]);
+    f.outcome("data/<id> is a file", "verify", &o, 3, &[&shown]);
+    fs::remove_file(&dir).unwrap();
+    fs::rename(&aside, &dir).unwrap();
+    let o = run(&w.env, &["verify", "--deep", &w.a.id]);
+    f.outcome("repaired", "verify --deep", &o, 0, &[]);
+    f.finish();
+}

@@ -276,9 +276,9 @@ fn unreadable_file_in_files_source_is_partial() {
     assert_eq!(o.stdout, b"A=1\n");
 }
 
-#[test]
-fn file_changing_while_read_makes_the_snapshot_partial() {
-    let mut env = Env::init(Backend::Fs);
+/// A world whose source `media` (at `data`) holds `growing.log`, 64 MiB
+/// being appended to while `coffer snapshot --json` runs: its output.
+fn snapshot_of_a_growing_file(env: &mut Env) -> (PathBuf, PathBuf, Output) {
     let data = env.path("data");
     write(&data.join("steady.txt"), b"steady\n");
     write(&data.join("zz-steady.bin"), &pseudo_random(100_000, 5));
@@ -289,6 +289,8 @@ fn file_changing_while_read_makes_the_snapshot_partial() {
             f.write_all(&pseudo_random(1 << 20, 100 + i)).unwrap();
         }
     }
+    // Sorts after growing.log: a hard link to it, holding the same bytes.
+    fs::hard_link(&growing, data.join("zz-growing.link")).unwrap();
     env.add_dir_source("media", &data, &[]);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -312,6 +314,13 @@ fn file_changing_while_read_makes_the_snapshot_partial() {
     stop.store(true, Ordering::Relaxed);
     let appended = writer.join().unwrap();
     assert!(appended > 0);
+    (data, growing, o)
+}
+
+#[test]
+fn file_changing_while_read_makes_the_snapshot_partial() {
+    let mut env = Env::init(Backend::Fs);
+    let (_, growing, o) = snapshot_of_a_growing_file(&mut env);
     assert_code(&o, 4, "snapshot of a file being appended to");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["status"], "partial", "{v}");
@@ -563,4 +572,195 @@ fn a_parent_swapped_for_a_symlink_never_leaks_what_it_points_to() {
         leaks.len()
     );
     assert!(runs >= 5, "too few snapshots ran to mean anything: {runs}");
+}
+
+/// Issue 11 item 10: a file deleted between the walk's listing and its read
+/// (a cache file on a live application) is its own kind of event: recorded
+/// in the manifest as vanished, a warning, exit 0; not a bare "No such file
+/// or directory" that makes the snapshot partial. The debug-build hook
+/// `COFFER_TEST_VANISH` deletes the file at exactly that moment.
+#[test]
+fn a_file_deleted_during_the_snapshot_is_a_warning_and_recorded() {
+    let mut env = Env::init(Backend::Fs);
+    let data = env.path("data");
+    write(&data.join("a.txt"), b"a\n");
+    write(&data.join("cache/session.db"), b"gone soon\n");
+    write(&data.join("z.txt"), b"z\n");
+    let single = env.path("etc/app.env");
+    write(&single, b"A=1\n");
+    env.add_dir_source("media", &data, &[]);
+    env.add_files_source("env", &[&single]);
+
+    let o = env
+        .cmd()
+        .env("COFFER_TEST_VANISH", "cache/session.db")
+        .args(["snapshot", "--json"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "snapshot with a file deleted during it");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["status"], "ok", "{v}");
+    let src = source(&v, "media");
+    assert!(paths_of(&src["problems"]).is_empty(), "not a problem: {v}");
+    let vanished: Vec<&str> = src["vanished"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `vanished` list: {v}"))
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(vanished.len(), 1, "{v}");
+    assert!(vanished[0].ends_with("cache/session.db"), "{v}");
+    assert!(
+        !stderr(&o).contains("No such file or directory"),
+        "{}",
+        stderr(&o)
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+
+    // The manifest records it (`show` reads the stored manifest back).
+    let o = env.cmd().args(["show", &id]).output().unwrap();
+    assert_code(&o, 0, "show");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("vanished") && l.contains("cache/session.db")),
+        "{text}"
+    );
+    let o = env.cmd().args(["show", &id, "--json"]).output().unwrap();
+    assert_code(&o, 0, "show");
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        source(&s, "media")["vanished"][0]
+            .as_str()
+            .is_some_and(|p| p.ends_with("cache/session.db")),
+        "{s}"
+    );
+
+    // Everything else is restored; the vanished file is simply absent.
+    let target = restore_to(&env, &id, "r");
+    let got = describe_tree(&target.join("media"));
+    let keys: Vec<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["", "a.txt", "cache", "z.txt"], "{got:?}");
+
+    // The text report warns, naming the file, still exit 0; a files
+    // source's file vanishing is the same.
+    write(&data.join("cache/session.db"), b"back\n");
+    let rel = single.display().to_string();
+    let o = env
+        .cmd()
+        .env("COFFER_TEST_VANISH", rel.trim_start_matches('/'))
+        .arg("snapshot")
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "snapshot (human) with a file deleted during it");
+    let e = stderr(&o);
+    assert!(
+        e.contains("warning") && e.contains("vanished") && e.contains("app.env"),
+        "{e}"
+    );
+    assert!(!e.contains("partial"), "{e}");
+}
+
+/// With `[snapshot] vanished = "partial"`, a vanished file makes the
+/// snapshot partial (exit 4), as the config asks.
+#[test]
+fn vanished_partial_in_the_config_makes_the_snapshot_partial() {
+    let mut env = Env::init(Backend::Fs);
+    let data = env.path("data");
+    write(&data.join("a.txt"), b"a\n");
+    write(&data.join("b.log"), b"rotated away\n");
+    env.extra = "[snapshot]\nvanished = \"partial\"\n".into();
+    env.add_dir_source("media", &data, &[]);
+    let o = env
+        .cmd()
+        .env("COFFER_TEST_VANISH", "b.log")
+        .args(["snapshot", "--json"])
+        .output()
+        .unwrap();
+    assert_code(&o, 4, "snapshot with vanished = \"partial\"");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "partial", "{v}");
+    assert!(
+        source(&v, "media")["vanished"][0]
+            .as_str()
+            .is_some_and(|p| p.ends_with("b.log")),
+        "{v}"
+    );
+    // Without the hook nothing vanishes: exit 0.
+    env.snapshot_json(&[], 0);
+}
+
+/// Issue 11 item 9: a file the snapshot stored although it changed while
+/// read is restored; restore says so (restored, possibly inconsistent), the
+/// same way in text and `--json`, and never that it is "not in the
+/// restored copy".
+#[test]
+fn restore_reports_a_torn_file_as_restored_and_possibly_inconsistent() {
+    let mut env = Env::init(Backend::Fs);
+    let (_, _, o) = snapshot_of_a_growing_file(&mut env);
+    assert_code(&o, 4, "snapshot of a file being appended to");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    let problems = paths_of(&source(&v, "media")["problems"]);
+    assert!(problems[0].ends_with("growing.log"), "{problems:?}");
+
+    let target = env.path("r-json");
+    let o = env
+        .cmd()
+        .args(["restore", &id, "--json", "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "restore --json of the torn snapshot");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let media = source(&r, "media");
+    // The hard link to it holds the same bytes: flagged too.
+    let want = ["media/growing.log", "media/zz-growing.link"]
+        .map(|p| target.join(p).display().to_string());
+    assert_eq!(
+        media["possibly_inconsistent"],
+        serde_json::json!(want),
+        "{r}"
+    );
+    assert_eq!(media["not_stored"], serde_json::json!([]), "{r}");
+    assert!(target.join("media/growing.log").exists());
+
+    // The text report says the same, and nothing about it being absent.
+    let target = env.path("r-text");
+    let o = env
+        .cmd()
+        .args(["restore", &id, "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "restore of the torn snapshot");
+    let e = stderr(&o);
+    let line = e
+        .lines()
+        .find(|l| l.contains("growing.log"))
+        .unwrap_or_else(|| panic!("no warning names growing.log: {e}"));
+    assert!(
+        line.contains("is restored") && line.contains("possibly inconsistent"),
+        "{line}"
+    );
+    assert!(line.contains("changed while being read"), "{line}");
+    assert!(!e.contains("not in the restored copy"), "{e}");
+    assert!(target.join("media/growing.log").exists());
+
+    // A dry run tells the same in advance.
+    let o = env
+        .cmd()
+        .args(["restore", &id, "--dry-run", "--json", "--target"])
+        .arg(env.path("r-dry"))
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "restore --dry-run of the torn snapshot");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let media = source(&r, "media");
+    assert_eq!(
+        media["possibly_inconsistent"].as_array().unwrap().len(),
+        2,
+        "{r}"
+    );
+    assert_eq!(media["not_stored"], serde_json::json!([]), "{r}");
 }

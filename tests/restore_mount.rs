@@ -49,3 +49,79 @@ fn in_place_restore_of_a_mount_point() {
         .collect();
     assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
 }
+
+/// Issue 11 item 11: an in-place restore stages a whole second copy beside
+/// the destination. On a filesystem without room for it, the restore is
+/// refused before anything is written, saying how much is needed and free
+/// and suggesting `--target` elsewhere; it does not fail half-way on a
+/// full disk. Mounts a 1 MiB tmpfs as the destination's parent.
+#[test]
+fn an_in_place_restore_without_room_for_a_second_copy_is_refused_first() {
+    let mut env = Env::init(Backend::Fs);
+    let small = env.path("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = Std::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .output();
+    match mounted {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!(
+                "SKIP an_in_place_restore_without_room_for_a_second_copy_is_refused_first: `mount -t tmpfs -o size=1m` failed (needs root): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!(
+                "SKIP an_in_place_restore_without_room_for_a_second_copy_is_refused_first: cannot run mount: {e}"
+            );
+            return;
+        }
+    }
+    let _m = Mount(small.clone());
+    let media = small.join("media");
+    write(&media.join("big.bin"), &pseudo_random(600_000, 3));
+    write(&media.join("note.txt"), b"as in the snapshot\n");
+    env.add_dir_source("media", &media, &[]);
+    let id = env.snapshot_ok();
+    write(&media.join("note.txt"), b"changed since\n");
+    let before = describe_tree(&media);
+
+    let o = env
+        .cmd()
+        .args(["restore", &id, "--force"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for needle in [
+        "needs about 0.6 MB",
+        "is free",
+        "--target",
+        &small.display().to_string(),
+    ] {
+        assert!(err.contains(needle), "no {needle:?} in: {err}");
+    }
+    assert!(!err.contains("No space left"), "{err}");
+    assert_eq!(describe_tree(&media), before, "the destination changed");
+    let leftovers: Vec<_> = std::fs::read_dir(&small)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".coffer-"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+
+    // Elsewhere, as the message suggests, it works.
+    let elsewhere = env.path("elsewhere");
+    env.cmd()
+        .args(["restore", &id, "--target"])
+        .arg(&elsewhere)
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(elsewhere.join("media/note.txt")).unwrap(),
+        b"as in the snapshot\n"
+    );
+}

@@ -52,6 +52,10 @@ pub struct Walked {
     pub bytes_read: u64,
     pub problems: Vec<Problem>,
     pub skipped: Vec<Problem>,
+    /// Files and directories the walk listed that were gone when it came to
+    /// read them (deleted meanwhile, e.g. an application's cache file): not
+    /// stored, and not an error unless `[snapshot] vanished = "partial"`.
+    pub vanished: Vec<String>,
     /// Type-specific facts for the manifest (dump sources).
     pub details: super::Details,
 }
@@ -365,15 +369,26 @@ impl Walker {
         });
     }
 
-    #[cfg(test)]
-    fn between_lookup_and_open(&mut self, name: &str) {
+    /// A listed entry that is gone when the walk comes to read it: not
+    /// stored, recorded apart from the problems (see [`Walked::vanished`]).
+    fn vanished(&mut self, path: &str) {
+        tracing::warn!(
+            "{path}: vanished during the snapshot (deleted after the walk listed it); not stored"
+        );
+        self.done.vanished.push(path.to_string());
+    }
+
+    /// Runs between an entry's lookup and its `open`: the unit tests' race
+    /// hook, and in debug builds [`test_vanish`].
+    #[allow(unused_variables)]
+    fn between_lookup_and_open(&mut self, dir: BorrowedFd<'_>, name: &str, rel: &str) {
+        #[cfg(test)]
         if let Some(f) = self.race.as_mut() {
             f(name);
         }
+        #[cfg(debug_assertions)]
+        test_vanish(dir, name, rel);
     }
-
-    #[cfg(not(test))]
-    fn between_lookup_and_open(&mut self, _name: &str) {}
 
     /// Archives the entry `name` of the directory open at `dir`; `shown` is
     /// its path for messages, `rel` its path in the archive. Returns the
@@ -390,13 +405,17 @@ impl Walker {
         let werr = FsSourceError::Write;
         let seen = match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Meta::of(&st),
+            Err(rustix::io::Errno::NOENT) => {
+                self.vanished(shown);
+                return Ok(None);
+            }
             Err(e) => {
                 self.problem(shown, &io::Error::from(e).to_string());
                 return Ok(None);
             }
         };
         if seen.kind == FileType::Directory {
-            self.between_lookup_and_open(name);
+            self.between_lookup_and_open(dir, name, rel);
             let opened = openat(dir, name, dir_flags(), Mode::empty())
                 .map_err(io::Error::from)
                 .and_then(|fd| Ok((fstat_meta(fd.as_fd())?, fd)));
@@ -408,6 +427,10 @@ impl Walker {
                 }
                 Err(e) if is_symlink_refusal(&e) => {
                     self.problem(shown, BECAME_SYMLINK);
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.vanished(shown);
                     return Ok(None);
                 }
                 Err(e) => {
@@ -461,12 +484,17 @@ impl Walker {
             index.push(&e).map_err(werr)?;
             return Ok(None);
         }
-        self.between_lookup_and_open(name);
+        self.between_lookup_and_open(dir, name, rel);
         // Until the file is open, only what the lookup saw is known: an entry
         // that cannot be stored is recorded with that.
         let unstored = seen.entry(rel, EntryKind::File);
         let fd = match openat(dir, name, file_flags(), Mode::empty()) {
             Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                // Deleted since the lookup: as if the walk had come later.
+                self.vanished(shown);
+                return Ok(None);
+            }
             Err(err) => {
                 let err = io::Error::from(err);
                 let why = if is_symlink_refusal(&err) {
@@ -543,6 +571,26 @@ impl Walker {
         e.stored = false;
         e.error = Some(error.to_string());
         index.push(&e).map_err(FsSourceError::Write)
+    }
+}
+
+/// Test hook, compiled into debug builds only (release builds have no such
+/// code, so no environment can make a production snapshot delete a file):
+/// with `COFFER_TEST_VANISH=<path in the archive>`, that entry is deleted
+/// between the walk's lookup and its `open`, so the tests can make the
+/// "deleted during the snapshot" race happen every time.
+#[cfg(debug_assertions)]
+fn test_vanish(dir: BorrowedFd<'_>, name: &str, rel: &str) {
+    static VANISH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let target = VANISH.get_or_init(|| std::env::var("COFFER_TEST_VANISH").ok());
+    if target.as_deref() == Some(rel) {
+        let flags = match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode as _) == FileType::Directory => {
+                AtFlags::REMOVEDIR
+            }
+            _ => AtFlags::empty(),
+        };
+        let _ = rustix::fs::unlinkat(dir, name, flags);
     }
 }
 

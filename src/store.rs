@@ -274,8 +274,6 @@ pub struct Store {
     endpoint: String,
     /// Attempts that failed and were retried (by object_store or by us).
     retries: Arc<AtomicU64>,
-    /// Whether the store is taken as down (see [`Health`]).
-    health: Arc<Health>,
     /// What was recovered on the way (a lost answer to a write that did
     /// happen), for the command's report.
     warnings: Arc<Mutex<Vec<String>>>,
@@ -546,7 +544,6 @@ impl Store {
                 policy,
                 endpoint: String::new(),
                 retries: Arc::default(),
-                health: Arc::default(),
                 warnings: Arc::default(),
             });
         }
@@ -673,7 +670,6 @@ impl Store {
             policy,
             endpoint,
             retries,
-            health,
             warnings: Arc::default(),
         })
     }

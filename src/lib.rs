@@ -152,6 +152,7 @@ impl Error {
                 PruneError::Newer { .. } => exit::FAILURE,
                 PruneError::Repo(r) => repo_code(r),
                 PruneError::Delete { source, .. } => store_code(source),
+                PruneError::TempFiles { .. } => exit::FAILURE,
             },
             Error::Transfer(t) => match t {
                 TransferError::Store(s) => store_code(s),

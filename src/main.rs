@@ -1509,6 +1509,16 @@ async fn prune_command(g: &Global, a: PruneArgs) -> Result<i32, Error> {
     } else {
         "removed"
     };
+    let t = &rep.temp_files;
+    if t.removed + t.kept > 0 {
+        out.push_str(&format!(
+            "{verb} {} upload temp files of interrupted writes ({}); kept {} ({}) younger than the grace period\n",
+            t.removed,
+            human_bytes(t.removed_bytes),
+            t.kept,
+            human_bytes(t.kept_bytes)
+        ));
+    }
     out.push_str(&format!(
         "{verb} {} of {} snapshots ({} objects) and {} left-over objects; kept {} ({})\n",
         rep.removed,

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod abandoned;
 pub mod archive;
 pub mod check;
 pub mod childenv;

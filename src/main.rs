@@ -1544,7 +1544,11 @@ async fn check_command(g: &Global, max_age: Option<String>) -> Result<i32, Error
             for c in &rep.checks {
                 out.push_str(&format!(
                     "{:<4} {}: {}\n",
-                    if c.ok { "ok" } else { "FAIL" },
+                    match (c.ok, c.warning) {
+                        (false, _) => "FAIL",
+                        (true, true) => "warn",
+                        (true, false) => "ok",
+                    },
                     c.name,
                     c.detail
                 ));
@@ -1569,6 +1573,7 @@ async fn check_command(g: &Global, max_age: Option<String>) -> Result<i32, Error
                     name: "config valid".into(),
                     ok: false,
                     detail: e.to_string(),
+                    warning: false,
                 }],
             });
             return Ok(e.exit_code());

@@ -408,8 +408,9 @@ fn check_source(src: &SourceConfig) -> Result<String, String> {
 
 /// The restore staging directories (`.coffer-restore-*`) a killed restore
 /// left where a restore of `src` stages: beside each destination, and
-/// inside a directory source (a mount point is staged inside). Each with
-/// what is known of its maker. Only read, never removed.
+/// inside a directory source (a mount point is staged inside); for a
+/// PostgreSQL source, the scratch databases of killed restores and drills.
+/// Each with what is known of its maker. Only read, never removed.
 fn restore_leftovers(src: &SourceConfig) -> Vec<String> {
     let mut dirs: Vec<&Path> = Vec::new();
     match src.kind {
@@ -423,6 +424,9 @@ fn restore_leftovers(src: &SourceConfig) -> Vec<String> {
                 dirs.extend(p.parent());
             }
         }
+        // Unreachable is the reachability check's finding, not this one's.
+        SourceKind::Postgres => return source::postgres::leftovers(src).unwrap_or_default(),
+        SourceKind::Mysql => return source::mysql::leftovers(src).unwrap_or_default(),
         _ => {}
     }
     dirs.sort();

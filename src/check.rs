@@ -34,6 +34,10 @@ pub struct CheckItem {
     pub name: String,
     pub ok: bool,
     pub detail: String,
+    /// Passed, but on-call should look (left-overs of a killed restore):
+    /// printed as `warn`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +72,15 @@ fn item(name: impl Into<String>, r: Result<String, String>) -> CheckItem {
         name: name.into(),
         ok,
         detail,
+        warning: false,
+    }
+}
+
+/// A warning: the check passes, the detail says what to look at.
+fn warning(name: impl Into<String>, detail: String) -> CheckItem {
+    CheckItem {
+        warning: true,
+        ..item(name, Ok(detail))
     }
 }
 
@@ -160,6 +173,21 @@ pub async fn check(inp: CheckInputs<'_>) -> CheckReport {
                 Err(format!("the check panicked: {e}")),
             )
         }));
+    }
+    for s in &inp.config.sources {
+        let src = s.clone();
+        let found = tokio::task::spawn_blocking(move || restore_leftovers(&src))
+            .await
+            .unwrap_or_default();
+        if !found.is_empty() {
+            checks.push(warning(
+                format!("source {}: left-overs of killed restores", s.name),
+                format!(
+                    "{}; the next restore of this source removes those whose process no longer runs; remove the others by hand once sure nothing restores there",
+                    found.join("; ")
+                ),
+            ));
+        }
     }
     if let Some((age, text)) = &inp.max_age {
         let name = format!("newest snapshot younger than {text}");
@@ -376,6 +404,53 @@ fn check_source(src: &SourceConfig) -> Result<String, String> {
             })
         }
     }
+}
+
+/// The restore staging directories (`.coffer-restore-*`) a killed restore
+/// left where a restore of `src` stages: beside each destination, and
+/// inside a directory source (a mount point is staged inside); for a
+/// PostgreSQL source, the scratch databases of killed restores and drills.
+/// Each with what is known of its maker. Only read, never removed.
+fn restore_leftovers(src: &SourceConfig) -> Vec<String> {
+    let mut dirs: Vec<&Path> = Vec::new();
+    match src.kind {
+        SourceKind::Directory => {
+            let p = src.path.as_deref().expect("validated");
+            dirs.push(p);
+            dirs.extend(p.parent());
+        }
+        SourceKind::Files => {
+            for p in src.paths.as_deref().expect("validated") {
+                dirs.extend(p.parent());
+            }
+        }
+        // Unreachable is the reachability check's finding, not this one's.
+        SourceKind::Postgres => return source::postgres::leftovers(src).unwrap_or_default(),
+        SourceKind::Mysql => return source::mysql::leftovers(src).unwrap_or_default(),
+        _ => {}
+    }
+    dirs.sort();
+    dirs.dedup();
+    let mut found = Vec::new();
+    for d in dirs {
+        let Ok(entries) = std::fs::read_dir(d) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for n in names {
+            match crate::abandoned::staging_verdict(&n) {
+                // A restore in progress, not a left-over.
+                None | Some(crate::abandoned::Verdict::Running(_)) => {}
+                Some(v) => found.push(format!("{}: {}", d.join(&n).display(), v.describe())),
+            }
+        }
+    }
+    found
 }
 
 /// The leading `major.minor` of a version text.

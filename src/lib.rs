@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod abandoned;
 pub mod archive;
 pub mod check;
 pub mod childenv;
@@ -155,6 +156,7 @@ impl Error {
                 PruneError::Newer { .. } => exit::FAILURE,
                 PruneError::Repo(r) => repo_code(r),
                 PruneError::Delete { source, .. } => store_code(source),
+                PruneError::TempFiles { .. } => exit::FAILURE,
             },
             Error::Transfer(t) => match t {
                 TransferError::Store(s) => store_code(s),

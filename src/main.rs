@@ -1559,6 +1559,16 @@ async fn prune_command(g: &Global, a: PruneArgs) -> Result<i32, Error> {
     } else {
         "removed"
     };
+    let t = &rep.temp_files;
+    if t.removed + t.kept > 0 {
+        out.push_str(&format!(
+            "{verb} {} upload temp files of interrupted writes ({}); kept {} ({}) younger than the grace period\n",
+            t.removed,
+            human_bytes(t.removed_bytes),
+            t.kept,
+            human_bytes(t.kept_bytes)
+        ));
+    }
     out.push_str(&format!(
         "{verb} {} of {} snapshots ({} objects) and {} left-over objects; kept {} ({})\n",
         rep.removed,
@@ -1584,7 +1594,11 @@ async fn check_command(g: &Global, max_age: Option<String>) -> Result<i32, Error
             for c in &rep.checks {
                 out.push_str(&format!(
                     "{:<4} {}: {}\n",
-                    if c.ok { "ok" } else { "FAIL" },
+                    match (c.ok, c.warning) {
+                        (false, _) => "FAIL",
+                        (true, true) => "warn",
+                        (true, false) => "ok",
+                    },
                     c.name,
                     c.detail
                 ));
@@ -1609,6 +1623,7 @@ async fn check_command(g: &Global, max_age: Option<String>) -> Result<i32, Error
                     name: "config valid".into(),
                     ok: false,
                     detail: e.to_string(),
+                    warning: false,
                 }],
             });
             return Ok(e.exit_code());

@@ -20,8 +20,17 @@
 //!   deleted while a manifest cannot be read (its data would look like a
 //!   left-over), as restic refuses to prune a repository it cannot read
 //!   whole.
+//!
+//! A filesystem repository has one more kind of left-over: the staging
+//! files object_store's `LocalFileSystem` writes an object to before it
+//! renames it into place (`data/<id>/<object>#<n>`, `snapshots/<id>#<n>`).
+//! A killed writer leaves them at up to full object size, and no listing
+//! shows them (object_store hides such names), so prune walks the
+//! directory for them and removes those older than the grace period: a
+//! writer still running keeps its file fresh.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -59,6 +68,15 @@ pub enum PruneError {
         what: String,
         #[source]
         source: StoreError,
+    },
+    #[error(
+        "{op} {path} (looking for upload temp files of interrupted writes): {source}; check the repository directory's permissions and rerun `coffer prune`"
+    )]
+    TempFiles {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -114,6 +132,95 @@ pub struct PruneReport {
     pub leftovers: Vec<Leftover>,
     /// Left-over objects deleted (would be, in a dry run).
     pub leftovers_removed: u64,
+    /// Upload temp files of a filesystem repository (always zero for a
+    /// cloud store).
+    pub temp_files: TempFiles,
+}
+
+/// Upload temp files (`<object>#<n>`) found in a filesystem repository.
+#[derive(Debug, Default, Serialize)]
+pub struct TempFiles {
+    /// Removed (would be, in a dry run): older than the grace period.
+    pub removed: u64,
+    pub removed_bytes: u64,
+    /// Kept: younger than the grace period, perhaps still being written.
+    pub kept: u64,
+    pub kept_bytes: u64,
+}
+
+/// Whether `name` is an object_store `LocalFileSystem` staging file name:
+/// `<object>#<digits>`. Object names never contain `#` (object_store's
+/// listing skips such files as staging files for the same reason).
+fn is_temp_name(name: &[u8]) -> bool {
+    match name.iter().rposition(|&b| b == b'#') {
+        Some(i) => i > 0 && i + 1 < name.len() && name[i + 1..].iter().all(u8::is_ascii_digit),
+        None => false,
+    }
+}
+
+/// Walks the repository directory `root` (never following a symlink) and
+/// removes the upload temp files older than `grace`.
+fn sweep_temp_files(
+    root: &Path,
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+    dry_run: bool,
+) -> Result<TempFiles, PruneError> {
+    use std::os::unix::ffi::OsStrExt;
+    fn err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PruneError {
+        let path = path.to_path_buf();
+        move |source| PruneError::TempFiles { op, path, source }
+    }
+    let mut out = TempFiles::default();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            // Removed meanwhile (prune of a left-over prefix): nothing there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err("list", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(err("list", &dir))?;
+            let path = entry.path();
+            // `file_type` does not follow a symlink: a link is neither
+            // walked into nor removed.
+            let ft = entry.file_type().map_err(err("stat", &path))?;
+            if ft.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            if !ft.is_file() || !is_temp_name(entry.file_name().as_bytes()) {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                // Renamed into place or cleaned up by its writer meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err("stat", &path)(e)),
+            };
+            let modified: DateTime<Utc> = meta.modified().map_err(err("stat", &path))?.into();
+            if now.signed_duration_since(modified) < grace {
+                out.kept += 1;
+                out.kept_bytes += meta.len();
+                continue;
+            }
+            if !dry_run {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::info!(
+                        "removed upload temp file {} ({} bytes)",
+                        path.display(),
+                        meta.len()
+                    ),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(err("remove", &path)(e)),
+                }
+            }
+            out.removed += 1;
+            out.removed_bytes += meta.len();
+        }
+    }
+    Ok(out)
 }
 
 fn rfc3339(t: &DateTime<Utc>) -> String {
@@ -291,6 +398,16 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
         leftovers.push(lo);
     }
 
+    let temp_files = match repo.store.local_root() {
+        Some(root) => {
+            let (root, now, dry_run) = (root.to_path_buf(), opts.now, opts.dry_run);
+            tokio::task::spawn_blocking(move || sweep_temp_files(&root, now, grace, dry_run))
+                .await
+                .expect("the temp file sweep does not panic")?
+        }
+        None => TempFiles::default(),
+    };
+
     let kept = decisions.iter().filter(|d| d.keep()).count();
     Ok(PruneReport {
         ok: true,
@@ -303,5 +420,21 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
         removed_objects,
         leftovers,
         leftovers_removed,
+        temp_files,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_temp_name;
+
+    #[test]
+    fn temp_names_are_object_hash_digits() {
+        assert!(is_temp_name(b"0a1b2c#1"));
+        assert!(is_temp_name(b"0a1b2c#12"));
+        assert!(!is_temp_name(b"0a1b2c"));
+        assert!(!is_temp_name(b"#1"));
+        assert!(!is_temp_name(b"0a1b2c#"));
+        assert!(!is_temp_name(b"0a1b2c#1x"));
+    }
 }

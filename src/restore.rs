@@ -1089,8 +1089,9 @@ impl Staging {
                 reason,
             });
         }
+        remove_abandoned_staging(&parent);
         let (name, dir) = parent
-            .make_staging(".coffer-restore-")
+            .make_staging(&crate::abandoned::staging_prefix())
             .map_err(io_err("create a staging directory in", parent.path()))?;
         let id = dirfd::identity(&dir.stat().map_err(io_err("inspect", dir.path()))?);
         Ok(Staging {
@@ -1100,6 +1101,45 @@ impl Staging {
             id,
             keep: false,
         })
+    }
+}
+
+/// Removes the staging directories in `parent` that a killed restore left
+/// and that are provably abandoned (see [`crate::abandoned`]): ours by
+/// name, made on this host by a process that is gone, a real directory
+/// owned by us. Everything is done through `parent`'s handle, never
+/// following a symlink; what cannot be proved abandoned stays.
+fn remove_abandoned_staging(parent: &Dir) {
+    use crate::abandoned::{Verdict, staging_verdict};
+    let Ok(entries) = parent.entries() else {
+        return;
+    };
+    for e in entries {
+        let Some(name) = e.to_str() else { continue };
+        let Some(Verdict::Abandoned(owner)) = staging_verdict(name) else {
+            continue;
+        };
+        let Ok(st) = parent.stat_at(name) else {
+            continue;
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR
+            || st.st_uid != rustix::process::geteuid().as_raw()
+        {
+            continue;
+        }
+        let path = parent.join(name);
+        match parent.remove_all(name) {
+            Ok(()) => tracing::warn!(
+                "removed {}: a staging directory left by a killed restore (process {} on this host, no longer running)",
+                path.display(),
+                owner.pid
+            ),
+            Err(e) => tracing::warn!(
+                "{} was left by a killed restore (process {}, no longer running) but could not be removed: {e}; remove it by hand",
+                path.display(),
+                owner.pid
+            ),
+        }
     }
 }
 

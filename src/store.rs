@@ -712,6 +712,11 @@ impl Store {
         &self.url
     }
 
+    /// The directory of a filesystem store; `None` for a cloud store.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.inner
     }

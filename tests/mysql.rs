@@ -1026,3 +1026,37 @@ fn large_dump_spans_chunks_and_damage_leaves_the_target_alone() {
     assert_eq!(checksum(db.name()), original);
     assert!(!sql(Some(db.name()), "SHOW TABLES").contains("added_later"));
 }
+
+/// Issue 11 item 3, MySQL/MariaDB: a killed `restore --force` leaves its
+/// temporary database `<db>_coffer_<hex>`. It carries no owner (a restore
+/// killed mid-copy leaves the snapshot's only complete copy in it), so
+/// `check` reports it as a warning and the next restore leaves it alone.
+#[test]
+fn a_killed_restores_temporary_database_is_reported_never_dropped() {
+    let db = Db::create("leftover");
+    make_schema(db.name());
+    let mut env = Env::init(Backend::Fs);
+    add_mysql_source(&mut env, "orders", &db.url(), "");
+    env.snapshot_ok();
+    let left = Db(format!("{}_coffer_0a1b2c3d", db.name()));
+    sql(None, &format!("CREATE DATABASE `{}`", left.0));
+    let other = Db(format!("{}_coffer_old", db.name()));
+    sql(None, &format!("CREATE DATABASE `{}`", other.0));
+
+    let (code, out, err) = run(&env, &["check"]);
+    assert_eq!(code, 0, "check: {out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("warn") && l.contains("left-overs of killed restores"))
+        .unwrap_or_else(|| panic!("check reports no temporary database:\n{out}"));
+    assert!(line.contains(&left.0), "{line}");
+    assert!(!line.contains(&other.0), "{line}");
+
+    let (code, _, err) = run(&env, &["restore", "latest", "--force"]);
+    assert_eq!(code, 0, "restore: {err}");
+    assert_eq!(
+        databases_like(&format!("{}_coffer_", db.name())),
+        vec![left.0.clone(), other.0.clone()],
+        "the restore dropped a database it cannot prove its own, or left its own"
+    );
+}

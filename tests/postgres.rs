@@ -900,3 +900,146 @@ fn a_url_password_never_reaches_a_tools_command_line() {
         }
     }
 }
+
+/// A pid that no longer runs: a child that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+fn comment_of(db: &str) -> String {
+    sql(
+        "postgres",
+        &format!(
+            "SELECT coalesce(shobj_description(oid, 'pg_database'), '<none>') FROM pg_database WHERE datname = '{db}';"
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
+/// Issue 11 item 3: a killed `restore --force` or drill leaves its scratch
+/// database. Each carries a marker comment (pid, host, start) while coffer
+/// works in it; `check` reports left-overs, and the next restore (or drill)
+/// drops those provably abandoned: exact scratch name, this host, a pid
+/// that no longer runs. Never a `_coffer_old_` one, never one without a
+/// marker, from another host or of a running process; and the restored
+/// database keeps its own comment, not the marker.
+#[test]
+fn a_killed_restores_scratch_database_is_dropped_by_the_next_restore() {
+    let (env, db) = world("leftover");
+    sql(
+        "postgres",
+        &format!("COMMENT ON DATABASE {} IS 'the shop';", db.0),
+    );
+    let id = env.snapshot_ok();
+    let host = coffer::repo::host_name();
+    let dead = dead_pid();
+    let mark = |pid: u32, host: &str| {
+        format!("coffer scratch database: pid={pid} host={host} started=2026-01-01T00:00:00Z")
+    };
+    let plant = |name: &str, comment: Option<String>| {
+        sql("postgres", &format!("CREATE DATABASE {name};"));
+        if let Some(c) = comment {
+            sql("postgres", &format!("COMMENT ON DATABASE {name} IS '{c}';"));
+        }
+        name.to_string()
+    };
+    let abandoned = plant(
+        &format!("{}_coffer_0a1b2c3d", db.0),
+        Some(mark(dead, &host)),
+    );
+    let running = plant(
+        &format!("{}_coffer_11111111", db.0),
+        Some(mark(std::process::id(), &host)),
+    );
+    let unmarked = plant(&format!("{}_coffer_22222222", db.0), None);
+    let elsewhere = plant(
+        &format!("{}_coffer_33333333", db.0),
+        Some(mark(dead, "some-other-host")),
+    );
+    let old = plant(
+        &format!("{}_coffer_old_44444444", db.0),
+        Some(mark(dead, &host)),
+    );
+    let not_scratch = plant(&format!("{}_coffer_5555", db.0), Some(mark(dead, &host)));
+    let drill = plant(
+        &format!("coffer_drill_{id}_66666666"),
+        Some(mark(dead, &host)),
+    );
+    let _drop_drill = TestDb(drill.clone());
+
+    let o = env.cmd().arg("check").output().unwrap();
+    assert_code(&o, 0, "check");
+    let out = stdout(&o);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("warn") && l.contains("left-overs of killed restores"))
+        .unwrap_or_else(|| panic!("check reports no scratch database:\n{out}"));
+    for n in [&abandoned, &unmarked, &elsewhere, &old] {
+        assert!(line.contains(n.as_str()), "{n} not reported: {line}");
+    }
+    // A restore in progress is no left-over; nor is a name outside the
+    // pattern; drill databases name no source.
+    for n in [&running, &not_scratch, &drill] {
+        assert!(!line.contains(n.as_str()), "{n} reported: {line}");
+    }
+
+    let o = env
+        .cmd()
+        .args(["restore", "latest", "--force"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "restore --force");
+    let err = stderr(&o);
+    assert!(
+        !db_exists(&abandoned),
+        "the abandoned scratch database stayed"
+    );
+    assert!(
+        err.contains(&format!("dropped database {abandoned}")),
+        "the restore did not say what it dropped: {err}"
+    );
+    for n in [&running, &unmarked, &elsewhere, &old, &not_scratch] {
+        assert!(db_exists(n), "{n} was dropped");
+    }
+    assert_eq!(
+        comment_of(&db.0),
+        "the shop",
+        "the restored database's comment"
+    );
+    assert!(
+        databases_like(&format!("{}\\_coffer\\_%", db.0))
+            .iter()
+            .all(|n| [&running, &unmarked, &elsewhere, &old, &not_scratch].contains(&n)),
+        "the restore left its own scratch database"
+    );
+
+    // Into a database that had no comment: none after the restore either.
+    sql(
+        "postgres",
+        &format!("COMMENT ON DATABASE {} IS NULL;", db.0),
+    );
+    let o = env
+        .cmd()
+        .args(["restore", "latest", "--force"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "restore --force");
+    assert_eq!(
+        comment_of(&db.0),
+        "<none>",
+        "the marker reached the restored database"
+    );
+
+    let o = env.cmd().args(["drill"]).output().unwrap();
+    assert_code(&o, 0, "drill");
+    // (Every drill on this server drops abandoned drill databases: one
+    // running in parallel may have been first, so stderr is not checked.)
+    assert!(!db_exists(&drill), "the abandoned drill database stayed");
+    for n in [&running, &unmarked, &elsewhere, &old, &not_scratch] {
+        assert!(db_exists(n), "{n} was dropped by the drill");
+    }
+}

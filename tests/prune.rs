@@ -397,6 +397,83 @@ fn leftovers_older_than_the_grace_period_go_younger_ones_stay() {
     assert!(stderr(&o).contains("--grace"), "{}", stderr(&o));
 }
 
+/// Issue 11 item 1: a killed snapshot into a filesystem repository leaves
+/// object_store's upload staging files (`<object>#<n>`), which no listing
+/// shows. Prune removes those older than the grace period, says how many
+/// bytes that freed, keeps fresh ones, and follows no symlink.
+#[test]
+fn upload_temp_files_older_than_the_grace_period_are_removed() {
+    let env = world(Backend::Fs);
+    let kept = env.snapshot_ok();
+    let obj = data_of(&env, &kept).into_iter().next().unwrap();
+    let repo = env.path("repo");
+    let old_a = repo.join(format!("{obj}#1"));
+    let old_b = repo.join(format!("data/{}/0123abcd#27", "ffffffffffffffff"));
+    let old_c = repo.join(format!("snapshots/{kept}#2"));
+    let fresh = repo.join(format!("{obj}#3"));
+    write(&old_a, &vec![1u8; 100_000]);
+    write(&old_b, &vec![2u8; 20_000]);
+    write(&old_c, &vec![3u8; 300]);
+    write(&fresh, &vec![4u8; 5_000]);
+    // A symlinked directory in the repository leads outside: what is there
+    // is not the repository's to remove, whatever its name.
+    let outside = env.path("outside");
+    write(&outside.join("victim#1"), b"not yours");
+    std::os::unix::fs::symlink(&outside, repo.join("data/link")).unwrap();
+    let two_hours =
+        filetime::FileTime::from_system_time(SystemTime::now() - Duration::from_secs(7200));
+    for p in [&old_a, &old_b, &old_c, &outside.join("victim#1")] {
+        filetime::set_file_mtime(p, two_hours).unwrap();
+    }
+
+    let v = prune_json(
+        &env,
+        &["--keep-last", "10", "--grace", "1h", "--dry-run"],
+        0,
+    );
+    assert_eq!(v["temp_files"]["removed"], 3, "{v}");
+    assert!(
+        old_a.exists() && old_b.exists() && old_c.exists(),
+        "a dry run deleted"
+    );
+
+    let v = prune_json(&env, &["--keep-last", "10", "--grace", "1h"], 0);
+    let t = &v["temp_files"];
+    assert_eq!(t["removed"], 3, "{v}");
+    assert_eq!(t["removed_bytes"], 120_300, "{v}");
+    assert_eq!(t["kept"], 1, "{v}");
+    assert_eq!(t["kept_bytes"], 5_000, "{v}");
+    assert!(!old_a.exists() && !old_b.exists() && !old_c.exists());
+    assert!(
+        fresh.exists(),
+        "a temp file younger than the grace period went"
+    );
+    assert!(
+        outside.join("victim#1").exists(),
+        "prune followed a symlink"
+    );
+
+    let o = env
+        .cmd()
+        .args(["prune", "--keep-last", "10", "--grace", "0s"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("removed 1 upload temp files of interrupted writes (5.0 kB)"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!fresh.exists());
+    assert!(
+        outside.join("victim#1").exists(),
+        "prune followed a symlink"
+    );
+    assert_eq!(listed(&env), vec![kept]);
+    std::fs::remove_file(repo.join("data/link")).unwrap();
+    verify_all_deep(&env);
+}
+
 #[test]
 fn a_damaged_manifest_stops_prune_before_it_deletes_anything() {
     let env = world(Backend::Fs);

@@ -152,3 +152,172 @@ fn restore_says_first_which_host_and_time_the_snapshot_is_from() {
     assert_eq!(v["host"], host.as_str());
     assert_eq!(v["time"], snaps[0]["time"]);
 }
+
+/// A pid that no longer runs: a child that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+/// Issue 11 item 2: a killed restore leaves its staging directory beside
+/// the destination (or inside `--target DIR`). `check` reports it; the next
+/// restore there removes those it can prove abandoned (its name carries a
+/// pid and host: this host, a pid that no longer runs) and says so; it
+/// leaves the rest (a running pid, another host, no owner, a symlink).
+#[test]
+fn a_killed_restores_staging_directory_is_removed_by_the_next_restore() {
+    let mut env = Env::init(Backend::Fs);
+    let media = env.path("site/media");
+    sample_tree(&media, None);
+    env.add_dir_source("media", &media, &[]);
+    let id = env.snapshot_ok();
+    let site = env.path("site");
+    let tag = coffer::abandoned::host_tag();
+    let dead = dead_pid();
+    let other_tag = if tag == "00000000" {
+        "11111111"
+    } else {
+        "00000000"
+    };
+    let abandoned = site.join(format!(".coffer-restore-{dead}-{tag}-a1b2c3"));
+    let running = site.join(format!(
+        ".coffer-restore-{}-{tag}-d4e5f6",
+        std::process::id()
+    ));
+    let elsewhere = site.join(format!(".coffer-restore-{dead}-{other_tag}-0a0b0c"));
+    let legacy = site.join(".coffer-restore-9f8e7d6c5b4a");
+    for d in [&abandoned, &running, &elsewhere, &legacy] {
+        write(&d.join("half/restored.bin"), &pseudo_random(10_000, 3));
+    }
+    let outside = env.path("outside");
+    write(&outside.join("keep.txt"), b"not the restore's\n");
+    let link = site.join(format!(".coffer-restore-{dead}-{tag}-111111"));
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+
+    let o = run(&env, &["check"]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("warn") && l.contains("left-overs of killed restores"))
+        .unwrap_or_else(|| panic!("check reports no left-over staging directory:\n{out}"));
+    for d in [&abandoned, &elsewhere, &legacy] {
+        assert!(line.contains(&d.display().to_string()), "{line}");
+    }
+    // A restore in progress is no left-over.
+    assert!(!line.contains(&running.display().to_string()), "{line}");
+    assert!(line.contains("no longer runs"), "{line}");
+    let o = run(&env, &["check", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["warning"] == true && c["ok"] == true),
+        "{v}"
+    );
+
+    let o = run(&env, &["restore", &id, "--force"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        !abandoned.exists(),
+        "the abandoned staging directory stayed"
+    );
+    assert!(
+        err.contains(&abandoned.display().to_string()) && err.contains("killed restore"),
+        "the restore did not say what it removed: {err}"
+    );
+    for d in [&running, &elsewhere, &legacy] {
+        assert!(d.join("half/restored.bin").exists(), "{} went", d.display());
+    }
+    assert!(std::fs::symlink_metadata(&link).is_ok(), "the symlink went");
+    assert!(outside.join("keep.txt").exists(), "a symlink was followed");
+
+    // Inside --target DIR, where such a restore stages.
+    let target = env.path("target");
+    let dead = dead_pid();
+    let in_target = target.join(format!(".coffer-restore-{dead}-{tag}-abcdef"));
+    write(&in_target.join("x"), b"x");
+    let o = run(
+        &env,
+        &["restore", &id, "--target", target.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        !in_target.exists(),
+        "the staging directory in --target stayed"
+    );
+    assert_eq!(describe_tree(&target.join("media")), describe_tree(&media));
+}
+
+/// The same with a real `kill -9`: the restore is killed as soon as its
+/// staging directory exists; the next restore removes it and says so.
+#[test]
+fn a_restore_killed_with_sigkill_leaves_nothing_after_the_next_restore() {
+    let mut env = Env::init(Backend::Fs);
+    let media = env.path("site/media");
+    write(&media.join("big.bin"), &pseudo_random(32 << 20, 5));
+    write(&media.join("small.txt"), b"small\n");
+    env.add_dir_source("media", &media, &[]);
+    let id = env.snapshot_ok();
+    let site = env.path("site");
+    let staging = || -> Vec<String> {
+        fs::read_dir(&site)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(".coffer-restore-"))
+            .collect()
+    };
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COFFER_") && !k.starts_with("COFFER_TEST_") || k == "RUST_LOG" {
+            child.env_remove(k);
+        }
+    }
+    let mut child = child
+        .current_dir(env.dir.path())
+        .arg("--config")
+        .arg(&env.config)
+        .args(["restore", &id, "--force"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if !staging().is_empty() {
+            child.kill().unwrap();
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before it could be killed"
+        );
+        assert!(std::time::Instant::now() < deadline, "no staging directory");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.wait().unwrap();
+    let left = staging();
+    assert_eq!(left.len(), 1, "{left:?}");
+
+    let o = run(&env, &["restore", &id, "--force"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&left[0]) && err.contains("killed restore"),
+        "{err}"
+    );
+    assert_eq!(
+        staging(),
+        Vec::<String>::new(),
+        "a staging directory stayed"
+    );
+    assert_eq!(
+        fs::read(media.join("small.txt")).unwrap(),
+        b"small\n".to_vec()
+    );
+}

@@ -633,6 +633,42 @@ fn fresh_name(base: &str, tag: &str) -> String {
     format!("{b}{suffix}")
 }
 
+/// Whether `name` is one that `fresh_name(base, tag)` can give.
+fn is_fresh_name(name: &str, base: &str, tag: &str) -> bool {
+    let suffix_len = tag.len() + 10;
+    let mut b = base;
+    while b.len() + suffix_len > 64 {
+        let mut chars = b.chars();
+        chars.next_back();
+        b = chars.as_str();
+    }
+    name.strip_prefix(b)
+        .and_then(|r| r.strip_prefix('_'))
+        .and_then(|r| r.strip_prefix(tag))
+        .and_then(|r| r.strip_prefix('_'))
+        .is_some_and(|hex| {
+            hex.len() == 8 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
+/// For `coffer check`: the temporary databases (`<db>_coffer_<hex>`) a
+/// killed restore of `src` left (a restore in progress shows too). They carry no
+/// owner (MySQL has no database comments), so they are reported, never
+/// dropped: a restore killed while copying into the target leaves the
+/// snapshot's only complete copy in its temporary database.
+pub fn leftovers(src: &SourceConfig) -> Result<Vec<String>, SourceError> {
+    let conn = configured_conn(src)?;
+    Ok(databases(&conn)?
+        .into_keys()
+        .filter(|n| is_fresh_name(n, &conn.database, "coffer"))
+        .map(|n| {
+            format!(
+                "database `{n}`: no owner recorded (MySQL/MariaDB scratch databases are never dropped automatically; it may hold the only complete copy of a restore killed mid-copy)"
+            )
+        })
+        .collect())
+}
+
 // ------------------------------------------------------------- dump scan
 
 /// How much of a dump's end is kept to find `-- Dump completed`.
@@ -1426,6 +1462,20 @@ INSERT INTO `t2` VALUES (1);\n\
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"ssl\"") && !e.contains("qpw"), "{e}");
+    }
+
+    #[test]
+    fn fresh_names_are_recognised() {
+        for base in ["shop", &"x".repeat(80), &"é".repeat(40)] {
+            assert!(is_fresh_name(&fresh_name(base, "coffer"), base, "coffer"));
+        }
+        assert!(!is_fresh_name("shop_coffer_old", "shop", "coffer"));
+        assert!(!is_fresh_name("shop_coffer_0a1b2c3", "shop", "coffer"));
+        assert!(is_fresh_name(
+            &fresh_name("coffer_drill", "ab12"),
+            "coffer_drill",
+            "ab12"
+        ));
     }
 
     #[test]

@@ -63,6 +63,14 @@
 //! `postgres`). `--to-database` creates the database if missing, and
 //! replaces an existing non-empty one only with `--force`.
 //!
+//! Every scratch database carries a marker comment (pid, host, start time)
+//! while coffer works in it, cleared before a restored one takes the
+//! target's name. A restore or drill killed meanwhile leaves it behind; the
+//! next restore of that database (or drill) drops the ones provably
+//! abandoned ([`crate::abandoned`]: this host, a pid that no longer runs,
+//! the exact scratch name), never `<db>_coffer_old_<id>`, which may hold
+//! the only copy of the replaced data after a kill mid-swap.
+//!
 //! # Drill
 //!
 //! Restores into `coffer_drill_<snapshot>_<random>` on the source's server
@@ -934,6 +942,155 @@ fn derived_name(db: &str, mark: &str) -> String {
     format!("{}{suffix}", &db[..cut])
 }
 
+/// Whether `name` is one that `derived_name(db, mark)` can give: the same
+/// cut of `db`, `mark`, then 8 lowercase hex digits, nothing else.
+fn is_derived_name(name: &str, db: &str, mark: &str) -> bool {
+    let mut cut = MAX_IDENT.saturating_sub(mark.len() + 8).min(db.len());
+    while !db.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    name.strip_prefix(&db[..cut])
+        .and_then(|rest| rest.strip_prefix(mark))
+        .is_some_and(|hex| {
+            hex.len() == 8 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
+/// Whether `name` is a drill's scratch database: `coffer_drill_<snapshot
+/// id>_<8 hex>`.
+fn is_drill_name(name: &str) -> bool {
+    name.strip_prefix("coffer_drill_")
+        .and_then(|rest| rest.rsplit_once('_'))
+        .is_some_and(|(snap, hex)| {
+            !snap.is_empty()
+                && snap.bytes().all(|b| b.is_ascii_alphanumeric())
+                && hex.len() == 8
+                && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
+/// The comment a scratch database carries while coffer works in it: who
+/// made it, so that a later run can prove it abandoned when that process
+/// was killed (issue 11). Restore clears it before the database is swapped
+/// in, so a restored database never carries it.
+const MARKER_PREFIX: &str = "coffer scratch database: ";
+
+fn marker() -> String {
+    format!(
+        "{MARKER_PREFIX}pid={} host={} started={}",
+        std::process::id(),
+        crate::repo::host_name(),
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
+/// The maker named by a marker comment.
+fn marker_owner(comment: &str) -> Option<crate::abandoned::Owner> {
+    let rest = comment.strip_prefix(MARKER_PREFIX)?;
+    let mut pid = None;
+    let mut host = None;
+    for field in rest.split(' ') {
+        match field.split_once('=') {
+            Some(("pid", v)) => pid = v.parse().ok(),
+            Some(("host", v)) => host = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    Some(crate::abandoned::Owner {
+        pid: pid?,
+        host: host?,
+    })
+}
+
+/// Scratch databases a killed restore or drill of `db` left on `server`:
+/// `<db>_coffer_<hex>` (restore), `<db>_coffer_old_<hex>` (the replaced
+/// database, when a restore was killed mid-swap) and, with `drills`,
+/// `coffer_drill_<snapshot>_<hex>`. Each with the verdict on its maker.
+fn scratch_leftovers(
+    server: &Conn,
+    db: &str,
+    drills: bool,
+) -> Result<Vec<(String, crate::abandoned::Verdict)>, SourceError> {
+    let rows = server.psql(
+        "SELECT d.datname, COALESCE(pg_catalog.shobj_description(d.oid, 'pg_database'), '') \
+         FROM pg_catalog.pg_database d ORDER BY 1;\n",
+    )?;
+    let host = crate::repo::host_name();
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| match r.as_slice() {
+            [name, comment] => Some((name.clone(), comment.clone())),
+            _ => None,
+        })
+        .filter(|(name, _)| {
+            name != db
+                && (is_derived_name(name, db, "_coffer_")
+                    || is_derived_name(name, db, "_coffer_old_")
+                    || (drills && is_drill_name(name)))
+        })
+        .map(|(name, comment)| {
+            // The replaced database carries its own comment (or ours, never
+            // set on it): whatever it says, it is the user's data.
+            let owner = if is_derived_name(&name, db, "_coffer_old_") {
+                None
+            } else {
+                marker_owner(&comment)
+            };
+            (name, crate::abandoned::judge(owner, &host))
+        })
+        .collect())
+}
+
+/// Drops the scratch databases of `db` (and drills', with `drills`) on
+/// `server` that are provably abandoned: the exact scratch name pattern, a
+/// marker naming this host and a process that no longer runs. Never the
+/// target itself, never a `_coffer_old_` one (it may hold the only copy of
+/// the target's data). Says so on stderr; a failure to look only warns.
+fn drop_abandoned(server: &Conn, db: &str, drills: bool) {
+    let found = match scratch_leftovers(server, db, drills) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(
+                "could not look for scratch databases left by a killed restore on {}: {e}",
+                server.display()
+            );
+            return;
+        }
+    };
+    for (name, verdict) in found {
+        let crate::abandoned::Verdict::Abandoned(owner) = &verdict else {
+            tracing::warn!(
+                "database {name} looks like a left-over of a killed coffer restore or drill, left as it is: {}",
+                verdict.describe()
+            );
+            continue;
+        };
+        match drop_database(server, &name) {
+            Ok(()) => tracing::warn!(
+                "dropped database {name}: a scratch database left by a killed coffer restore or drill (process {} on this host, no longer running)",
+                owner.pid
+            ),
+            Err(e) => tracing::warn!(
+                "database {name} was left by a killed coffer restore or drill (process {}, no longer running) but could not be dropped: {e}; drop it by hand",
+                owner.pid
+            ),
+        }
+    }
+}
+
+/// For `coffer check`: the scratch databases killed restores of `src`'s
+/// database left, each with what is known of its maker. Not those of a
+/// process still running (a restore in progress), nor drill databases:
+/// their names do not say which source they belong to.
+pub fn leftovers(src: &SourceConfig) -> Result<Vec<String>, SourceError> {
+    let conn = source_conn(src)?;
+    Ok(scratch_leftovers(&conn.maintenance(), &conn.db, false)?
+        .into_iter()
+        .filter(|(_, v)| !matches!(v, crate::abandoned::Verdict::Running(_)))
+        .map(|(name, v)| format!("database {name}: {}", v.describe()))
+        .collect())
+}
+
 /// A database we created; dropped when this goes out of scope unless kept.
 struct TempDb {
     server: Conn,
@@ -981,6 +1138,22 @@ impl TempDb {
             );
             match server.exec(&sql) {
                 Ok(()) => {
+                    let db = TempDb {
+                        server: server.clone(),
+                        name: name.to_string(),
+                        armed: true,
+                    };
+                    // Who made it, for the run after a kill (see `marker`).
+                    // Without it a left-over is only reported, never dropped.
+                    if let Err(e) = server.exec(&format!(
+                        "COMMENT ON DATABASE {} IS {}",
+                        ident(name),
+                        lit(&marker())
+                    )) {
+                        tracing::warn!(
+                            "could not mark the new database {name} as coffer's ({e}); if this run is killed, drop it by hand"
+                        );
+                    }
                     if let Some(e) = &first_err {
                         tracing::warn!(
                             "created database {name} without some of the dump's settings: {e}"
@@ -1000,11 +1173,7 @@ impl TempDb {
                             ));
                         }
                     }
-                    return Ok(TempDb {
-                        server: server.clone(),
-                        name: name.to_string(),
-                        armed: true,
-                    });
+                    return Ok(db);
                 }
                 Err(e) => {
                     if first_err.is_none() {
@@ -1349,6 +1518,7 @@ pub fn restore(req: &DbRestore, streams: &mut dyn Streams) -> Result<DbRestored,
     } else {
         (None, Vec::new())
     };
+    drop_abandoned(&server, &db, false);
     let jobs = req.config.and_then(|c| c.jobs).unwrap_or(1);
     let mut next_steps = Vec::new();
     let tmp_name = derived_name(&db, "_coffer_");
@@ -1365,6 +1535,14 @@ pub fn restore(req: &DbRestore, streams: &mut dyn Streams) -> Result<DbRestored,
         &mut next_steps,
     )?;
     let (bytes, others) = load(streams, req.details, &t.conn.with_db(&tmp_name), jobs, &[])?;
+    // The marker goes before the database takes the target's place: a
+    // restored database must never look like an abandoned scratch one. The
+    // replaced database's own comment, if any, is carried over below.
+    // (Should that fail, the restored database keeps the marker, harmless:
+    // only a scratch name is ever dropped, never the target's.)
+    if let Err(e) = server.exec(&format!("COMMENT ON DATABASE {} IS NULL", ident(&tmp_name))) {
+        tracing::warn!("could not clear coffer's marker comment on {tmp_name}: {e}");
+    }
     for p in &props {
         if let Err(e) = server.exec(&p.sql(&tmp_name)) {
             next_steps.push(format!(
@@ -1419,6 +1597,11 @@ pub fn drill(req: &DrillRequest, streams: &mut dyn Streams) -> Result<DrillResul
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c.to_ascii_lowercase())
         .collect();
+    match &configured {
+        // The restores of the configured database left theirs there.
+        Some(c) if c.same_server(&server) => drop_abandoned(&server, &c.db, true),
+        _ => drop_abandoned(&server, "", true),
+    }
     let name = derived_name(&format!("coffer_drill_{snap}"), "_");
     let scratch_conn = server.with_db(&name);
     let jobs = req.config.and_then(|c| c.jobs).unwrap_or(1);
@@ -1594,6 +1777,36 @@ mod tests {
             p.sql("d"),
             "ALTER DATABASE \"d\" SET \"search_path\" TO 'my schema', 'public'"
         );
+    }
+
+    #[test]
+    fn scratch_names_and_markers_are_recognised() {
+        let n = derived_name("shop", "_coffer_");
+        assert!(is_derived_name(&n, "shop", "_coffer_"));
+        assert!(!is_derived_name(&n, "shop", "_coffer_old_"));
+        assert!(!is_derived_name("shop", "shop", "_coffer_"));
+        assert!(!is_derived_name(
+            "shop_coffer_old_0123abcd",
+            "shop",
+            "_coffer_"
+        ));
+        assert!(!is_derived_name(
+            "shop_coffer_0123abcdx",
+            "shop",
+            "_coffer_"
+        ));
+        let long = "x".repeat(80);
+        assert!(is_derived_name(
+            &derived_name(&long, "_coffer_"),
+            &long,
+            "_coffer_"
+        ));
+        assert!(is_drill_name(&derived_name("coffer_drill_0a1b", "_")));
+        assert!(!is_drill_name("coffer_drill_0a1b"));
+        let o = marker_owner(&marker()).unwrap();
+        assert_eq!(o.pid, std::process::id());
+        assert_eq!(o.host, crate::repo::host_name());
+        assert_eq!(marker_owner("a comment"), None);
     }
 
     #[test]

@@ -333,13 +333,26 @@ struct Health {
 
 #[derive(Debug, Default)]
 struct HealthState {
-    /// The first transport failure since the last answer.
+    /// Since when no attempt got an answer: the start of the earliest
+    /// failed attempt after the last answer (a silent store fails an
+    /// attempt only at its timeout, but was silent from its start).
     failing_since: Option<Instant>,
+    /// When the last answer came.
+    last_answer: Option<Instant>,
     /// The last request sent while down.
     last_probe: Option<Instant>,
 }
 
 const PROBE_EVERY: Duration = Duration::from_secs(10);
+/// A probe of a store that is down waits at most this long for an answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The error of a probe of a store that is down, when it gets no answer.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no answer within {0:?}, and the store has answered nothing for longer than the retry window"
+)]
+struct ProbeTimedOut(Duration);
 
 /// The error of a request not sent because the store is down.
 #[derive(Debug, thiserror::Error)]
@@ -366,13 +379,29 @@ impl object_store::client::HttpService for CountingService {
             }
             down
         };
-        let r = self.inner.execute(req).await;
+        let started = Instant::now();
+        let r = if down {
+            match tokio::time::timeout(PROBE_TIMEOUT, self.inner.execute(req)).await {
+                Ok(r) => r,
+                Err(_) => Err(HttpError::new(
+                    HttpErrorKind::Timeout,
+                    ProbeTimedOut(PROBE_TIMEOUT),
+                )),
+            }
+        } else {
+            self.inner.execute(req).await
+        };
         {
             let mut h = self.health.state.lock().unwrap();
             if r.is_ok() {
-                *h = HealthState::default();
+                h.failing_since = None;
+                h.last_probe = None;
+                h.last_answer = Some(Instant::now());
             } else {
-                h.failing_since.get_or_insert_with(Instant::now);
+                // Silent since this attempt started, or since the last
+                // answer if that came later.
+                let since = h.last_answer.map_or(started, |a| a.max(started));
+                h.failing_since = Some(h.failing_since.map_or(since, |f| f.min(since)));
             }
         }
         if down && let Err(e) = r {
@@ -412,6 +441,20 @@ impl object_store::client::HttpConnector for CountingConnector {
             retries: self.retries.clone(),
             health: self.health.clone(),
         }))
+    }
+}
+
+/// The [`StoreError`] an `io::Error` carries (an upload or download task's
+/// error passed through `Write`/`Read`), or the `io::Error` itself.
+fn store_error_inside(e: io::Error) -> Result<StoreError, io::Error> {
+    if !e.get_ref().is_some_and(|x| x.is::<StoreError>()) {
+        return Err(e);
+    }
+    let kind = e.kind();
+    match e.into_inner().map(|b| b.downcast::<StoreError>()) {
+        Some(Ok(inner)) => Ok(*inner),
+        Some(Err(other)) => Err(io::Error::new(kind, other)),
+        None => Err(io::Error::from(kind)),
     }
 }
 
@@ -1274,11 +1317,15 @@ impl UploadWriter {
     /// what was stored.
     pub fn finish(mut self) -> Result<Written, StoreError> {
         let store = self.store_url.clone();
-        let fail = |e: io::Error, path: &str| StoreError::Io {
-            op: "upload",
-            store: store.clone(),
-            path: path.to_string(),
-            source: e,
+        let fail = |e: io::Error, path: &str| match store_error_inside(e) {
+            // The upload task's own error already names the object.
+            Ok(inner) => inner,
+            Err(e) => StoreError::Io {
+                op: "upload",
+                store: store.clone(),
+                path: path.to_string(),
+                source: e,
+            },
         };
         if !self.buf.is_empty() {
             let b = self.buf.split().freeze();

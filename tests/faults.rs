@@ -349,6 +349,7 @@ fn an_endpoint_that_goes_silent_mid_upload_is_given_up_on_within_about_two_minut
         (o, started.elapsed())
     });
     let err = text(&o.stderr);
+    eprintln!("gave up after {took:?}:\n{err}");
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         took < Duration::from_secs(170),

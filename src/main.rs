@@ -1569,6 +1569,19 @@ async fn prune_command(g: &Global, a: PruneArgs) -> Result<i32, Error> {
             human_bytes(t.kept_bytes)
         ));
     }
+    if let Some(m) = &rep.multipart_uploads
+        && m.aborted + m.kept > 0
+    {
+        let verb = if rep.dry_run {
+            "dry run, nothing deleted: would abort"
+        } else {
+            "aborted"
+        };
+        out.push_str(&format!(
+            "{verb} {} multipart uploads of interrupted writes; kept {} younger than the grace period\n",
+            m.aborted, m.kept
+        ));
+    }
     out.push_str(&format!(
         "{verb} {} of {} snapshots ({} objects) and {} left-over objects; kept {} ({})\n",
         rep.removed,

@@ -135,6 +135,19 @@ pub struct PruneReport {
     /// Upload temp files of a filesystem repository (always zero for a
     /// cloud store).
     pub temp_files: TempFiles,
+    /// Multipart uploads that interrupted snapshots left (their parts are
+    /// billed but no listing of objects shows them); `None` where the
+    /// store cannot list them (anything but S3) or the listing failed.
+    pub multipart_uploads: Option<MultipartUploads>,
+}
+
+/// Multipart uploads under the repository's prefix, never completed.
+#[derive(Debug, Default, Serialize)]
+pub struct MultipartUploads {
+    /// Aborted (would be, in a dry run): started before the grace period.
+    pub aborted: u64,
+    /// Kept: started within the grace period, perhaps still going on.
+    pub kept: u64,
 }
 
 /// Upload temp files (`<object>#<n>`) found in a filesystem repository.
@@ -408,6 +421,42 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
         None => TempFiles::default(),
     };
 
+    let multipart_uploads = match repo.store.pending_uploads().await {
+        Ok(None) => None,
+        Ok(Some(pending)) => {
+            let mut m = MultipartUploads::default();
+            for u in &pending {
+                if opts.now - u.initiated < grace {
+                    m.kept += 1;
+                    continue;
+                }
+                if !opts.dry_run {
+                    repo.store
+                        .abort_upload(u)
+                        .await
+                        .map_err(|source| PruneError::Delete {
+                            what: format!(
+                                "aborting the multipart upload {} of {} left by an interrupted snapshot",
+                                u.id, u.path
+                            ),
+                            source,
+                        })?;
+                    tracing::info!("aborted the multipart upload of {} ({})", u.path, u.id);
+                }
+                m.aborted += 1;
+            }
+            Some(m)
+        }
+        Err(e) => {
+            // Not a reason to fail the prune: the lifecycle rule the docs
+            // recommend does this job too.
+            tracing::warn!(
+                "{e}; multipart uploads of interrupted snapshots were not cleaned up (see \"Abandoned multipart uploads\" in docs/CONFIG.md)"
+            );
+            None
+        }
+    };
+
     let kept = decisions.iter().filter(|d| d.keep()).count();
     Ok(PruneReport {
         ok: true,
@@ -421,6 +470,7 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
         leftovers,
         leftovers_removed,
         temp_files,
+        multipart_uploads,
     })
 }
 

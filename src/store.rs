@@ -277,6 +277,33 @@ pub struct Store {
     /// What was recovered on the way (a lost answer to a write that did
     /// happen), for the command's report.
     warnings: Arc<Mutex<Vec<String>>>,
+    /// For S3 only: what listing and aborting multipart uploads needs
+    /// (object_store cannot list them).
+    s3: Option<Arc<S3Uploads>>,
+}
+
+/// An S3 bucket's multipart uploads under the repository's prefix: listed
+/// with a signed `GET ?uploads` (ListMultipartUploads), aborted through
+/// object_store.
+#[derive(Debug)]
+struct S3Uploads {
+    s3: Arc<object_store::aws::AmazonS3>,
+    /// The repository's prefix in the bucket, without slashes at the ends.
+    prefix: String,
+    /// The bucket's URL, e.g. `https://s3.eu-west-1.amazonaws.com/bucket`.
+    base: String,
+    region: String,
+    client: object_store::ClientOptions,
+}
+
+/// A multipart upload that was started and neither completed nor aborted:
+/// the parts of a killed upload, which no listing of objects shows.
+#[derive(Debug, Clone)]
+pub struct PendingUpload {
+    /// The object it was for, relative to the repository.
+    pub path: String,
+    pub id: String,
+    pub initiated: chrono::DateTime<chrono::Utc>,
 }
 
 /// Retries over every store this process opened, for the run's report and
@@ -444,6 +471,32 @@ impl object_store::client::HttpConnector for CountingConnector {
     }
 }
 
+/// The contents of every `<tag>...</tag>` in an S3 XML answer.
+fn xml_blocks<'a>(doc: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = doc;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else { break };
+        out.push(&after[..j]);
+        rest = &after[j + close.len()..];
+    }
+    out
+}
+
+/// The first `<tag>` value in `doc`, with XML's five entities decoded.
+fn xml_value(doc: &str, tag: &str) -> Option<String> {
+    let v = xml_blocks(doc, tag).into_iter().next()?;
+    Some(
+        v.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
 /// The [`StoreError`] an `io::Error` carries (an upload or download task's
 /// error passed through `Write`/`Read`), or the `io::Error` itself.
 fn store_error_inside(e: io::Error) -> Result<StoreError, io::Error> {
@@ -588,6 +641,7 @@ impl Store {
                 endpoint: String::new(),
                 retries: Arc::default(),
                 warnings: Arc::default(),
+                s3: None,
             });
         }
         let parsed = url::Url::parse(url).map_err(|e| {
@@ -637,26 +691,50 @@ impl Store {
             ),
             _ => String::new(),
         };
+        let mut s3 = None;
         // Options the user gives come last: they override the policy's
         // client settings where both name one.
         let built: Arc<dyn ObjectStore> = match scheme.as_str() {
             "s3" => {
                 use object_store::aws::AmazonS3ConfigKey as K;
+                let client_key = |k: &str| match k.parse() {
+                    Ok(K::Client(c)) => Some(c),
+                    _ => None,
+                };
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(&bucket)
                     .with_retry(policy.object_store_config())
-                    .with_client_options(policy.client_options_with_env(
-                        "AWS_",
-                        |k| match k.parse() {
-                            Ok(K::Client(c)) => Some(c),
-                            _ => None,
-                        },
-                    ))
+                    .with_client_options(policy.client_options_with_env("AWS_", client_key))
                     .with_http_connector(connector());
+                let mut client = policy.client_options_with_env("AWS_", client_key);
                 for (k, v) in options {
                     b = b.with_config(k.parse().map_err(|_| bad_opt(k))?, v);
+                    if let Some(c) = client_key(k) {
+                        client = client.with_config(c, v);
+                    }
                 }
-                Arc::new(b.build().map_err(|e| bad(&e.to_string()))?)
+                let region = b
+                    .get_config_value(&K::Region)
+                    .unwrap_or_else(|| "us-east-1".into());
+                let virtual_hosted = b
+                    .get_config_value(&K::VirtualHostedStyleRequest)
+                    .is_some_and(|v| v == "true");
+                // As object_store addresses the bucket.
+                let base = match (b.get_config_value(&K::Endpoint), virtual_hosted) {
+                    (Some(e), true) => e.trim_end_matches('/').to_string(),
+                    (Some(e), false) => format!("{}/{bucket}", e.trim_end_matches('/')),
+                    (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+                    (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+                };
+                let built = Arc::new(b.build().map_err(|e| bad(&e.to_string()))?);
+                s3 = Some(Arc::new(S3Uploads {
+                    s3: built.clone(),
+                    prefix: prefix.clone(),
+                    base,
+                    region,
+                    client,
+                }));
+                built
             }
             "gs" => {
                 use object_store::gcp::GoogleConfigKey as K;
@@ -714,6 +792,7 @@ impl Store {
             endpoint,
             retries,
             warnings: Arc::default(),
+            s3,
         })
     }
 
@@ -997,6 +1076,122 @@ impl Store {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err("delete", path, e)),
         }
+    }
+
+    /// The multipart uploads started under the repository and never
+    /// completed nor aborted (a killed upload's parts), where the store can
+    /// list them: S3 only (object_store has no such listing; GCS and Azure
+    /// clean up by lifecycle rule, see docs/CONFIG.md). `None` when this
+    /// store cannot list them.
+    pub async fn pending_uploads(&self) -> Result<Option<Vec<PendingUpload>>, StoreError> {
+        use object_store::client::HttpConnector;
+        let Some(a) = &self.s3 else {
+            return Ok(None);
+        };
+        let op = "list multipart uploads";
+        let generic = |e: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+            store: "S3",
+            source: e,
+        };
+        let fail = |e: Box<dyn std::error::Error + Send + Sync>| self.err(op, "", generic(e));
+        let cred =
+            a.s3.credentials()
+                .get_credential()
+                .await
+                .map_err(|e| self.err(op, "", e))?;
+        let client = object_store::client::ReqwestConnector::default()
+            .connect(&a.client)
+            .map_err(|e| self.err(op, "", e))?;
+        let prefix = if a.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", a.prefix)
+        };
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        // Pages of at most 1000; a bound on pages keeps a hostile answer
+        // that is always "truncated" from looping forever.
+        for _page in 0..10_000 {
+            let mut url = url::Url::parse(&format!("{}/", a.base))
+                .map_err(|e| fail(format!("bad bucket URL {}: {e}", a.base).into()))?;
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_key_only("uploads");
+                q.append_pair("prefix", &prefix);
+                if let Some((key, id)) = &markers {
+                    q.append_pair("key-marker", key);
+                    q.append_pair("upload-id-marker", id);
+                }
+            }
+            let mut req = http::Request::builder()
+                .method("GET")
+                .uri(url.as_str())
+                .body(object_store::client::HttpRequestBody::empty())
+                .map_err(|e| fail(Box::new(e)))?;
+            object_store::aws::AwsAuthorizer::new(&cred, "s3", &a.region)
+                .try_authorize(&mut req, None)
+                .map_err(|e| self.err(op, "", e))?;
+            let resp = client.execute(req).await.map_err(|e| fail(Box::new(e)))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .bytes()
+                .await
+                .map_err(|e| fail(Box::new(e)))?;
+            let body = String::from_utf8_lossy(&body);
+            if !status.is_success() {
+                return Err(fail(format!("{status}: {}", one_line(&body)).into()));
+            }
+            for u in xml_blocks(&body, "Upload") {
+                let (Some(key), Some(id), Some(at)) = (
+                    xml_value(u, "Key"),
+                    xml_value(u, "UploadId"),
+                    xml_value(u, "Initiated"),
+                ) else {
+                    continue;
+                };
+                let Some(path) = key.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let Ok(initiated) = chrono::DateTime::parse_from_rfc3339(&at) else {
+                    continue;
+                };
+                out.push(PendingUpload {
+                    path: path.to_string(),
+                    id,
+                    initiated: initiated.with_timezone(&chrono::Utc),
+                });
+            }
+            let truncated = xml_value(&body, "IsTruncated").is_some_and(|t| t == "true");
+            match (
+                truncated,
+                xml_value(&body, "NextKeyMarker"),
+                xml_value(&body, "NextUploadIdMarker"),
+            ) {
+                (true, Some(k), Some(i)) if markers.as_ref() != Some(&(k.clone(), i.clone())) => {
+                    markers = Some((k, i));
+                }
+                _ => return Ok(Some(out)),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Aborts a multipart upload that [`Store::pending_uploads`] listed:
+    /// the store deletes its parts.
+    pub async fn abort_upload(&self, u: &PendingUpload) -> Result<(), StoreError> {
+        use object_store::multipart::MultipartStore;
+        let Some(a) = &self.s3 else {
+            return Ok(());
+        };
+        let key = if a.prefix.is_empty() {
+            u.path.clone()
+        } else {
+            format!("{}/{}", a.prefix, u.path)
+        };
+        a.s3.abort_multipart(&ObjPath::from(key), &u.id)
+            .await
+            .map_err(|e| self.err("abort the multipart upload of", &u.path, e))
     }
 
     /// Names and sizes of every object under `prefix`.
@@ -1481,6 +1676,41 @@ impl Write for Sink {
 
 #[cfg(test)]
 mod tests {
+    /// A ListMultipartUploads answer as S3 documents it: uploads, escaped
+    /// keys, the markers of the next page.
+    #[test]
+    fn multipart_listing_is_read_from_s3_xml() {
+        let doc = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Bucket>bucket</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>
+  <NextKeyMarker>repo/data/b</NextKeyMarker><NextUploadIdMarker>id-2</NextUploadIdMarker>
+  <MaxUploads>2</MaxUploads><IsTruncated>true</IsTruncated>
+  <Upload><Key>repo/data/a&amp;b</Key><UploadId>id-1</UploadId>
+    <Initiator><ID>x</ID></Initiator><Initiated>2026-12-01T10:00:00.000Z</Initiated></Upload>
+  <Upload><Key>repo/data/b</Key><UploadId>id-2</UploadId><Initiated>2026-12-06T09:30:00Z</Initiated></Upload>
+</ListMultipartUploadsResult>"#;
+        let ups = super::xml_blocks(doc, "Upload");
+        assert_eq!(ups.len(), 2);
+        assert_eq!(
+            super::xml_value(ups[0], "Key").as_deref(),
+            Some("repo/data/a&b")
+        );
+        assert_eq!(
+            super::xml_value(ups[1], "UploadId").as_deref(),
+            Some("id-2")
+        );
+        assert_eq!(
+            super::xml_value(doc, "IsTruncated").as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            super::xml_value(doc, "NextKeyMarker").as_deref(),
+            Some("repo/data/b")
+        );
+        let at = super::xml_value(ups[0], "Initiated").unwrap();
+        assert!(chrono::DateTime::parse_from_rfc3339(&at).is_ok(), "{at}");
+    }
+
     use super::*;
 
     /// Issue 11 item 11: store errors say what to do next; a permission

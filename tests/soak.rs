@@ -224,4 +224,14 @@ fn snapshots_and_restores_through_random_faults_tell_the_truth() {
         "verify after prune: {}",
         text(&o.stderr)
     );
+    // No multipart upload of an interrupted write is left either.
+    let o = env
+        .cmd()
+        .args(["prune", "--keep-last", "1", "--grace", "0s", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "prune: {}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["multipart_uploads"]["aborted"], 0, "{v}");
+    assert_eq!(v["multipart_uploads"]["kept"], 0, "{v}");
 }

@@ -96,10 +96,32 @@ pub fn staging_prefix() -> String {
     format!("{STAGING_PREFIX}{}-{}-", std::process::id(), host_tag())
 }
 
+/// Where a restore into a mount point moves the mount point's old content
+/// while it moves the new content in: `.coffer-old-<pid>-<host tag>-`. A
+/// killed restore leaves it holding the old content, which is why nothing
+/// removes it unasked (the next restore of the mount point replaces it
+/// with the rest of the content); `check` reports it.
+pub const OLD_PREFIX: &str = ".coffer-old-";
+
+/// The prefix of this process's old-content directory names.
+pub fn old_prefix() -> String {
+    format!("{OLD_PREFIX}{}-{}-", std::process::id(), host_tag())
+}
+
 /// The verdict on a directory entry name; `None` when it is no staging
 /// directory's name.
 pub fn staging_verdict(name: &str) -> Option<Verdict> {
-    let rest = name.strip_prefix(STAGING_PREFIX)?;
+    verdict_after(name.strip_prefix(STAGING_PREFIX)?)
+}
+
+/// The verdict on an old-content directory's name (see [`OLD_PREFIX`]);
+/// `None` when it is none.
+pub fn old_verdict(name: &str) -> Option<Verdict> {
+    verdict_after(name.strip_prefix(OLD_PREFIX)?)
+}
+
+/// The verdict on what follows the prefix: `<pid>-<host tag>-<random>`.
+fn verdict_after(rest: &str) -> Option<Verdict> {
     let mut parts = rest.splitn(3, '-');
     let owner = match (parts.next(), parts.next(), parts.next()) {
         (Some(pid), Some(host), Some(random))

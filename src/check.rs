@@ -448,6 +448,14 @@ fn restore_leftovers(src: &SourceConfig) -> Vec<String> {
                 None | Some(crate::abandoned::Verdict::Running(_)) => {}
                 Some(v) => found.push(format!("{}: {}", d.join(&n).display(), v.describe())),
             }
+            match crate::abandoned::old_verdict(&n) {
+                None | Some(crate::abandoned::Verdict::Running(_)) => {}
+                Some(v) => found.push(format!(
+                    "{}: the old content a killed restore of this mount point moved aside ({}); the next restore of it removes it, or move back what you need",
+                    d.join(&n).display(),
+                    v.describe()
+                )),
+            }
         }
     }
     found

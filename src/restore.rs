@@ -1756,7 +1756,7 @@ fn replace_contents(staging: &Staging, dest: &TreeDest) -> Result<(), RestoreErr
     let path = dest.path();
     let d = &staging.parent;
     let (old_name, old) = d
-        .make_staging(".coffer-old-")
+        .make_staging(&crate::abandoned::old_prefix())
         .map_err(io_err("create a directory in", &path))?;
     for e in d.entries().map_err(io_err("list", &path))? {
         if e == staging.name.as_str() || e == old_name.as_str() {

@@ -254,8 +254,10 @@ fn a_lost_answer_to_complete_multipart_upload_is_checked_not_misreported() {
 fn a_short_s3_restart_is_ridden_out() {
     let proxy = FaultProxy::s3();
     let env = proxied(&proxy, None, None);
-    // Connections are refused for 3 s from the start of the snapshot.
-    proxy.down_for(Duration::from_secs(3));
+    // Connections are refused for 6 s from the start of the snapshot, as
+    // while an S3 server restarts (object_store's default 10 retries gave
+    // up after about 6 s).
+    proxy.down_for(Duration::from_secs(6));
     let (v, _) = snapshot(&env, 0);
     assert!(retries(&v) >= 1, "the outage cost retries: {v}");
     verify_deep(&env);

@@ -321,3 +321,35 @@ fn a_restore_killed_with_sigkill_leaves_nothing_after_the_next_restore() {
         b"small\n".to_vec()
     );
 }
+
+/// A restore into a mount point moves the old content aside into
+/// `.coffer-old-<pid>-<host>-*` inside it; a killed one leaves that
+/// directory holding the old content. `check` reports it (and says the
+/// next restore of the mount point removes it); a running restore's is no
+/// left-over.
+#[test]
+fn check_reports_the_old_content_a_killed_mount_point_restore_moved_aside() {
+    let mut env = Env::init(Backend::Fs);
+    let media = env.path("site/media");
+    sample_tree(&media, None);
+    env.add_dir_source("media", &media, &[]);
+    let tag = coffer::abandoned::host_tag();
+    let dead = dead_pid();
+    let abandoned = media.join(format!(".coffer-old-{dead}-{tag}-a1b2c3"));
+    let running = media.join(format!(".coffer-old-{}-{tag}-d4e5f6", std::process::id()));
+    for d in [&abandoned, &running] {
+        write(&d.join("old.bin"), &pseudo_random(1000, 5));
+    }
+    let o = run(&env, &["check"]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("warn") && l.contains("left-overs of killed restores"))
+        .unwrap_or_else(|| panic!("check reports no left-over:\n{out}"));
+    assert!(line.contains(&abandoned.display().to_string()), "{line}");
+    assert!(line.contains("moved aside"), "{line}");
+    assert!(!line.contains(&running.display().to_string()), "{line}");
+    // Only reported: check never removes anything.
+    assert!(abandoned.join("old.bin").exists());
+}

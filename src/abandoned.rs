@@ -53,6 +53,21 @@ impl Verdict {
     }
 }
 
+/// What this process removed as provably abandoned (a staging directory,
+/// a scratch database), one line each, for the command's report.
+static REMOVED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Records a left-over this process removed, and says so on stderr.
+pub fn removed(what: String) {
+    tracing::warn!("{what}");
+    REMOVED.lock().unwrap().push(what);
+}
+
+/// The left-overs removed so far, taken (for `restore --json`).
+pub fn take_removed() -> Vec<String> {
+    std::mem::take(&mut *REMOVED.lock().unwrap())
+}
+
 /// This host's short tag: the first 8 hex digits of the SHA-256 of its name.
 pub fn host_tag() -> String {
     hex::encode(&Sha256::digest(crate::repo::host_name().as_bytes())[..4])

@@ -530,6 +530,9 @@ pub struct RestoreReport {
     pub sources: Vec<RestoredSource>,
     /// Sources skipped because they failed when the snapshot was taken.
     pub skipped: Vec<String>,
+    /// Left-overs of killed restores that this restore removed, provably
+    /// abandoned (staging directories, scratch databases).
+    pub cleaned: Vec<String>,
 }
 
 fn include_set(patterns: &[String]) -> Result<Option<GlobSet>, RestoreError> {
@@ -596,6 +599,7 @@ pub async fn restore(
         warnings: Vec::new(),
         sources: Vec::new(),
         skipped: Vec::new(),
+        cleaned: Vec::new(),
     };
     let selected: Vec<&SourceRecord> = m
         .sources
@@ -687,6 +691,7 @@ pub async fn restore(
         )
         .await?;
         note_not_configured(m, &mut report);
+        report.cleaned = crate::abandoned::take_removed();
         return Ok(report);
     }
 
@@ -789,6 +794,7 @@ pub async fn restore(
             .unwrap_or(usize::MAX)
     });
     note_not_configured(m, &mut report);
+    report.cleaned = crate::abandoned::take_removed();
     Ok(report)
 }
 
@@ -1129,11 +1135,11 @@ fn remove_abandoned_staging(parent: &Dir) {
         }
         let path = parent.join(name);
         match parent.remove_all(name) {
-            Ok(()) => tracing::warn!(
+            Ok(()) => crate::abandoned::removed(format!(
                 "removed {}: a staging directory left by a killed restore (process {} on this host, no longer running)",
                 path.display(),
                 owner.pid
-            ),
+            )),
             Err(e) => tracing::warn!(
                 "{} was left by a killed restore (process {}, no longer running) but could not be removed: {e}; remove it by hand",
                 path.display(),

@@ -353,3 +353,36 @@ fn check_reports_the_old_content_a_killed_mount_point_restore_moved_aside() {
     // Only reported: check never removes anything.
     assert!(abandoned.join("old.bin").exists());
 }
+
+/// `restore --json` lists the left-overs it removed (`cleaned`), as the
+/// text run says them on stderr.
+#[test]
+fn restore_json_lists_the_left_overs_it_removed() {
+    let mut env = Env::init(Backend::Fs);
+    let media = env.path("site/media");
+    sample_tree(&media, None);
+    env.add_dir_source("media", &media, &[]);
+    let id = env.snapshot_ok();
+    let tag = coffer::abandoned::host_tag();
+    let abandoned = env
+        .path("site")
+        .join(format!(".coffer-restore-{}-{tag}-c0ffee", dead_pid()));
+    write(&abandoned.join("half.bin"), &pseudo_random(1000, 9));
+    let o = run(&env, &["restore", &id, "--force", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let cleaned = v["cleaned"].as_array().expect("cleaned");
+    assert_eq!(cleaned.len(), 1, "{v}");
+    assert!(
+        cleaned[0]
+            .as_str()
+            .unwrap()
+            .contains(&abandoned.display().to_string()),
+        "{v}"
+    );
+    assert!(!abandoned.exists());
+    // Nothing left: the next restore cleans nothing.
+    let o = run(&env, &["restore", &id, "--force", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["cleaned"], serde_json::json!([]), "{v}");
+}

@@ -1066,10 +1066,10 @@ fn drop_abandoned(server: &Conn, db: &str, drills: bool) {
             continue;
         };
         match drop_database(server, &name) {
-            Ok(()) => tracing::warn!(
+            Ok(()) => crate::abandoned::removed(format!(
                 "dropped database {name}: a scratch database left by a killed coffer restore or drill (process {} on this host, no longer running)",
                 owner.pid
-            ),
+            )),
             Err(e) => tracing::warn!(
                 "database {name} was left by a killed coffer restore or drill (process {}, no longer running) but could not be dropped: {e}; drop it by hand",
                 owner.pid

@@ -65,42 +65,21 @@ pub struct RepositoryConfig {
     pub compression: Option<i32>,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
-    /// How requests to a cloud store are retried (`[repository.retry]`).
-    #[serde(default)]
-    pub retry: RetryTable,
+    /// `[repository.retry]` as written, with where it starts (for errors).
+    #[serde(default, rename = "retry")]
+    retry_table: Option<Spanned<RetryTable>>,
+    /// How requests to a cloud store are retried: the defaults with what
+    /// `[repository.retry]` sets, parsed once by [`Config::parse`].
+    #[serde(skip)]
+    pub retry: crate::store::RetryPolicy,
 }
 
 /// `[repository.retry]`: durations as text ("90s", "2m").
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RetryTable {
-    pub window: Option<String>,
-    pub timeout: Option<String>,
-}
-
-impl RepositoryConfig {
-    /// The retry policy: the defaults, with what `[repository.retry]` sets
-    /// (already validated by [`Config::parse`]).
-    pub fn retry_policy(&self) -> crate::store::RetryPolicy {
-        let mut p = crate::store::RetryPolicy::default();
-        if let Some(w) = self
-            .retry
-            .window
-            .as_deref()
-            .and_then(|w| humantime::parse_duration(w).ok())
-        {
-            p.window = w;
-        }
-        if let Some(t) = self
-            .retry
-            .timeout
-            .as_deref()
-            .and_then(|t| humantime::parse_duration(t).ok())
-        {
-            p.timeout = t;
-        }
-        p
-    }
+struct RetryTable {
+    window: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -346,7 +325,7 @@ impl Config {
             message,
         };
 
-        let (repository, repo_at) = match raw.repository {
+        let (mut repository, repo_at) = match raw.repository {
             Some(r) => {
                 let at = r.span().start;
                 (r.into_inner(), at)
@@ -383,49 +362,44 @@ impl Config {
                 format!("[repository].compression: {level} is not a zstd level from 1 to 19"),
             ));
         }
-        // `[repository.retry]` is its own table in the text: point at its
-        // keys from its header (or from [repository], for inline forms).
-        let retry_at = text
-            .match_indices('[')
-            .find(|(i, _)| {
-                let line_start = text[..*i].rfind('\n').map_or(0, |n| n + 1);
-                text[line_start..*i].trim().is_empty()
-                    && text[*i + 1..]
-                        .split(']')
-                        .next()
-                        .is_some_and(|h| h.replace([' ', '"'], "") == "repository.retry")
-            })
-            .map_or(repo_at, |(i, _)| i);
-        for (key, value, least) in [
-            (
-                "window",
-                &repository.retry.window,
-                std::time::Duration::ZERO,
-            ),
-            (
-                "timeout",
-                &repository.retry.timeout,
-                std::time::Duration::from_secs(1),
-            ),
-        ] {
-            let Some(v) = value else { continue };
-            match humantime::parse_duration(v) {
-                Ok(d) if d >= least => {}
-                Ok(_) => {
-                    return Err(invalid_key(
-                        retry_at,
-                        key,
-                        format!("[repository.retry].{key}: {v:?} is too short; at least {least:?}"),
-                    ));
-                }
-                Err(e) => {
-                    return Err(invalid_key(
-                        retry_at,
-                        key,
-                        format!(
-                            "[repository.retry].{key}: {v:?} is not a duration ({e}); write e.g. \"90s\" or \"5m\""
-                        ),
-                    ));
+        if let Some(table) = repository.retry_table.take() {
+            let retry_at = table.span().start;
+            let table = table.into_inner();
+            for (key, value, least, slot) in [
+                (
+                    "window",
+                    &table.window,
+                    std::time::Duration::ZERO,
+                    &mut repository.retry.window,
+                ),
+                (
+                    "timeout",
+                    &table.timeout,
+                    std::time::Duration::from_secs(1),
+                    &mut repository.retry.timeout,
+                ),
+            ] {
+                let Some(v) = value else { continue };
+                match humantime::parse_duration(v) {
+                    Ok(d) if d >= least => *slot = d,
+                    Ok(_) => {
+                        return Err(invalid_key(
+                            retry_at,
+                            key,
+                            format!(
+                                "[repository.retry].{key}: {v:?} is too short; at least {least:?}"
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(invalid_key(
+                            retry_at,
+                            key,
+                            format!(
+                                "[repository.retry].{key}: {v:?} is not a duration ({e}); write e.g. \"90s\" or \"5m\""
+                            ),
+                        ));
+                    }
                 }
             }
         }

@@ -592,7 +592,7 @@ fn open_store(s: &Settings, create: bool) -> Result<Store, Error> {
         url,
         options,
         create,
-        s.config.repository.retry_policy(),
+        s.config.repository.retry,
     )?)
 }
 

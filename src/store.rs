@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,10 +148,10 @@ fn next_step(store: &str, path: &str, e: &(dyn std::error::Error + 'static)) -> 
         _ if text.contains("NoSuchBucket") || text.contains("ContainerNotFound") => {
             "the bucket does not exist: check the bucket name in the repository URL and the endpoint/region in [repository.options] (or the AWS_*/GOOGLE_*/AZURE_* variables), then run the command again".to_string()
         }
-        Some((io::ErrorKind::PermissionDenied, _)) => "the store refused the credentials: check them ([repository.options] or the AWS_*/GOOGLE_*/AZURE_* variables) and that they may read, write and list this bucket and prefix, then run the command again".to_string(),
-        _ if ["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "403"]
-            .iter()
-            .any(|w| text.contains(w)) =>
+        _ if matches!(kind, Some((io::ErrorKind::PermissionDenied, _)))
+            || ["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "403"]
+                .iter()
+                .any(|w| text.contains(w)) =>
         {
             "the store refused the credentials: check them ([repository.options] or the AWS_*/GOOGLE_*/AZURE_* variables) and that they may read, write and list this bucket and prefix, then run the command again".to_string()
         }
@@ -272,11 +272,6 @@ pub struct Store {
     policy: RetryPolicy,
     /// Where requests go, for messages.
     endpoint: String,
-    /// Attempts that failed and were retried (by object_store or by us).
-    retries: Arc<AtomicU64>,
-    /// What was recovered on the way (a lost answer to a write that did
-    /// happen), for the command's report.
-    warnings: Arc<Mutex<Vec<String>>>,
     /// For S3 only: what listing and aborting multipart uploads needs
     /// (object_store cannot list them).
     s3: Option<Arc<S3Uploads>>,
@@ -314,15 +309,14 @@ static RUN_WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Whether this process opened a store at all (a run's report only speaks
 /// of the store when there was one).
-static RUN_OPENED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static RUN_OPENED: AtomicBool = AtomicBool::new(false);
 
 /// Whether any store was opened by this process.
 pub fn run_opened() -> bool {
     RUN_OPENED.load(Ordering::Relaxed)
 }
 
-fn count_retry(store: &AtomicU64) {
-    store.fetch_add(1, Ordering::Relaxed);
+fn count_retry() {
     RUN_RETRIES.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -342,7 +336,6 @@ pub fn run_warnings() -> Vec<String> {
 #[derive(Debug)]
 struct CountingService {
     inner: object_store::client::HttpClient,
-    retries: Arc<AtomicU64>,
     health: Arc<Health>,
 }
 
@@ -434,7 +427,7 @@ impl object_store::client::HttpService for CountingService {
         if down && let Err(e) = r {
             // A failed probe is not retried (kind Unknown): the store
             // stays down.
-            count_retry(&self.retries);
+            count_retry();
             return Err(HttpError::new(HttpErrorKind::Unknown, e));
         }
         let failed = match &r {
@@ -445,7 +438,7 @@ impl object_store::client::HttpService for CountingService {
             Err(_) => true,
         };
         if failed {
-            count_retry(&self.retries);
+            count_retry();
         }
         r
     }
@@ -453,7 +446,6 @@ impl object_store::client::HttpService for CountingService {
 
 #[derive(Debug)]
 struct CountingConnector {
-    retries: Arc<AtomicU64>,
     health: Arc<Health>,
 }
 
@@ -465,7 +457,6 @@ impl object_store::client::HttpConnector for CountingConnector {
         let inner = object_store::client::ReqwestConnector::default().connect(options)?;
         Ok(object_store::client::HttpClient::new(CountingService {
             inner,
-            retries: self.retries.clone(),
             health: self.health.clone(),
         }))
     }
@@ -639,8 +630,6 @@ impl Store {
                 local_root: Some(path),
                 policy,
                 endpoint: String::new(),
-                retries: Arc::default(),
-                warnings: Arc::default(),
                 s3: None,
             });
         }
@@ -660,13 +649,11 @@ impl Store {
             scheme: scheme.clone(),
             key: k.to_string(),
         };
-        let retries = Arc::new(AtomicU64::new(0));
         let health = Arc::new(Health {
             window: policy.window,
             state: Mutex::default(),
         });
         let connector = || CountingConnector {
-            retries: retries.clone(),
             health: health.clone(),
         };
         let env_or = |keys: &[&str], default: String| {
@@ -701,17 +688,20 @@ impl Store {
                     Ok(K::Client(c)) => Some(c),
                     _ => None,
                 };
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(&bucket)
-                    .with_retry(policy.object_store_config())
-                    .with_client_options(policy.client_options_with_env("AWS_", client_key))
-                    .with_http_connector(connector());
+                // The client settings, also for the multipart listing.
                 let mut client = policy.client_options_with_env("AWS_", client_key);
                 for (k, v) in options {
-                    b = b.with_config(k.parse().map_err(|_| bad_opt(k))?, v);
                     if let Some(c) = client_key(k) {
                         client = client.with_config(c, v);
                     }
+                }
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(&bucket)
+                    .with_retry(policy.object_store_config())
+                    .with_client_options(client.clone())
+                    .with_http_connector(connector());
+                for (k, v) in options {
+                    b = b.with_config(k.parse().map_err(|_| bad_opt(k))?, v);
                 }
                 let region = b
                     .get_config_value(&K::Region)
@@ -790,28 +780,14 @@ impl Store {
             local_root: None,
             policy,
             endpoint,
-            retries,
-            warnings: Arc::default(),
             s3,
         })
     }
 
-    /// Attempts that failed and were retried so far, on this store and its
-    /// clones.
-    pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
-    }
-
-    /// Takes the warnings gathered so far (lost answers to writes that did
-    /// happen), for the command's report.
-    pub fn take_warnings(&self) -> Vec<String> {
-        std::mem::take(&mut *self.warnings.lock().unwrap())
-    }
-
+    /// Records what was recovered (see [`run_warnings`]).
     fn warn(&self, w: String) {
         tracing::info!("{w}");
-        RUN_WARNINGS.lock().unwrap().push(w.clone());
-        self.warnings.lock().unwrap().push(w);
+        RUN_WARNINGS.lock().unwrap().push(w);
     }
 
     fn part_base(&self) -> usize {
@@ -939,7 +915,7 @@ impl Store {
         let start = Instant::now();
         let mut backoff = BACKOFF_FIRST;
         let mut attempt = 0u32;
-        let last = loop {
+        let (last, exists) = loop {
             attempt += 1;
             let opts = PutOptions {
                 mode: PutMode::Create,
@@ -962,17 +938,14 @@ impl Store {
             // object_store can retry a write whose answer was lost, and the
             // retry finds our own object. The bytes it holds decide below.
             if exists || !is_transport(&e) || start.elapsed() >= self.policy.window {
-                break e;
+                break (e, exists);
             }
             tracing::info!("write {path}: {e}; retrying in {backoff:?}");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         };
         // The write may have happened: what the store holds decides.
-        let what = if matches!(
-            last,
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }
-        ) {
+        let what = if exists {
             "the write answered that the object already exists".to_string()
         } else {
             format!("the write failed ({last})")
@@ -987,30 +960,24 @@ impl Store {
             }
             // Someone else's object by that name, found on our first try.
             Ok(_) if attempt == 1 => Err(self.err("write", path, last)),
-            Ok(held) => Err(StoreError::NotStored {
-                op: "write",
-                store: self.url.clone(),
-                path: path.to_string(),
+            Ok(held) => Err(self.not_stored(
+                "write",
+                path,
                 what,
-                found: format!("it holds {} other bytes", held.len()),
-            }),
+                format!("it holds {} other bytes", held.len()),
+            )),
             Err(StoreError::NotFound { .. }) => match self.err("write", path, last) {
-                StoreError::AlreadyExists { .. } => Err(StoreError::NotStored {
-                    op: "write",
-                    store: self.url.clone(),
-                    path: path.to_string(),
-                    what,
-                    found: "it is absent".into(),
-                }),
+                StoreError::AlreadyExists { .. } => {
+                    Err(self.not_stored("write", path, what, "it is absent".into()))
+                }
                 e => Err(e),
             },
-            Err(StoreError::TooLarge { size, .. }) => Err(StoreError::NotStored {
-                op: "write",
-                store: self.url.clone(),
-                path: path.to_string(),
+            Err(StoreError::TooLarge { size, .. }) => Err(self.not_stored(
+                "write",
+                path,
                 what,
-                found: format!("it holds {size} bytes, not {}", data.len()),
-            }),
+                format!("it holds {size} bytes, not {}", data.len()),
+            )),
             Err(e) => Err(StoreError::Undecided {
                 op: "write",
                 store: self.url.clone(),
@@ -1018,6 +985,18 @@ impl Store {
                 what,
                 source: Box::new(e),
             }),
+        }
+    }
+
+    /// A write that did not store what was sent: `what` happened, `found`
+    /// is what reading back showed.
+    fn not_stored(&self, op: &'static str, path: &str, what: String, found: String) -> StoreError {
+        StoreError::NotStored {
+            op,
+            store: self.url.clone(),
+            path: path.to_string(),
+            what,
+            found,
         }
     }
 
@@ -1364,20 +1343,15 @@ impl Store {
                 ));
                 Ok(())
             }
-            Ok(size) => Err(StoreError::NotStored {
-                op: "upload",
-                store: self.url.clone(),
-                path: path.to_string(),
+            Ok(size) => Err(self.not_stored(
+                "upload",
+                path,
                 what,
-                found: format!("it has {size} bytes, not {total}"),
-            }),
-            Err(StoreError::NotFound { .. }) => Err(StoreError::NotStored {
-                op: "upload",
-                store: self.url.clone(),
-                path: path.to_string(),
-                what,
-                found: "it is absent".into(),
-            }),
+                format!("it has {size} bytes, not {total}"),
+            )),
+            Err(StoreError::NotFound { .. }) => {
+                Err(self.not_stored("upload", path, what, "it is absent".into()))
+            }
             Err(err) => Err(StoreError::Undecided {
                 op: "upload",
                 store: self.url.clone(),

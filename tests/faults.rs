@@ -51,27 +51,6 @@ fn snapshot(env: &Env, code: i32) -> (serde_json::Value, String) {
     (v, err)
 }
 
-fn snapshot_ids(env: &Env) -> Vec<String> {
-    let o = run(env, &["snapshots", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "snapshots: {}", text(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn verify_deep(env: &Env) {
-    let o = run(env, &["verify", "--all", "--deep"]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "verify --all --deep: {}",
-        text(&o.stderr)
-    );
-}
-
 /// The restored tree equals the source.
 fn restores_whole(env: &Env, id: &str) {
     let target = env.path(&unique("restored"));
@@ -103,8 +82,8 @@ fn a_reset_at_the_commit_point_is_retried() {
     );
     assert!(retries(&v) >= 1, "the reset counts as a retry: {v}");
     let id = v["id"].as_str().unwrap().to_string();
-    assert_eq!(snapshot_ids(&env), vec![id.clone()]);
-    verify_deep(&env);
+    assert_eq!(env.snapshot_ids(), vec![id.clone()]);
+    env.verify_all_deep("after the faults");
     restores_whole(&env, &id);
 }
 
@@ -135,7 +114,7 @@ fn resets_and_slowdowns_on_data_uploads_are_ridden_out() {
         .unwrap_or_else(|| panic!("metrics name the retries:\n{prom}"));
     let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= 5.0, "{line}");
-    verify_deep(&env);
+    env.verify_all_deep("after the faults");
 }
 
 // ---------------------------------------------------------------- item 6
@@ -157,8 +136,8 @@ fn a_lost_answer_to_the_manifest_write_is_a_committed_snapshot() {
     );
     let id = v["id"].as_str().unwrap().to_string();
     // Listed once: the retry did not make a second snapshot.
-    assert_eq!(snapshot_ids(&env), vec![id.clone()]);
-    verify_deep(&env);
+    assert_eq!(env.snapshot_ids(), vec![id.clone()]);
+    env.verify_all_deep("after the faults");
 
     // The same in text: exit 0, the id on stdout, a warning on stderr.
     proxy.add(Rule::on("PUT", "/snapshots/", Action::LoseResponse));
@@ -170,7 +149,7 @@ fn a_lost_answer_to_the_manifest_write_is_a_committed_snapshot() {
         err.contains("warning:") && err.contains("committed") && err.contains("snapshots/"),
         "stderr says what was recovered: {err}"
     );
-    let ids = snapshot_ids(&env);
+    let ids = env.snapshot_ids();
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(ids.contains(&id2), "{ids:?} holds {id2}");
 }
@@ -195,7 +174,7 @@ fn a_manifest_write_that_never_reached_the_store_fails_the_snapshot() {
         "the error names the endpoint: {err}"
     );
     proxy.clear();
-    assert!(snapshot_ids(&env).is_empty());
+    assert!(env.snapshot_ids().is_empty());
 }
 
 // ---------------------------------------------------------------- item 7
@@ -228,7 +207,7 @@ fn a_lost_answer_to_complete_multipart_upload_is_checked_not_misreported() {
         "a warning says the upload's end was not confirmed but the object is there: {v}"
     );
     let id = v["id"].as_str().unwrap().to_string();
-    verify_deep(&env);
+    env.verify_all_deep("after the faults");
     restores_whole(&env, &id);
 
     // When the upload did not happen, the refusal is an error that says
@@ -245,7 +224,7 @@ fn a_lost_answer_to_complete_multipart_upload_is_checked_not_misreported() {
         err.contains("data/") && err.contains("absent"),
         "the error names the object and says it is absent: {err}"
     );
-    assert_eq!(snapshot_ids(&env), vec![id]);
+    assert_eq!(env.snapshot_ids(), vec![id]);
 }
 
 // ---------------------------------------------------------------- item 8
@@ -260,7 +239,7 @@ fn a_short_s3_restart_is_ridden_out() {
     proxy.down_for(Duration::from_secs(6));
     let (v, _) = snapshot(&env, 0);
     assert!(retries(&v) >= 1, "the outage cost retries: {v}");
-    verify_deep(&env);
+    env.verify_all_deep("after the faults");
 }
 
 #[test]
@@ -275,7 +254,7 @@ fn an_outage_of_a_minute_is_ridden_out_with_the_default_policy() {
         "the store was down for the first minute"
     );
     assert!(retries(&v) >= 3, "{v}");
-    assert_eq!(snapshot_ids(&env).len(), 1);
+    assert_eq!(env.snapshot_ids().len(), 1);
 }
 
 #[test]
@@ -307,7 +286,7 @@ fn a_silent_endpoint_is_given_up_on_with_a_message_that_names_it() {
     assert_eq!(v["ok"], false);
     assert!(retries(&v) >= 1, "{v}");
     proxy.silent(false);
-    assert!(snapshot_ids(&env).is_empty());
+    assert!(env.snapshot_ids().is_empty());
 }
 
 #[test]
@@ -362,7 +341,7 @@ fn an_endpoint_that_goes_silent_mid_upload_is_given_up_on_within_about_two_minut
         "{err}"
     );
     proxy.silent(false);
-    assert!(snapshot_ids(&env).is_empty());
+    assert!(env.snapshot_ids().is_empty());
 }
 
 #[test]
@@ -375,7 +354,9 @@ fn an_endpoint_given_by_the_environment_keeps_its_settings_and_its_name() {
     env.options.remove("aws_endpoint");
     env.options.remove("aws_allow_http");
     env.extra = "[repository.retry]\nwindow = \"3s\"\ntimeout = \"2s\"\n".into();
-    env.write_config();
+    let data = env.path("data");
+    sample_tree(&data, None);
+    env.add_dir_source("media", &data, &[]);
     let cmd = |args: &[&str]| {
         env.cmd()
             .env("AWS_ENDPOINT", proxy.endpoint())
@@ -386,19 +367,6 @@ fn an_endpoint_given_by_the_environment_keeps_its_settings_and_its_name() {
     };
     let o = cmd(&["init"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    let data = env.path("data");
-    sample_tree(&data, None);
-    let mut env = env;
-    env.add_dir_source("media", &data, &[]);
-    let env = env;
-    let cmd = |args: &[&str]| {
-        env.cmd()
-            .env("AWS_ENDPOINT", proxy.endpoint())
-            .env("AWS_ALLOW_HTTP", "true")
-            .args(args)
-            .output()
-            .unwrap()
-    };
     let o = cmd(&["snapshot"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     proxy.silent(true);

@@ -23,17 +23,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn listed(env: &Env) -> Vec<String> {
-    let o = env.cmd().args(["snapshots", "--json"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "snapshots: {}", text(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Changes the tree a little, as a live application does between backups.
 fn churn(data: &std::path::Path, round: u64) {
     write(
@@ -88,7 +77,7 @@ fn snapshots_and_restores_through_random_faults_tell_the_truth() {
         round += 1;
         churn(&data, round);
         let expected = describe_tree(&data);
-        let before = listed(&env);
+        let before = env.snapshot_ids();
 
         // Random faults on 8% of the requests; every third round, the
         // commit point is also lost for good.
@@ -103,7 +92,7 @@ fn snapshots_and_restores_through_random_faults_tell_the_truth() {
         let code = o.status.code();
         let v: serde_json::Value = serde_json::from_slice(&o.stdout)
             .unwrap_or_else(|e| panic!("round {round}: snapshot --json ({e}); stderr:\n{err}"));
-        let now = listed(&env);
+        let now = env.snapshot_ids();
         match code {
             Some(0) => {
                 assert!(
@@ -186,19 +175,18 @@ fn snapshots_and_restores_through_random_faults_tell_the_truth() {
 
     // The end: every snapshot authenticates, and after prune the store
     // holds the kept snapshot's objects and nothing else.
-    let o = env
-        .cmd()
-        .args(["verify", "--all", "--deep"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "verify: {}", text(&o.stderr));
-    let o = env
-        .cmd()
-        .args(["prune", "--keep-last", "1", "--grace", "0s", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "prune: {}", text(&o.stderr));
-    let kept = listed(&env);
+    env.verify_all_deep("after the soak");
+    let prune = || {
+        let o = env
+            .cmd()
+            .args(["prune", "--keep-last", "1", "--grace", "0s", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "prune: {}", text(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    prune();
+    let kept = env.snapshot_ids();
     assert_eq!(kept.len(), 1, "{kept:?}");
     let store = env.store();
     let objects = block_on(store.list("")).unwrap();
@@ -213,25 +201,9 @@ fn snapshots_and_restores_through_random_faults_tell_the_truth() {
         })
         .collect();
     assert!(strays.is_empty(), "left behind after prune: {strays:?}");
-    let o = env
-        .cmd()
-        .args(["verify", "--all", "--deep"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "verify after prune: {}",
-        text(&o.stderr)
-    );
+    env.verify_all_deep("after prune");
     // No multipart upload of an interrupted write is left either.
-    let o = env
-        .cmd()
-        .args(["prune", "--keep-last", "1", "--grace", "0s", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "prune: {}", text(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = prune();
     assert_eq!(v["multipart_uploads"]["aborted"], 0, "{v}");
     assert_eq!(v["multipart_uploads"]["kept"], 0, "{v}");
 }

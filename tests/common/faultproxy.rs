@@ -13,7 +13,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -95,13 +95,19 @@ struct State {
     chaos: Option<(u32, u64)>,
 }
 
+/// What the proxy's threads share with its handle.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Connections are accepted and never answered.
+    silent: AtomicBool,
+    /// The proxy was dropped: the accept loop ends.
+    stop: AtomicBool,
+}
+
 pub struct FaultProxy {
     addr: SocketAddr,
-    upstream: SocketAddr,
-    state: Arc<Mutex<State>>,
-    silent: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    requests: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 impl FaultProxy {
@@ -115,22 +121,10 @@ impl FaultProxy {
         let upstream: SocketAddr = up.parse().expect("upstream is host:port");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
         let addr = listener.local_addr().unwrap();
-        let p = FaultProxy {
-            addr,
-            upstream,
-            state: Arc::default(),
-            silent: Arc::default(),
-            stop: Arc::default(),
-            requests: Arc::default(),
-        };
-        let (state, silent, stop, requests) = (
-            p.state.clone(),
-            p.silent.clone(),
-            p.stop.clone(),
-            p.requests.clone(),
-        );
-        thread::spawn(move || accept_loop(listener, addr, upstream, state, silent, stop, requests));
-        p
+        let shared = Arc::<Shared>::default();
+        let s = shared.clone();
+        thread::spawn(move || accept_loop(listener, addr, upstream, s));
+        FaultProxy { addr, shared }
     }
 
     /// A proxy in front of the S3 test server.
@@ -147,36 +141,36 @@ impl FaultProxy {
     }
 
     pub fn add(&self, rule: Rule) {
-        self.state.lock().unwrap().rules.push(rule);
+        self.shared.state.lock().unwrap().rules.push(rule);
     }
 
     /// Refuse connections for `d` from now (a server restart).
     pub fn down_for(&self, d: Duration) {
-        self.state.lock().unwrap().down_until = Some(Instant::now() + d);
+        self.shared.state.lock().unwrap().down_until = Some(Instant::now() + d);
     }
 
     /// Accept connections and never answer (or, with false, answer again).
     pub fn silent(&self, on: bool) {
-        self.silent.store(on, Ordering::SeqCst);
+        self.shared.silent.store(on, Ordering::SeqCst);
     }
 
     /// Random faults on `per_mille` of the requests from now on (resets,
     /// lost answers, short stalls and 503s, chosen by a seeded generator).
     pub fn chaos(&self, per_mille: u32, seed: u64) {
-        self.state.lock().unwrap().chaos = Some((per_mille, seed));
+        self.shared.state.lock().unwrap().chaos = Some((per_mille, seed));
     }
 
     /// Drop every rule and state: a healthy endpoint again.
     pub fn clear(&self) {
-        let mut s = self.state.lock().unwrap();
+        let mut s = self.shared.state.lock().unwrap();
         s.rules.clear();
         s.down_until = None;
         s.chaos = None;
-        self.silent.store(false, Ordering::SeqCst);
+        self.shared.silent.store(false, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> Vec<Seen> {
-        self.state.lock().unwrap().seen.clone()
+        self.shared.state.lock().unwrap().seen.clone()
     }
 
     /// How many requests matched `method` (any when empty) and `path`.
@@ -198,7 +192,7 @@ impl FaultProxy {
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
     }
@@ -208,14 +202,12 @@ fn accept_loop(
     mut listener: TcpListener,
     addr: SocketAddr,
     upstream: SocketAddr,
-    state: Arc<Mutex<State>>,
-    silent: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    requests: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 ) {
+    let state = &shared.state;
     listener.set_nonblocking(true).unwrap();
     loop {
-        if stop.load(Ordering::SeqCst) {
+        if shared.stop.load(Ordering::SeqCst) {
             return;
         }
         let down = state.lock().unwrap().down_until;
@@ -239,7 +231,7 @@ fn accept_loop(
         match listener.accept() {
             Ok((client, _)) => {
                 client.set_nonblocking(false).unwrap();
-                if silent.load(Ordering::SeqCst) {
+                if shared.silent.load(Ordering::SeqCst) {
                     // Accept and say nothing, until the client gives up.
                     thread::spawn(move || {
                         let mut sink = [0u8; 8192];
@@ -248,8 +240,8 @@ fn accept_loop(
                     });
                     continue;
                 }
-                let (state, requests, silent) = (state.clone(), requests.clone(), silent.clone());
-                thread::spawn(move || serve(client, upstream, state, requests, silent));
+                let shared = shared.clone();
+                thread::spawn(move || serve(client, upstream, &shared));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 thread::sleep(Duration::from_millis(5));
@@ -370,24 +362,18 @@ fn choose(state: &Mutex<State>, method: &str, path: &str) -> Option<Action> {
     None
 }
 
-fn serve(
-    client: TcpStream,
-    upstream: SocketAddr,
-    state: Arc<Mutex<State>>,
-    requests: Arc<AtomicU64>,
-    silent: Arc<AtomicBool>,
-) {
+fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) {
+    let state = &shared.state;
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut client = client;
     // One request per connection: every answer says `Connection: close`.
     if let Some((method, path, raw)) = read_request(&mut reader) {
-        requests.fetch_add(1, Ordering::SeqCst);
-        if silent.load(Ordering::SeqCst) {
+        if shared.silent.load(Ordering::SeqCst) {
             // Went silent while this connection was open.
             thread::sleep(Duration::from_secs(3600));
             return;
         }
-        let fault = choose(&state, &method, &path);
+        let fault = choose(state, &method, &path);
         state.lock().unwrap().seen.push(Seen {
             method: method.clone(),
             path: path.clone(),

@@ -217,6 +217,39 @@ impl Env {
         serde_json::from_slice(&out.stdout).expect("snapshot --json prints JSON")
     }
 
+    /// The ids `coffer snapshots` lists, oldest first (it must succeed).
+    pub fn snapshot_ids(&self) -> Vec<String> {
+        let o = self.cmd().args(["snapshots", "--json"]).output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "snapshots: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Runs `coffer verify --all --deep`, which must pass; `when` says at
+    /// which point of the test.
+    pub fn verify_all_deep(&self, when: &str) {
+        let o = self
+            .cmd()
+            .args(["verify", "--all", "--deep"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "verify --all --deep {when}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
     /// Takes a snapshot that must succeed; returns its id.
     pub fn snapshot_ok(&self) -> String {
         self.snapshot_json(&[], 0)["id"]

@@ -433,18 +433,22 @@ fn print_json(v: &serde_json::Value) {
     coffer::progress::finish();
     // Every document of a run that reached a store says how the store
     // behaved: requests that failed and were retried, and what was
-    // recovered (docs/JSON.md, "store").
-    let mut v = v.clone();
-    if let Some(o) = v.as_object_mut()
-        && coffer::store::run_opened()
-    {
-        o.insert(
-            "store".into(),
-            json!({"retries": coffer::store::run_retries(), "warnings": coffer::store::run_warnings()}),
-        );
+    // recovered (docs/JSON.md, "store"). Added as it is written: a
+    // document may be large (`show --files`).
+    #[derive(serde::Serialize)]
+    struct WithStore<'a> {
+        #[serde(flatten)]
+        doc: &'a serde_json::Map<String, serde_json::Value>,
+        store: serde_json::Value,
     }
     let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer_pretty(&mut out, &v);
+    let _ = match v.as_object() {
+        Some(doc) if coffer::store::run_opened() => {
+            let store = json!({"retries": coffer::store::run_retries(), "warnings": coffer::store::run_warnings()});
+            serde_json::to_writer_pretty(&mut out, &WithStore { doc, store })
+        }
+        _ => serde_json::to_writer_pretty(&mut out, v),
+    };
     let _ = writeln!(out);
 }
 

@@ -1067,20 +1067,21 @@ impl Store {
         let Some(a) = &self.s3 else {
             return Ok(None);
         };
-        let op = "list multipart uploads";
+        // Messages read "list multipart uploads in s3://… failed: …".
+        let (op, what) = ("list", "multipart uploads");
         let generic = |e: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
             store: "S3",
             source: e,
         };
-        let fail = |e: Box<dyn std::error::Error + Send + Sync>| self.err(op, "", generic(e));
+        let fail = |e: Box<dyn std::error::Error + Send + Sync>| self.err(op, what, generic(e));
         let cred =
             a.s3.credentials()
                 .get_credential()
                 .await
-                .map_err(|e| self.err(op, "", e))?;
+                .map_err(|e| self.err(op, what, e))?;
         let client = object_store::client::ReqwestConnector::default()
             .connect(&a.client)
-            .map_err(|e| self.err(op, "", e))?;
+            .map_err(|e| self.err(op, what, e))?;
         let prefix = if a.prefix.is_empty() {
             String::new()
         } else {
@@ -1109,7 +1110,7 @@ impl Store {
                 .map_err(|e| fail(Box::new(e)))?;
             object_store::aws::AwsAuthorizer::new(&cred, "s3", &a.region)
                 .try_authorize(&mut req, None)
-                .map_err(|e| self.err(op, "", e))?;
+                .map_err(|e| self.err(op, what, e))?;
             let resp = client.execute(req).await.map_err(|e| fail(Box::new(e)))?;
             let status = resp.status();
             let body = resp

@@ -378,3 +378,26 @@ fn an_endpoint_given_by_the_environment_keeps_its_settings_and_its_name() {
         "{err}"
     );
 }
+
+#[test]
+fn a_refused_multipart_listing_is_a_warning_and_prune_goes_on() {
+    // Credentials without s3:ListBucketMultipartUploads: prune still prunes,
+    // and says that multipart uploads were not cleaned up, and where to read
+    // how the store can do it.
+    let proxy = FaultProxy::s3();
+    let env = proxied(&proxy, None, None);
+    env.snapshot_ok();
+    proxy.add(Rule::on("GET", "?uploads", Action::Refuse(403, "AccessDenied")).always());
+    let o = run(&env, &["prune", "--keep-last", "1", "--json"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(proxy.faults().len(), 1, "{:?}", proxy.requests());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["multipart_uploads"].is_null(), "{v}");
+    assert!(
+        err.contains("list multipart uploads")
+            && err.contains("Abandoned multipart uploads")
+            && err.contains("credentials"),
+        "{err}"
+    );
+}

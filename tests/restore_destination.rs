@@ -161,6 +161,18 @@ fn dead_pid() -> u32 {
     pid
 }
 
+/// `coffer check` passes and reports left-overs of killed restores: that
+/// warning line.
+fn check_leftover_line(env: &Env) -> String {
+    let o = run(env, &["check"]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    out.lines()
+        .find(|l| l.starts_with("warn") && l.contains("left-overs of killed restores"))
+        .unwrap_or_else(|| panic!("check reports no left-over of a killed restore:\n{out}"))
+        .to_string()
+}
+
 /// Issue 11 item 2: a killed restore leaves its staging directory beside
 /// the destination (or inside `--target DIR`). `check` reports it; the next
 /// restore there removes those it can prove abandoned (its name carries a
@@ -196,13 +208,7 @@ fn a_killed_restores_staging_directory_is_removed_by_the_next_restore() {
     let link = site.join(format!(".coffer-restore-{dead}-{tag}-111111"));
     std::os::unix::fs::symlink(&outside, &link).unwrap();
 
-    let o = run(&env, &["check"]);
-    let out = text(&o.stdout);
-    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("warn") && l.contains("left-overs of killed restores"))
-        .unwrap_or_else(|| panic!("check reports no left-over staging directory:\n{out}"));
+    let line = check_leftover_line(&env);
     for d in [&abandoned, &elsewhere, &legacy] {
         assert!(line.contains(&d.display().to_string()), "{line}");
     }
@@ -340,13 +346,7 @@ fn check_reports_the_old_content_a_killed_mount_point_restore_moved_aside() {
     for d in [&abandoned, &running] {
         write(&d.join("old.bin"), &pseudo_random(1000, 5));
     }
-    let o = run(&env, &["check"]);
-    let out = text(&o.stdout);
-    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("warn") && l.contains("left-overs of killed restores"))
-        .unwrap_or_else(|| panic!("check reports no left-over:\n{out}"));
+    let line = check_leftover_line(&env);
     assert!(line.contains(&abandoned.display().to_string()), "{line}");
     assert!(line.contains("moved aside"), "{line}");
     assert!(!line.contains(&running.display().to_string()), "{line}");

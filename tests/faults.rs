@@ -401,3 +401,24 @@ fn a_refused_multipart_listing_is_a_warning_and_prune_goes_on() {
         "{err}"
     );
 }
+
+#[test]
+fn a_commit_that_cannot_be_read_back_says_it_cannot_tell() {
+    // The manifest's answer is lost and the store then refuses every read
+    // of it for longer than the window: coffer cannot know whether the
+    // snapshot is committed, exits 1 and says how to find out.
+    let proxy = FaultProxy::s3();
+    let env = proxied(&proxy, None, Some(("3s", "2s")));
+    proxy.add(Rule::on("PUT", "/snapshots/", Action::LoseResponse));
+    proxy.add(Rule::on("GET", "/snapshots/", Action::Reset).always());
+    let o = run(&env, &["snapshot"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("failed too") && err.contains("coffer snapshots"),
+        "{err}"
+    );
+    // It was in fact committed: once the store answers, it is listed.
+    proxy.clear();
+    assert_eq!(env.snapshot_ids().len(), 1);
+}

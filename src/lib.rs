@@ -125,6 +125,7 @@ fn restore_code(e: &RestoreError) -> i32 {
         | RestoreError::UnsafeParent { .. }
         | RestoreError::Changed { .. }
         | RestoreError::NoSpace { .. }
+        | RestoreError::NoSpaceForFiles { .. }
         | RestoreError::OutputClosed => exit::FAILURE,
         // The cause decides: a part-way stop over damaged data is still 3.
         RestoreError::PartlyRestored { error, .. } => restore_code(error),

@@ -114,6 +114,18 @@ pub enum RestoreError {
         needed: String,
         available: String,
     },
+    /// The filesystems a files source's files are staged on (beside each
+    /// file) have too little free space together for them.
+    #[error(
+        "snapshot {snapshot}, source {source_name}: restoring its files needs about {needed} free beside them (each file is staged whole beside its destination before any file is replaced), but only {available} is free on the filesystem of {dirs}; nothing was changed. Free space there, or restore with --target DIR on a filesystem with room and copy the files into place"
+    )]
+    NoSpaceForFiles {
+        snapshot: String,
+        source_name: String,
+        dirs: String,
+        needed: String,
+        available: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// `coffer dump`'s reader closed the pipe (`pg_restore -l`, `head`):
@@ -140,7 +152,7 @@ pub enum RestoreError {
         source_name: String,
         error: crate::source::SourceError,
     },
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {source}{}", io_hint(source))]
     Io {
         op: &'static str,
         path: String,
@@ -158,6 +170,19 @@ impl RestoreError {
                 RestoreError::Integrity { .. } | RestoreError::Contained { .. }
             ),
         }
+    }
+}
+
+/// What to do next after a failed filesystem call of a restore.
+fn io_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            ". The filesystem is full (or over quota): free space there, or restore with --target DIR on a filesystem with room"
+        }
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            ". Restore as a user who may write there, or with --target DIR into a directory you may write to"
+        }
+        _ => "",
     }
 }
 
@@ -1240,7 +1265,7 @@ impl TreeDest {
         if available >= needed {
             return Ok(());
         }
-        let shown = |n: u64| format!("{:.1} MB ({n} bytes)", n as f64 / 1e6);
+        let shown = megabytes;
         Err(RestoreError::NoSpace {
             snapshot: m.id.clone(),
             source_name: src.name.clone(),
@@ -1620,6 +1645,52 @@ async fn dry_run(
     .map_err(|e| RestoreError::Usage(format!("dry run task failed: {e}")))?
 }
 
+/// Refuses, before anything is written, a files source restore whose
+/// staged copies cannot fit: each file is staged whole beside its
+/// destination before any file is replaced. The files may live on several
+/// filesystems and only the source's total (`bytes_read`) is known before
+/// reading, so this refuses only when all those filesystems together have
+/// less room than the total: never a restore that fits. (Looking up free
+/// space by path is harmless: nothing is written through these paths.)
+fn check_files_room(
+    m: &Manifest,
+    src: &SourceRecord,
+    allowed: &BTreeSet<String>,
+) -> Result<(), RestoreError> {
+    let mut filesystems: BTreeMap<u64, (u64, PathBuf)> = BTreeMap::new();
+    for rel in allowed {
+        let mut dir = Path::new("/").join(rel);
+        while dir.pop() {
+            if let Ok(st) = rustix::fs::statvfs(&dir) {
+                filesystems
+                    .entry(st.f_fsid)
+                    .or_insert((st.f_bavail.saturating_mul(st.f_frsize), dir));
+                break;
+            }
+        }
+    }
+    let available: u64 = filesystems.values().map(|(n, _)| *n).sum();
+    if filesystems.is_empty() || available >= src.bytes_read {
+        return Ok(());
+    }
+    Err(RestoreError::NoSpaceForFiles {
+        snapshot: m.id.clone(),
+        source_name: src.name.clone(),
+        dirs: filesystems
+            .values()
+            .map(|(_, d)| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" and "),
+        needed: megabytes(src.bytes_read),
+        available: megabytes(available),
+    })
+}
+
+/// A size for messages: `812.4 MB (812400000 bytes)`.
+fn megabytes(n: u64) -> String {
+    format!("{:.1} MB ({n} bytes)", n as f64 / 1e6)
+}
+
 /// Unpacks one file source into fresh staging directories beside its
 /// destinations and authenticates all of it. Changes no destination.
 fn stage_source(
@@ -1641,6 +1712,7 @@ fn stage_source(
             (Layout::Tree(dest.staging()?), Some(dest), None)
         }
         Plan::Files { allowed, .. } => {
+            check_files_room(m, src, allowed)?;
             (Layout::Beside(BTreeMap::new()), None, Some(allowed.clone()))
         }
     };

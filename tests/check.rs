@@ -412,6 +412,11 @@ fn a_read_only_repository_fails_the_write_check() {
     code(&o, 1, "check on a read-only repository");
     let d = only_failing(&checks(&o), &["repository writable"]);
     assert!(d[0].contains("ermission denied"), "{d:?}");
+    // The error says what to do next (issue 11 item 11).
+    assert!(
+        d[0].contains("check the owner and mode of") && d[0].contains("run the command again"),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -438,6 +443,9 @@ fn an_unreachable_repository_fails_and_the_checks_that_need_it_say_so() {
         d[1].contains("not checked") && d[2].contains("not checked"),
         "{d:?}"
     );
+    // Every command's error says what to do next (issue 11 item 11).
+    // (This server answers a missing bucket's objects as missing objects.)
+    assert!(d[0].contains("check the URL"), "{d:?}");
 
     // A path below a regular file: no directory can be there.
     let mut env = Env::new(Backend::Fs);

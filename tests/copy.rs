@@ -379,12 +379,7 @@ impl Drop for PrivateMoto {
 }
 
 fn spawn_copy(src: &Loc, dst: &Loc) -> Child {
-    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("COFFER_") && !k.starts_with("COFFER_TEST_") {
-            c.env_remove(k);
-        }
-    }
+    let mut c = spawn_coffer();
     c.arg("copy")
         .arg(&src.0)
         .arg(&dst.0)

@@ -8,7 +8,7 @@ use common::*;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn stderr(o: &Output) -> String {
@@ -26,18 +26,6 @@ fn assert_code(o: &Output, code: i32, what: &str) {
 }
 
 /// `coffer --config <env config>` as a plain std Command (for spawning).
-fn spawn_cmd(env: &Env) -> Command {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("coffer"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("COFFER_") && !k.starts_with("COFFER_TEST_") || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c.current_dir(env.dir.path());
-    c.arg("--config").arg(&env.config);
-    c
-}
-
 /// Writes `len` pseudo-random bytes to `path` in 1 MiB chunks.
 fn big_file(path: &Path, len: usize) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -103,7 +91,8 @@ fn killed_snapshot(b: Backend) {
     write(&data.join("small.txt"), b"small\n");
     env.add_dir_source("media", &data, &[]);
 
-    let mut child = spawn_cmd(&env)
+    let mut child = env
+        .spawn_cmd()
         .arg("snapshot")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -192,7 +181,8 @@ fn sigkill_at_many_moments_leaves_whole_or_nothing() {
     env.add_dir_source("media", &data, &[]);
     let mut killed_running = 0;
     for delay_ms in [5u64, 30, 60, 100, 150, 220, 300, 450, 700] {
-        let mut child = spawn_cmd(&env)
+        let mut child = env
+            .spawn_cmd()
             .arg("snapshot")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -239,7 +229,7 @@ fn concurrent_snapshots(b: Backend) {
     sample_tree(&data, Some(4 << 20));
     env.add_dir_source("media", &data, &[]);
     let spawn = |tag: &str| {
-        spawn_cmd(&env)
+        env.spawn_cmd()
             .args(["snapshot", "--json", "--tag", tag])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -422,3 +422,26 @@ fn a_commit_that_cannot_be_read_back_says_it_cannot_tell() {
     proxy.clear();
     assert_eq!(env.snapshot_ids().len(), 1);
 }
+
+/// Issue 11 item 11: a store error says what to do next. A store that
+/// refuses the credentials (403 AccessDenied on every request) fails
+/// `snapshots` and `snapshot` with exit 1, naming the store and saying to
+/// check the credentials and their rights, then run the command again.
+#[test]
+fn a_store_that_refuses_the_credentials_says_what_to_check() {
+    let proxy = FaultProxy::s3();
+    let env = proxied(&proxy, None, Some(("5s", "5s")));
+    proxy.add(Rule::on("", "", Action::Refuse(403, "AccessDenied")).always());
+    for args in [&["snapshots"][..], &["snapshot"][..]] {
+        let o = run(&env, args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        for needle in [
+            env.url.as_str(),
+            "the store refused the credentials",
+            "run the command again",
+        ] {
+            assert!(err.contains(needle), "{args:?}: no {needle:?} in: {err}");
+        }
+    }
+}

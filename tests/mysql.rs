@@ -517,10 +517,8 @@ fn dump_pipes_into_the_client_and_show_has_the_facts() {
 
     // coffer dump latest orders | mariadb <fresh db>
     let target = Db::create("dp2");
-    let mut dump = Command::new(assert_cmd::cargo::cargo_bin("coffer"))
-        .current_dir(env.dir.path())
-        .args(["--config"])
-        .arg(&env.config)
+    let mut dump = env
+        .spawn_cmd()
         .args(["dump", "latest", "orders"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1027,21 +1025,90 @@ fn large_dump_spans_chunks_and_damage_leaves_the_target_alone() {
     assert!(!sql(Some(db.name()), "SHOW TABLES").contains("added_later"));
 }
 
-/// Issue 11 item 3, MySQL/MariaDB: a killed `restore --force` leaves its
-/// temporary database `<db>_coffer_<hex>`. It carries no owner (a restore
-/// killed mid-copy leaves the snapshot's only complete copy in it), so
-/// `check` reports it as a warning and the next restore leaves it alone.
+/// Issue 11 item 3, MySQL/MariaDB: a restore killed with `kill -9` leaves
+/// its temporary database, whose name carries its maker
+/// (`<db>_coffer_<pid>_<host tag>_<random>`). `check` reports it and the
+/// next restore drops it and says so; it never drops one that names a
+/// running process, another host or no maker (an older coffer's), nor a
+/// name outside the pattern. A killed drill's scratch database is dropped
+/// by the next drill.
 #[test]
-fn a_killed_restores_temporary_database_is_reported_never_dropped() {
+fn a_killed_restores_temporary_database_is_dropped_by_the_next_restore() {
     let db = Db::create("leftover");
     make_schema(db.name());
+    sql(
+        Some(db.name()),
+        "SET SESSION max_recursive_iterations = 100000;
+         CREATE TABLE bulk (id INT PRIMARY KEY, payload BLOB) ENGINE=InnoDB;
+         INSERT INTO bulk
+           WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 20000)
+           SELECT n, RANDOM_BYTES(1000) FROM s;",
+    );
     let mut env = Env::init(Backend::Fs);
     add_mysql_source(&mut env, "orders", &db.url(), "");
-    env.snapshot_ok();
-    let left = Db(format!("{}_coffer_0a1b2c3d", db.name()));
-    sql(None, &format!("CREATE DATABASE `{}`", left.0));
-    let other = Db(format!("{}_coffer_old", db.name()));
-    sql(None, &format!("CREATE DATABASE `{}`", other.0));
+    let id = env.snapshot_ok();
+
+    // A real kill: as soon as the temporary database exists.
+    let prefix = format!("{}_coffer_", db.name());
+    let mut child = env
+        .spawn_cmd()
+        .args(["restore", "latest", "--force"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let killed_pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let killed = loop {
+        let found = databases_like(&prefix);
+        if let Some(n) = found.first() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break Db(n.clone());
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before its temporary database was seen"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temporary database appeared"
+        );
+    };
+    let host = coffer::abandoned::host_tag();
+    assert!(
+        killed
+            .0
+            .starts_with(&format!("{prefix}{killed_pid}_{host}_")),
+        "the temporary database does not name its maker: {}",
+        killed.0
+    );
+    // Its client may still be loading: wait until it has gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sql(None, "SHOW PROCESSLIST").contains(&killed.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed restore's client still runs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let dead = dead_pid();
+    let plant = |name: String| {
+        sql(None, &format!("CREATE DATABASE `{name}`"));
+        Db(name)
+    };
+    let running = plant(format!("{prefix}{}_{host}_11111111", std::process::id()));
+    let older = plant(format!("{prefix}22222222"));
+    let other_host = if host == "ffffffff" {
+        "eeeeeeee"
+    } else {
+        "ffffffff"
+    };
+    let elsewhere = plant(format!("{prefix}{dead}_{other_host}_33333333"));
+    let not_scratch = plant(format!("{prefix}old"));
+    let snap: String = id.chars().take(16).collect();
+    let drill = plant(format!("coffer_drill_{snap}_{dead}_{host}_66666666"));
 
     let (code, out, err) = run(&env, &["check"]);
     assert_eq!(code, 0, "check: {out}{err}");
@@ -1049,14 +1116,45 @@ fn a_killed_restores_temporary_database_is_reported_never_dropped() {
         .lines()
         .find(|l| l.starts_with("warn") && l.contains("left-overs of killed restores"))
         .unwrap_or_else(|| panic!("check reports no temporary database:\n{out}"));
-    assert!(line.contains(&left.0), "{line}");
-    assert!(!line.contains(&other.0), "{line}");
+    for n in [&killed, &older, &elsewhere] {
+        assert!(line.contains(&n.0), "{} not reported: {line}", n.0);
+    }
+    for n in [&running, &not_scratch, &drill] {
+        assert!(!line.contains(&n.0), "{} reported: {line}", n.0);
+    }
 
     let (code, _, err) = run(&env, &["restore", "latest", "--force"]);
     assert_eq!(code, 0, "restore: {err}");
+    assert!(
+        err.contains(&format!("dropped database `{}`", killed.0)),
+        "the restore did not say what it dropped: {err}"
+    );
+    let mut kept = vec![
+        running.0.clone(),
+        older.0.clone(),
+        elsewhere.0.clone(),
+        not_scratch.0.clone(),
+    ];
+    kept.sort();
     assert_eq!(
-        databases_like(&format!("{}_coffer_", db.name())),
-        vec![left.0.clone(), other.0.clone()],
+        databases_like(&prefix),
+        kept,
         "the restore dropped a database it cannot prove its own, or left its own"
+    );
+    assert_eq!(
+        sql(Some(db.name()), "SELECT COUNT(*) FROM bulk").trim(),
+        "20000"
+    );
+
+    let (code, out, err) = run(&env, &["drill"]);
+    assert_eq!(code, 0, "drill: {out}{err}");
+    assert!(
+        databases_like(&drill.0).is_empty(),
+        "the abandoned drill database stayed"
+    );
+    assert_eq!(
+        databases_like(&prefix),
+        kept,
+        "the drill dropped a restore's database"
     );
 }

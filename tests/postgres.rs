@@ -401,9 +401,8 @@ fn dump_pipes_into_pg_restore_and_jobs_restore_in_parallel() {
 
     // `coffer dump latest db | pg_restore -d fresh`, through a real pipe.
     let fresh = TestDb::create("fresh");
-    let mut dump = Command::new(assert_cmd::cargo::cargo_bin("coffer"))
-        .arg("--config")
-        .arg(&env.config)
+    let mut dump = env
+        .spawn_cmd()
         .args(["dump", "latest", "db"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -899,14 +898,6 @@ fn a_url_password_never_reaches_a_tools_command_line() {
             assert!(!t.contains("hunter2"), "{tag}: password shown: {t}");
         }
     }
-}
-
-/// A pid that no longer runs: a child that has exited and been reaped.
-fn dead_pid() -> u32 {
-    let mut c = Command::new("true").spawn().unwrap();
-    let pid = c.id();
-    c.wait().unwrap();
-    pid
 }
 
 fn comment_of(db: &str) -> String {

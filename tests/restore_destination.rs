@@ -153,14 +153,6 @@ fn restore_says_first_which_host_and_time_the_snapshot_is_from() {
     assert_eq!(v["time"], snaps[0]["time"]);
 }
 
-/// A pid that no longer runs: a child that has exited and been reaped.
-fn dead_pid() -> u32 {
-    let mut c = std::process::Command::new("true").spawn().unwrap();
-    let pid = c.id();
-    c.wait().unwrap();
-    pid
-}
-
 /// `coffer check` passes and reports left-overs of killed restores: that
 /// warning line.
 fn check_leftover_line(env: &Env) -> String {
@@ -278,16 +270,8 @@ fn a_restore_killed_with_sigkill_leaves_nothing_after_the_next_restore() {
             .filter(|n| n.starts_with(".coffer-restore-"))
             .collect()
     };
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("COFFER_") && !k.starts_with("COFFER_TEST_") || k == "RUST_LOG" {
-            child.env_remove(k);
-        }
-    }
-    let mut child = child
-        .current_dir(env.dir.path())
-        .arg("--config")
-        .arg(&env.config)
+    let mut child = env
+        .spawn_cmd()
         .args(["restore", &id, "--force"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -13,6 +13,22 @@ impl Drop for Mount {
     }
 }
 
+/// Mounts a 1 MiB tmpfs at `at`; fails loudly without root.
+fn small_tmpfs(at: &std::path::Path) -> Mount {
+    std::fs::create_dir_all(at).unwrap();
+    let o = Std::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(at)
+        .output()
+        .expect("run mount");
+    assert!(
+        o.status.success(),
+        "mounting a tmpfs needs root (CI runs as root): {}",
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
+    Mount(at.to_path_buf())
+}
+
 #[test]
 fn in_place_restore_of_a_mount_point() {
     let mut env = Env::init(Backend::Fs);
@@ -59,28 +75,7 @@ fn in_place_restore_of_a_mount_point() {
 fn an_in_place_restore_without_room_for_a_second_copy_is_refused_first() {
     let mut env = Env::init(Backend::Fs);
     let small = env.path("small");
-    std::fs::create_dir_all(&small).unwrap();
-    let mounted = Std::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&small)
-        .output();
-    match mounted {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            eprintln!(
-                "SKIP an_in_place_restore_without_room_for_a_second_copy_is_refused_first: `mount -t tmpfs -o size=1m` failed (needs root): {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            return;
-        }
-        Err(e) => {
-            eprintln!(
-                "SKIP an_in_place_restore_without_room_for_a_second_copy_is_refused_first: cannot run mount: {e}"
-            );
-            return;
-        }
-    }
-    let _m = Mount(small.clone());
+    let _m = small_tmpfs(&small);
     let media = small.join("media");
     write(&media.join("big.bin"), &pseudo_random(600_000, 3));
     write(&media.join("note.txt"), b"as in the snapshot\n");
@@ -124,4 +119,68 @@ fn an_in_place_restore_without_room_for_a_second_copy_is_refused_first() {
         std::fs::read(elsewhere.join("media/note.txt")).unwrap(),
         b"as in the snapshot\n"
     );
+}
+
+/// Issue 11 item 11, files sources: each file is staged whole beside its
+/// destination before any is replaced, so a files source restore in place
+/// is refused first when the filesystem has no room for the staged copies.
+#[test]
+fn a_files_restore_without_room_is_refused_first() {
+    let mut env = Env::init(Backend::Fs);
+    let small = env.path("small");
+    let _m = small_tmpfs(&small);
+    let big = small.join("conf/big.bin");
+    let env_file = small.join(".env");
+    write(&big, &pseudo_random(600_000, 5));
+    write(&env_file, b"A=1\n");
+    env.add_files_source("env", &[&big, &env_file]);
+    let id = env.snapshot_ok();
+    write(&env_file, b"A=2\n");
+    let before = describe_tree(&small);
+
+    let o = env
+        .cmd()
+        .args(["restore", &id, "--force"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for needle in [
+        "source env",
+        "needs about 0.6 MB",
+        "is free on the filesystem of",
+        "nothing was changed",
+        "--target",
+    ] {
+        assert!(err.contains(needle), "no {needle:?} in: {err}");
+    }
+    assert_eq!(describe_tree(&small), before, "the destination changed");
+}
+
+/// Issue 11 item 11: where the room cannot be known first (`--include`
+/// restores part of a source), a full disk fails the staging: the message
+/// says the filesystem is full and what to do, and nothing changes.
+#[test]
+fn a_full_disk_during_an_include_restore_says_so_and_changes_nothing() {
+    let mut env = Env::init(Backend::Fs);
+    let small = env.path("small");
+    let _m = small_tmpfs(&small);
+    let media = small.join("media");
+    write(&media.join("big/one.bin"), &pseudo_random(600_000, 6));
+    write(&media.join("big/two.bin"), &pseudo_random(300_000, 7));
+    env.add_dir_source("media", &media, &[]);
+    let id = env.snapshot_ok();
+    let before = describe_tree(&small);
+
+    let o = env
+        .cmd()
+        .args(["restore", &id, "--force", "--include", "big/**"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for needle in ["The filesystem is full", "--target"] {
+        assert!(err.contains(needle), "no {needle:?} in: {err}");
+    }
+    assert_eq!(describe_tree(&small), before, "the destination changed");
 }

@@ -66,6 +66,14 @@
 //! `DROP DATABASE` waits at most 60 s for locks held by other sessions; stop
 //! the application first (`before_restore` hook).
 //!
+//! A restore or drill killed on the way leaves its temporary database. Its
+//! name carries its maker, `<db>_coffer_<pid>_<host tag>_<random>`; the next
+//! restore of `<db>` (a drill: the next drill on that server) drops the ones
+//! made on this host by a process that no longer runs, and says so;
+//! `coffer check` reports the others (an older coffer's
+//! `<db>_coffer_<random>` names no maker, so nothing drops it). Dropping
+//! one loses nothing: it holds a snapshot that is in the repository.
+//!
 //! # Drill
 //!
 //! Creates `coffer_drill_<snapshot id>_<random>` on the `--scratch-url`
@@ -622,50 +630,150 @@ fn drop_database(server: &Conn, name: &str) -> Result<(), SourceError> {
     .map(|_| ())
 }
 
-/// A new database name, `<base>_<tag>_<random>`, at most 64 characters
-/// (`CREATE DATABASE` without `IF NOT EXISTS` makes sure it is free).
+/// A new database name, `<base>_<tag>_<pid>_<host tag>_<random>`, at most
+/// 64 characters (`CREATE DATABASE` without `IF NOT EXISTS` makes sure it
+/// is free). The maker is in the name, so a later run can prove the
+/// database abandoned when this process is killed (issue 11): MySQL has no
+/// database comment to carry it, a marker table would be restored with the
+/// data, and a name leaves no moment between creating the database and
+/// marking it.
 fn fresh_name(base: &str, tag: &str) -> String {
-    let suffix = format!("_{tag}_{}", crate::crypto::random_id(4));
-    let mut b = base.to_string();
-    while b.len() + suffix.len() > 64 {
-        b.pop();
-    }
-    format!("{b}{suffix}")
+    let suffix = format!(
+        "_{tag}_{}_{}_{}",
+        std::process::id(),
+        crate::abandoned::host_tag(),
+        crate::crypto::random_id(4)
+    );
+    format!("{}{suffix}", truncated(base, 64 - suffix.len().min(64)))
 }
 
-/// Whether `name` is one that `fresh_name(base, tag)` can give.
-fn is_fresh_name(name: &str, base: &str, tag: &str) -> bool {
-    let suffix_len = tag.len() + 10;
+/// `base` cut (at a character boundary) to at most `max` bytes.
+fn truncated(base: &str, max: usize) -> &str {
     let mut b = base;
-    while b.len() + suffix_len > 64 {
+    while b.len() > max {
         let mut chars = b.chars();
         chars.next_back();
         b = chars.as_str();
     }
-    name.strip_prefix(b)
-        .and_then(|r| r.strip_prefix('_'))
-        .and_then(|r| r.strip_prefix(tag))
-        .and_then(|r| r.strip_prefix('_'))
-        .is_some_and(|hex| {
-            hex.len() == 8 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        })
+    b
 }
 
-/// For `coffer check`: the temporary databases (`<db>_coffer_<hex>`) a
-/// killed restore of `src` left (a restore in progress shows too). They carry no
-/// owner (MySQL has no database comments), so they are reported, never
-/// dropped: a restore killed while copying into the target leaves the
-/// snapshot's only complete copy in its temporary database.
+fn is_hex8(s: &str) -> bool {
+    s.len() == 8 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// What a database name says of its maker when `fresh_name(base, tag)`
+/// gave it: `Some(Some(owner))`; `Some(None)` for an older coffer's
+/// `<base>_<tag>_<random>`, which names none; `None` when coffer did not
+/// make it.
+fn fresh_name_owner(name: &str, base: &str, tag: &str) -> Option<Option<crate::abandoned::Owner>> {
+    let head_is = |head: &str| {
+        head.strip_suffix(tag)
+            .and_then(|h| h.strip_suffix('_'))
+            .is_some_and(|b| name.len() <= 64 && b == truncated(base, 64 - (name.len() - b.len())))
+    };
+    let (head, random) = name.rsplit_once('_')?;
+    if !is_hex8(random) {
+        return None;
+    }
+    if let Some((rest, host)) = head.rsplit_once('_')
+        && is_hex8(host)
+        && let Some((rest, pid)) = rest.rsplit_once('_')
+        && !pid.is_empty()
+        && pid.bytes().all(|c| c.is_ascii_digit())
+        && let Ok(pid) = pid.parse()
+        && head_is(rest)
+    {
+        return Some(Some(crate::abandoned::Owner {
+            pid,
+            host: host.to_string(),
+        }));
+    }
+    head_is(head).then_some(None)
+}
+
+/// The owner named by a drill's scratch database,
+/// `coffer_drill_<snapshot>_<pid>_<host tag>_<random>`.
+fn drill_name_owner(name: &str) -> Option<crate::abandoned::Owner> {
+    let rest = name.strip_prefix("coffer_drill_")?;
+    let (snap, _) = rest.split_once('_')?;
+    if snap.is_empty() || snap.len() > 16 || !snap.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    fresh_name_owner(name, "coffer_drill", snap).flatten()
+}
+
+/// The scratch databases killed restores of `db` (with `drills`, killed
+/// drills too) left on `server`, each with the verdict on its maker.
+fn scratch_leftovers(
+    server: &Conn,
+    db: Option<&str>,
+    drills: bool,
+) -> Result<Vec<(String, crate::abandoned::Verdict)>, SourceError> {
+    let host = crate::abandoned::host_tag();
+    Ok(databases(server)?
+        .into_keys()
+        .filter(|n| Some(n.as_str()) != db)
+        .filter_map(|n| {
+            let restore = db.and_then(|db| fresh_name_owner(&n, db, "coffer"));
+            let owner = match restore {
+                Some(owner) => owner,
+                None if drills => Some(drill_name_owner(&n)?),
+                None => return None,
+            };
+            let verdict = crate::abandoned::judge(owner, &host);
+            Some((n, verdict))
+        })
+        .collect())
+}
+
+/// Drops the scratch databases of restores of `db` (with `drills`,
+/// drills' too) on `server` that are provably abandoned: the exact scratch name pattern
+/// naming this host and a process that no longer runs. The snapshot it
+/// held is still in the repository (a restore killed mid-copy leaves the
+/// target incomplete, and the restore that drops it then fills the target
+/// again). Says so on stderr; a failure to look only warns.
+fn drop_abandoned(server: &Conn, db: Option<&str>, drills: bool) {
+    let found = match scratch_leftovers(server, db, drills) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(
+                "could not look for scratch databases left by a killed restore at {}: {e}",
+                server.server()
+            );
+            return;
+        }
+    };
+    for (name, verdict) in found {
+        let crate::abandoned::Verdict::Abandoned(owner) = &verdict else {
+            tracing::warn!(
+                "database `{name}` looks like a left-over of a killed coffer restore or drill, left as it is: {}",
+                verdict.describe()
+            );
+            continue;
+        };
+        match drop_database(server, &name) {
+            Ok(()) => crate::abandoned::removed(format!(
+                "dropped database `{name}`: a scratch database left by a killed coffer restore or drill (process {} on this host, no longer running)",
+                owner.pid
+            )),
+            Err(e) => tracing::warn!(
+                "database `{name}` was left by a killed coffer restore or drill (process {}, no longer running) but could not be dropped: {e}; drop it by hand",
+                owner.pid
+            ),
+        }
+    }
+}
+
+/// For `coffer check`: the temporary databases a killed restore of `src`
+/// left, each with what is known of its maker; not those of a process
+/// still running (a restore in progress).
 pub fn leftovers(src: &SourceConfig) -> Result<Vec<String>, SourceError> {
     let conn = configured_conn(src)?;
-    Ok(databases(&conn)?
-        .into_keys()
-        .filter(|n| is_fresh_name(n, &conn.database, "coffer"))
-        .map(|n| {
-            format!(
-                "database `{n}`: no owner recorded (MySQL/MariaDB scratch databases are never dropped automatically; it may hold the only complete copy of a restore killed mid-copy)"
-            )
-        })
+    Ok(scratch_leftovers(&conn, Some(&conn.database), false)?
+        .into_iter()
+        .filter(|(_, v)| !matches!(v, crate::abandoned::Verdict::Running(_)))
+        .map(|(name, v)| format!("database `{name}`: {}", v.describe()))
         .collect())
 }
 
@@ -1161,6 +1269,7 @@ pub fn restore(req: &DbRestore, streams: &mut dyn Streams) -> Result<DbRestored,
     let t = target(req)?;
     let conn = &t.conn;
     let db = &conn.database;
+    drop_abandoned(conn, Some(db), false);
     let dbs = databases(conn)?;
     let mut next_steps = Vec::new();
     let bytes = match dbs.get(db) {
@@ -1214,7 +1323,7 @@ pub fn restore(req: &DbRestore, streams: &mut dyn Streams) -> Result<DbRestored,
             .and_then(|_| copy_database(&tmp, conn));
             if let Err(e) = replaced {
                 return Err(SourceError::Failed(format!(
-                    "{e}; {} may be incomplete now. The snapshot's complete copy is in database `{}` on the same server: run the restore again, or copy it with `mariadb-dump {} | mariadb {}`, then drop `{}`",
+                    "{e}; {} may be incomplete now. The snapshot's complete copy is in database `{}` on the same server: run the restore again (which drops it), or copy it with `mariadb-dump {} | mariadb {}`, then drop `{}`",
                     conn.describe(),
                     tmp.database,
                     tmp.database,
@@ -1303,6 +1412,7 @@ pub fn drill(req: &DrillRequest, streams: &mut dyn Streams) -> Result<DrillResul
         .filter(char::is_ascii_alphanumeric)
         .take(16)
         .collect();
+    drop_abandoned(&server, None, true);
     let scratch = server.with_db(&fresh_name("coffer_drill", &id));
     create_database(
         &server,
@@ -1465,22 +1575,39 @@ INSERT INTO `t2` VALUES (1);\n\
     }
 
     #[test]
-    fn fresh_names_are_recognised() {
-        for base in ["shop", &"x".repeat(80), &"é".repeat(40)] {
-            assert!(is_fresh_name(&fresh_name(base, "coffer"), base, "coffer"));
+    fn fresh_names_name_their_maker() {
+        let me = crate::abandoned::Owner {
+            pid: std::process::id(),
+            host: crate::abandoned::host_tag(),
+        };
+        for base in ["shop", &"x".repeat(80), &"é".repeat(40), "a_b_1"] {
+            let n = fresh_name(base, "coffer");
+            assert!(n.len() <= 64, "{n}");
+            assert_eq!(
+                fresh_name_owner(&n, base, "coffer"),
+                Some(Some(me.clone())),
+                "{n}"
+            );
+            assert_eq!(fresh_name_owner(&n, "sho", "coffer"), None, "{n}");
         }
-        assert!(!is_fresh_name("shop_coffer_old", "shop", "coffer"));
-        assert!(!is_fresh_name("shop_coffer_0a1b2c3", "shop", "coffer"));
-        assert!(is_fresh_name(
-            &fresh_name("coffer_drill", "ab12"),
-            "coffer_drill",
-            "ab12"
-        ));
-    }
-
-    #[test]
-    fn fresh_names_fit() {
-        let n = fresh_name(&"x".repeat(80), "coffer");
-        assert!(n.len() <= 64 && n.contains("_coffer_"), "{n}");
+        // An older coffer's name: coffer's, no owner.
+        assert_eq!(
+            fresh_name_owner("shop_coffer_0a1b2c3d", "shop", "coffer"),
+            Some(None)
+        );
+        for not in [
+            "shop_coffer_old",
+            "shop_coffer_0a1b2c3",
+            "shop_coffer_12_0a1b2c3d_0A1B2C3D",
+            "shop_coffer__0a1b2c3d_0a1b2c3d",
+            "shopx_coffer_12_0a1b2c3d_0a1b2c3d",
+            "shop",
+        ] {
+            assert_eq!(fresh_name_owner(not, "shop", "coffer"), None, "{not}");
+        }
+        let d = fresh_name("coffer_drill", "ab12");
+        assert_eq!(drill_name_owner(&d), Some(me));
+        assert_eq!(drill_name_owner("coffer_drill_ab12_0a1b2c3d"), None);
+        assert_eq!(drill_name_owner("coffer_drill__1_0a1b2c3d_0a1b2c3d"), None);
     }
 }

@@ -193,6 +193,14 @@ impl Env {
         c
     }
 
+    /// As [`Env::cmd`], as a `std::process::Command` to spawn.
+    pub fn spawn_cmd(&self) -> std::process::Command {
+        let mut c = spawn_coffer();
+        c.current_dir(self.dir.path());
+        c.arg("--config").arg(&self.config);
+        c
+    }
+
     /// Opens the repository's store through the library (for tests that
     /// damage or inspect stored objects).
     pub fn store(&self) -> coffer::store::Store {
@@ -257,6 +265,19 @@ impl Env {
             .expect("id")
             .to_string()
     }
+}
+
+/// The coffer binary with a scrubbed environment, as a plain
+/// `std::process::Command` for tests that spawn coffer (to kill it, to pipe
+/// it into another tool).
+pub fn spawn_coffer() -> std::process::Command {
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COFFER_") && !k.starts_with("COFFER_TEST_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
 }
 
 /// The coffer binary with a scrubbed environment.
@@ -447,6 +468,14 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
             actual.display()
         );
     }
+}
+
+/// A pid that no longer runs: a child that has exited and been reaped.
+pub fn dead_pid() -> u32 {
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
 }
 
 /// Hard-link check: the two paths are one inode.

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::outcome::ErrorKind;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -39,6 +41,14 @@ pub enum ConfigError {
         line: usize,
         message: String,
     },
+}
+
+impl ConfigError {
+    /// A config that cannot be read or used is the user's to fix, like a
+    /// bad flag.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Usage
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -30,6 +30,7 @@ use std::process::Stdio;
 use tokio::io::AsyncReadExt;
 
 use crate::config::HooksConfig;
+use crate::outcome::{ErrorKind, Outcome};
 
 /// Bytes of a failing hook's stderr quoted in the error message.
 pub const STDERR_TAIL: usize = 2048;
@@ -51,6 +52,14 @@ pub enum HookError {
     },
     #[error("{hook} hook in the config is an empty list; give the program and its arguments")]
     Empty { hook: &'static str },
+}
+
+impl HookError {
+    /// A hook that cannot start or fails stops or fails its operation like
+    /// any tool coffer runs.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Operational
+    }
 }
 
 fn tail_suffix(t: &str) -> String {
@@ -77,38 +86,11 @@ impl Operation {
     }
 }
 
-/// How an operation ended, as hooks see it in `COFFER_STATUS`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Ok,
-    Partial,
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Partial => "partial",
-            Status::Failed => "failed",
-        }
-    }
-
-    /// The status of an exit code of the contract (4 is partial).
-    pub fn from_exit_code(code: i32) -> Status {
-        match code {
-            0 => Status::Ok,
-            crate::exit::PARTIAL => Status::Partial,
-            _ => Status::Failed,
-        }
-    }
-}
-
-/// The outcome handed to `after_*` and `on_error` hooks.
+/// How an operation ended, as handed to `after_*` and `on_error` hooks.
 #[derive(Clone, Debug)]
-pub struct Outcome {
+pub struct Ended {
     pub snapshot_id: Option<String>,
-    pub exit_code: i32,
+    pub outcome: Outcome,
     pub error: Option<String>,
 }
 
@@ -184,53 +166,51 @@ impl Hooks {
     }
 
     /// Runs `after_*` (if `before_*` ran and succeeded), then `on_error` if
-    /// the operation or a hook failed. Returns the run's exit code: an
-    /// `after_*` failure turns a success into exit 1; everything else keeps
-    /// the operation's code. The second value lists hook failures to report.
-    pub async fn finish(&self, outcome: &Outcome) -> (i32, Vec<HookError>) {
+    /// the operation or a hook failed. Returns the run's outcome: an
+    /// `after_*` failure turns a success into a failure; everything else
+    /// keeps the operation's outcome. The second value lists hook failures
+    /// to report.
+    pub async fn finish(&self, ended: &Ended) -> (Outcome, Vec<HookError>) {
         let mut problems = Vec::new();
-        let mut code = outcome.exit_code;
-        let mut error = outcome.error.clone();
+        let mut outcome = ended.outcome;
+        let mut error = ended.error.clone();
         if !self.enabled {
-            return (code, problems);
+            return (outcome, problems);
         }
         let (_, after_name) = self.names();
         if self.started
             && let Some(argv) = &self.after
         {
-            let env = self.outcome_env(after_name, outcome, code, error.as_deref());
+            let env = self.outcome_env(after_name, ended, outcome, error.as_deref());
             if let Err(e) = run_hook(after_name, argv, &env, &self.pass).await {
-                if code == crate::exit::OK {
-                    code = crate::exit::FAILURE;
+                if outcome.is_ok() {
+                    outcome = Outcome::Failed(e.kind());
                 }
                 error.get_or_insert_with(|| e.to_string());
                 problems.push(e);
             }
         }
-        if code != crate::exit::OK
+        if !outcome.is_ok()
             && let Some(argv) = &self.on_error
         {
-            let env = self.outcome_env("on_error", outcome, code, error.as_deref());
+            let env = self.outcome_env("on_error", ended, outcome, error.as_deref());
             if let Err(e) = run_hook("on_error", argv, &env, &self.pass).await {
                 problems.push(e);
             }
         }
-        (code, problems)
+        (outcome, problems)
     }
 
     fn outcome_env(
         &self,
         hook: &'static str,
-        outcome: &Outcome,
-        code: i32,
+        ended: &Ended,
+        outcome: Outcome,
         error: Option<&str>,
     ) -> BTreeMap<String, String> {
-        let mut env = self.base_env(hook, outcome.snapshot_id.as_deref());
-        env.insert(
-            "COFFER_STATUS".into(),
-            Status::from_exit_code(code).as_str().into(),
-        );
-        env.insert("COFFER_EXIT_CODE".into(), code.to_string());
+        let mut env = self.base_env(hook, ended.snapshot_id.as_deref());
+        env.insert("COFFER_STATUS".into(), outcome.status().into());
+        env.insert("COFFER_EXIT_CODE".into(), outcome.exit_code().to_string());
         if let Some(e) = error {
             env.insert("COFFER_ERROR".into(), e.into());
         }
@@ -415,12 +395,12 @@ mod tests {
         let mut h = Hooks::new(&cfg, Operation::Snapshot, Some("/r"), true);
         let rt = rt();
         rt.block_on(h.before(None)).unwrap();
-        let (code, problems) = rt.block_on(h.finish(&Outcome {
+        let (outcome, problems) = rt.block_on(h.finish(&Ended {
             snapshot_id: Some("abc".into()),
-            exit_code: 0,
+            outcome: Outcome::Ok,
             error: None,
         }));
-        assert_eq!(code, 1);
+        assert_eq!(outcome, Outcome::Failed(ErrorKind::Operational));
         assert_eq!(problems.len(), 1);
         let logged = std::fs::read_to_string(&log).unwrap();
         assert!(
@@ -439,11 +419,12 @@ mod tests {
         let mut h = Hooks::new(&cfg, Operation::Snapshot, None, false);
         let rt = rt();
         rt.block_on(h.before(None)).unwrap();
-        let (code, problems) = rt.block_on(h.finish(&Outcome {
+        let failed = Outcome::Failed(ErrorKind::Operational);
+        let (outcome, problems) = rt.block_on(h.finish(&Ended {
             snapshot_id: None,
-            exit_code: 1,
+            outcome: failed,
             error: Some("x".into()),
         }));
-        assert_eq!((code, problems.len()), (1, 0));
+        assert_eq!((outcome, problems.len()), (failed, 0));
     }
 }

@@ -18,7 +18,7 @@ use coffer::restore::{self, RestoreOptions};
 use coffer::snapshot::{self, SnapshotError, SnapshotOptions};
 use coffer::store::Store;
 use coffer::verify::{self, Selection};
-use coffer::{Error, exit};
+use coffer::{Error, ErrorKind, Outcome};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -228,13 +228,13 @@ fn main() -> ExitCode {
     let (cli, op, dry_run) = match parse_cli() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() {
-                exit::USAGE
+            let outcome = if e.use_stderr() {
+                Outcome::Failed(ErrorKind::Usage)
             } else {
-                exit::OK
+                Outcome::Ok
             };
             let _ = e.print();
-            return ExitCode::from(code as u8);
+            return ExitCode::from(outcome.exit_code());
         }
     };
     init_logging(&cli.global);
@@ -248,7 +248,7 @@ fn main() -> ExitCode {
         }
         Some(Err(why)) => {
             eprintln!("error: invalid value for '--ping <URL>': {why}");
-            return ExitCode::from(exit::USAGE as u8);
+            return ExitCode::from(Outcome::Failed(ErrorKind::Usage).exit_code());
         }
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -263,27 +263,29 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILURE as u8);
+            return ExitCode::from(Outcome::Failed(ErrorKind::Operational).exit_code());
         }
     };
     let json = cli.global.json;
     let monitor = Monitor::new(&cli.global, ping, &op, dry_run);
     let mut rec = RunRecord::new(&op);
     rt.block_on(monitor.start());
-    let code = match rt.block_on(run(cli, &mut rec)) {
-        Ok(code) => code,
+    let outcome = match rt.block_on(run(cli, &mut rec)) {
+        Ok(outcome) => outcome,
         Err(e) => {
             rec.error.get_or_insert_with(|| e.to_string());
             coffer::progress::finish();
-            let code = e.exit_code();
+            let outcome = Outcome::Failed(e.kind());
             if json {
-                print_json(&json!({"ok": false, "error": e.to_string(), "exit_code": code}));
+                print_json(
+                    &json!({"ok": false, "error": e.to_string(), "exit_code": outcome.exit_code()}),
+                );
             }
             eprintln!("error: {e}");
-            code
+            outcome
         }
     };
-    rec.exit_code = code;
+    rec.outcome = outcome;
     if coffer::store::run_opened() {
         rec.store_retries = Some(coffer::store::run_retries());
         if !json {
@@ -297,7 +299,7 @@ fn main() -> ExitCode {
     rt.block_on(monitor.finish(&rec));
     // Background tasks (abandoned uploads) must not keep us alive.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
-    ExitCode::from(code as u8)
+    ExitCode::from(outcome.exit_code())
 }
 
 /// Parses the command line, also returning the command's name (`snapshot`,
@@ -354,7 +356,7 @@ impl Monitor {
             eprintln!("warning: {e}; monitoring will see this run as missing");
         }
         if let Some(u) = &self.ping {
-            let kind = if rec.exit_code == exit::OK {
+            let kind = if rec.outcome.is_ok() {
                 coffer::ping::Kind::Success
             } else {
                 coffer::ping::Kind::Fail
@@ -369,11 +371,11 @@ impl Monitor {
 
 /// Writes generated text to stdout; a closed pipe (`coffer man | head`) is
 /// the reader's choice, not an error.
-fn write_generated(out: &[u8], what: &str) -> Result<i32, Error> {
+fn write_generated(out: &[u8], what: &str) -> Result<Outcome, Error> {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(out).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(exit::OK),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::OK),
+        Ok(()) => Ok(Outcome::Ok),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Outcome::Ok),
         Err(e) => Err(Error::Failure(format!(
             "cannot write {what} to stdout: {e}"
         ))),
@@ -384,25 +386,25 @@ fn write_generated(out: &[u8], what: &str) -> Result<i32, Error> {
 async fn finish_hooks(
     hooks: &Hooks,
     rec: &mut RunRecord,
-    res: Result<i32, Error>,
-) -> Result<i32, Error> {
-    let (code, error) = match &res {
-        Ok(c) => (*c, rec.error.clone()),
-        Err(e) => (e.exit_code(), Some(e.to_string())),
+    res: Result<Outcome, Error>,
+) -> Result<Outcome, Error> {
+    let (outcome, error) = match &res {
+        Ok(o) => (*o, rec.error.clone()),
+        Err(e) => (Outcome::Failed(e.kind()), Some(e.to_string())),
     };
-    let outcome = hooks::Outcome {
+    let ended = hooks::Ended {
         snapshot_id: rec.snapshot_id.clone(),
-        exit_code: code,
+        outcome,
         error,
     };
-    let (new_code, problems) = hooks.finish(&outcome).await;
+    let (after, problems) = hooks.finish(&ended).await;
     for p in &problems {
         eprintln!("error: {p}");
     }
     match res {
-        Ok(_) if new_code != code => {
+        Ok(_) if after != outcome => {
             rec.error = problems.first().map(|p| p.to_string());
-            Ok(new_code)
+            Ok(after)
         }
         other => other,
     }
@@ -611,7 +613,7 @@ async fn open_repo(g: &Global, s: &Settings) -> Result<Repository, Error> {
     Ok(repo::open(&store, &cred).await?)
 }
 
-async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
+async fn run(cli: Cli, rec: &mut RunRecord) -> Result<Outcome, Error> {
     let g = &cli.global;
     let bar = match &cli.command {
         Command::Snapshot { .. } => Some("snapshot"),
@@ -662,7 +664,7 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                     path.display()
                 );
             }
-            Ok(exit::OK)
+            Ok(Outcome::Ok)
         }
         Command::Init => {
             let s = load_settings(g)?;
@@ -681,7 +683,7 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                     cred.describe()
                 ));
             }
-            Ok(exit::OK)
+            Ok(Outcome::Ok)
         }
         Command::Key(cmd) => {
             let s = load_settings(g)?;
@@ -701,7 +703,7 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                 s.repo_url.as_deref(),
                 !dry_run,
             );
-            let res: Result<i32, Error> = async {
+            let res: Result<Outcome, Error> = async {
                 let mut labels = BTreeMap::new();
                 for l in &label {
                     let (k, v) = snapshot::parse_label(l)?;
@@ -727,20 +729,20 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                         }
                         report_snapshot(g, &out.manifest, out.committed, dry_run);
                         Ok(if out.manifest.status == SnapshotStatus::Partial {
-                            exit::PARTIAL
+                            Outcome::Partial
                         } else {
-                            exit::OK
+                            Outcome::Ok
                         })
                     }
                     Err(SnapshotError::AllFailed(why)) => {
                         rec.error = Some(format!("every source failed; nothing was committed:\n{why}"));
                         if g.json {
                             print_json(
-                                &json!({"ok": false, "status": "failed", "error": format!("every source failed; nothing was committed:\n{why}"), "exit_code": exit::FAILURE}),
+                                &json!({"ok": false, "status": "failed", "error": format!("every source failed; nothing was committed:\n{why}"), "exit_code": Outcome::Failed(ErrorKind::Operational).exit_code()}),
                             );
                         }
                         eprintln!("error: every source failed; nothing was committed:\n{why}");
-                        Ok(exit::FAILURE)
+                        Ok(Outcome::Failed(ErrorKind::Operational))
                     }
                     Err(e) => Err(e.into()),
                 }
@@ -825,11 +827,11 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                 }
             }
             Ok(if damaged.iter().any(|d| d.newer.is_none()) {
-                exit::INTEGRITY
+                Outcome::Failed(ErrorKind::Integrity)
             } else if !damaged.is_empty() {
-                exit::FAILURE
+                Outcome::Failed(ErrorKind::Operational)
             } else {
-                exit::OK
+                Outcome::Ok
             })
         }
         Command::Show {
@@ -859,7 +861,7 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                 s.repo_url.as_deref(),
                 !dry_run,
             );
-            let res: Result<i32, Error> = async {
+            let res: Result<Outcome, Error> = async {
                 let r = open_repo(g, &s).await?;
                 let m = r.resolve(&snapshot, tag.as_deref()).await?;
                 rec.snapshot_id = Some(m.id.clone());
@@ -972,9 +974,9 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                     ));
                 }
                 Ok(if rep.skipped.is_empty() {
-                    exit::OK
+                    Outcome::Ok
                 } else {
-                    exit::PARTIAL
+                    Outcome::Partial
                 })
             }
             .await;
@@ -995,7 +997,7 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
             let r = open_repo(g, &s).await?;
             let m = r.resolve(&snapshot, None).await?;
             restore::dump(&r, &m, &source, path, std::io::stdout()).await?;
-            Ok(exit::OK)
+            Ok(Outcome::Ok)
         }
         Command::Drill {
             snapshot,
@@ -1044,18 +1046,18 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                     ));
                 }
             }
-            let code = if rep.ok {
-                exit::OK
+            let outcome = if rep.ok {
+                Outcome::Ok
             } else if rep
                 .sources
                 .iter()
                 .any(|d| !d.failures.is_empty() && d.error.is_none())
             {
-                exit::INTEGRITY
+                Outcome::Failed(ErrorKind::Integrity)
             } else if rep.sources.iter().all(|d| d.ok || d.error.is_some()) {
-                exit::FAILURE
+                Outcome::Failed(ErrorKind::Operational)
             } else {
-                exit::INTEGRITY
+                Outcome::Failed(ErrorKind::Integrity)
             };
             if !rep.ok {
                 eprintln!(
@@ -1063,7 +1065,7 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                     rep.snapshot
                 );
             }
-            Ok(code)
+            Ok(outcome)
         }
         Command::Prune(args) => prune_command(g, args).await,
         Command::Copy(args) => copy_command(g, args).await,
@@ -1089,7 +1091,7 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                             );
                         }
                         eprintln!("error: {msg}");
-                        return Ok(exit::INTEGRITY);
+                        return Ok(Outcome::Failed(ErrorKind::Integrity));
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -1128,13 +1130,13 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                 }
             }
             if rep.ok {
-                Ok(exit::OK)
+                Ok(Outcome::Ok)
             } else if rep.snapshots.iter().all(|s| s.ok || s.newer) {
                 // Only manifests of a newer coffer: nothing is damaged.
                 eprintln!(
                     "error: snapshot(s) written by a newer coffer were not verified; upgrade coffer to verify them"
                 );
-                Ok(exit::FAILURE)
+                Ok(Outcome::Failed(ErrorKind::Operational))
             } else {
                 let bad: Vec<&str> = rep
                     .snapshots
@@ -1146,13 +1148,13 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<i32, Error> {
                     "error: damaged snapshot(s): {}; restore from an older snapshot or another copy of the repository",
                     bad.join(", ")
                 );
-                Ok(exit::INTEGRITY)
+                Ok(Outcome::Failed(ErrorKind::Integrity))
             }
         }
     }
 }
 
-async fn key_command(g: &Global, r: &Repository, cmd: KeyCommand) -> Result<i32, Error> {
+async fn key_command(g: &Global, r: &Repository, cmd: KeyCommand) -> Result<Outcome, Error> {
     match cmd {
         KeyCommand::Generate { .. } => unreachable!("handled without a repository"),
         KeyCommand::Add {
@@ -1211,7 +1213,7 @@ async fn key_command(g: &Global, r: &Repository, cmd: KeyCommand) -> Result<i32,
             }
         }
     }
-    Ok(exit::OK)
+    Ok(Outcome::Ok)
 }
 
 fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
@@ -1320,7 +1322,7 @@ fn report_snapshot(g: &Global, m: &Manifest, committed: bool, dry_run: bool) {
     }
 }
 
-async fn show(g: &Global, r: &Repository, m: &Manifest, files: bool) -> Result<i32, Error> {
+async fn show(g: &Global, r: &Repository, m: &Manifest, files: bool) -> Result<Outcome, Error> {
     let mut listings = Vec::new();
     if files {
         for s in &m.sources {
@@ -1358,7 +1360,7 @@ async fn show(g: &Global, r: &Repository, m: &Manifest, files: bool) -> Result<i
             }
         }
         print_json(&v);
-        return Ok(exit::OK);
+        return Ok(Outcome::Ok);
     }
     let mut out = String::new();
     out.push_str(&format!("snapshot   {}\n", m.id));
@@ -1439,7 +1441,7 @@ async fn show(g: &Global, r: &Repository, m: &Manifest, files: bool) -> Result<i
         }
     }
     print!("{out}");
-    Ok(exit::OK)
+    Ok(Outcome::Ok)
 }
 
 /// `coffer prune` flags; each given flag replaces that rule of `[retention]`.
@@ -1513,7 +1515,7 @@ fn prune_policy(
     Ok(p)
 }
 
-async fn prune_command(g: &Global, a: PruneArgs) -> Result<i32, Error> {
+async fn prune_command(g: &Global, a: PruneArgs) -> Result<Outcome, Error> {
     use coffer::prune::{self, PruneOptions};
     let s = load_settings(g)?;
     let policy = prune_policy(&s.config.retention, &a)?;
@@ -1532,7 +1534,7 @@ async fn prune_command(g: &Global, a: PruneArgs) -> Result<i32, Error> {
     let rep = prune::prune(&r, &opts).await?;
     if g.json {
         print_json(&serde_json::to_value(&rep).expect("report serialises"));
-        return Ok(exit::OK);
+        return Ok(Outcome::Ok);
     }
     let mut out = format!(
         "{:<16}  {:<20}  {:<6}  {}\n",
@@ -1596,12 +1598,12 @@ async fn prune_command(g: &Global, a: PruneArgs) -> Result<i32, Error> {
         rep.policy
     ));
     print!("{out}");
-    Ok(exit::OK)
+    Ok(Outcome::Ok)
 }
 
 /// `coffer check`. A config file that cannot be parsed is still exit 2, as
 /// everywhere, after its FAIL line; every other failed check is exit 1.
-async fn check_command(g: &Global, max_age: Option<String>) -> Result<i32, Error> {
+async fn check_command(g: &Global, max_age: Option<String>) -> Result<Outcome, Error> {
     use coffer::check::{self, CheckInputs, CheckItem, CheckReport};
     let print = |rep: &CheckReport| {
         if g.json {
@@ -1643,7 +1645,7 @@ async fn check_command(g: &Global, max_age: Option<String>) -> Result<i32, Error
                     warning: false,
                 }],
             });
-            return Ok(e.exit_code());
+            return Ok(Outcome::Failed(e.kind()));
         }
     };
     let store = open_store(&s, false).map_err(|e| match e {
@@ -1676,7 +1678,11 @@ async fn check_command(g: &Global, max_age: Option<String>) -> Result<i32, Error
             failed.join("; ")
         );
     }
-    Ok(if rep.ok { exit::OK } else { exit::FAILURE })
+    Ok(if rep.ok {
+        Outcome::Ok
+    } else {
+        Outcome::Failed(ErrorKind::Operational)
+    })
 }
 
 #[derive(Args, Debug)]
@@ -1816,7 +1822,7 @@ impl coffer::transfer::Progress for CopyProgress {
     }
 }
 
-async fn copy_command(g: &Global, a: CopyArgs) -> Result<i32, Error> {
+async fn copy_command(g: &Global, a: CopyArgs) -> Result<Outcome, Error> {
     let opts = coffer::transfer::CopyOptions {
         src_options: store_options("--src-opt", &a.src_opt)?,
         dst_options: store_options("--dst-opt", &a.dst_opt)?,
@@ -1913,5 +1919,9 @@ async fn copy_command(g: &Global, a: CopyArgs) -> Result<i32, Error> {
             rep.failed_count
         );
     }
-    Ok(if rep.ok { exit::OK } else { exit::FAILURE })
+    Ok(if rep.ok {
+        Outcome::Ok
+    } else {
+        Outcome::Failed(ErrorKind::Operational)
+    })
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::manifest::{Manifest, SnapshotStatus, SourceStatus};
+use crate::outcome::Outcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -43,7 +44,7 @@ pub struct SourceResult {
 pub struct RunRecord {
     /// The command name: `snapshot`, `restore`, `prune`, ...
     pub operation: String,
-    pub exit_code: i32,
+    pub outcome: Outcome,
     pub snapshot_id: Option<String>,
     pub bytes_read: Option<u64>,
     pub bytes_stored: Option<u64>,
@@ -62,7 +63,7 @@ impl RunRecord {
     pub fn new(operation: &str) -> RunRecord {
         RunRecord {
             operation: operation.to_string(),
-            exit_code: 0,
+            outcome: Outcome::Ok,
             snapshot_id: None,
             bytes_read: None,
             bytes_stored: None,
@@ -328,7 +329,7 @@ pub fn merge(
         .cloned()
         .collect();
     new.push(op_sample("coffer_last_run_timestamp_seconds", op, now));
-    let success = if rec.exit_code == 0 {
+    let success = if rec.outcome.is_ok() {
         now
     } else {
         previous_success.unwrap_or(0.0)
@@ -343,7 +344,11 @@ pub fn merge(
         op,
         (duration.as_secs_f64() * 1000.0).round() / 1000.0,
     ));
-    new.push(op_sample("coffer_exit_code", op, rec.exit_code as f64));
+    new.push(op_sample(
+        "coffer_exit_code",
+        op,
+        f64::from(rec.outcome.exit_code()),
+    ));
     if let Some(b) = rec.bytes_read {
         new.push(op_sample("coffer_bytes_read", op, b as f64));
     }
@@ -436,9 +441,9 @@ pub fn write(
 mod tests {
     use super::*;
 
-    fn rec(op: &str, code: i32) -> RunRecord {
+    fn rec(op: &str, outcome: Outcome) -> RunRecord {
         let mut r = RunRecord::new(op);
-        r.exit_code = code;
+        r.outcome = outcome;
         r
     }
 
@@ -475,11 +480,21 @@ mod tests {
     fn failure_keeps_last_success_and_other_operations() {
         let t1 = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let t2 = UNIX_EPOCH + Duration::from_secs(2_000_000);
-        let mut ok = rec("snapshot", 0);
+        let mut ok = rec("snapshot", Outcome::Ok);
         ok.snapshots_total = Some(5);
         let first = merge(&[], &ok, t1, Duration::from_millis(1500));
-        let first = merge(&first, &rec("prune", 0), t1, Duration::from_secs(1));
-        let second = merge(&first, &rec("snapshot", 1), t2, Duration::from_secs(2));
+        let first = merge(
+            &first,
+            &rec("prune", Outcome::Ok),
+            t1,
+            Duration::from_secs(1),
+        );
+        let second = merge(
+            &first,
+            &rec("snapshot", Outcome::Failed(crate::ErrorKind::Operational)),
+            t2,
+            Duration::from_secs(2),
+        );
         let snap = [("operation", "snapshot")];
         assert_eq!(
             value(&second, "coffer_last_success_timestamp_seconds", &snap),
@@ -503,7 +518,12 @@ mod tests {
 
     #[test]
     fn never_succeeded_is_zero() {
-        let s = merge(&[], &rec("verify", 3), SystemTime::now(), Duration::ZERO);
+        let s = merge(
+            &[],
+            &rec("verify", Outcome::Failed(crate::ErrorKind::Integrity)),
+            SystemTime::now(),
+            Duration::ZERO,
+        );
         assert_eq!(
             value(
                 &s,

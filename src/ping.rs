@@ -101,8 +101,8 @@ pub fn body(rec: &RunRecord, host: &str) -> String {
     let mut b = format!(
         "coffer {} on {host}: exit code {} ({})\n",
         rec.operation,
-        rec.exit_code,
-        crate::hooks::Status::from_exit_code(rec.exit_code).as_str()
+        rec.outcome.exit_code(),
+        rec.outcome.status()
     );
     if let Some(s) = &rec.summary {
         b.push_str(s);
@@ -232,7 +232,7 @@ mod tests {
     #[test]
     fn body_is_capped() {
         let mut r = RunRecord::new("snapshot");
-        r.exit_code = 1;
+        r.outcome = crate::Outcome::Failed(crate::ErrorKind::Operational);
         r.error = Some("é".repeat(20_000));
         let b = body(&r, "h");
         assert!(b.len() <= MAX_BODY);

@@ -37,6 +37,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::outcome::ErrorKind;
 use crate::repo::{DATA_PREFIX, RepoError, Repository};
 use crate::retention::{self, Candidate, Policy, RetentionError};
 use crate::store::StoreError;
@@ -78,6 +79,18 @@ pub enum PruneError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl PruneError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PruneError::Retention(_) => ErrorKind::Usage,
+            PruneError::Damaged { .. } => ErrorKind::Integrity,
+            PruneError::Newer { .. } | PruneError::TempFiles { .. } => ErrorKind::Operational,
+            PruneError::Repo(r) => r.kind(),
+            PruneError::Delete { source, .. } => source.kind(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

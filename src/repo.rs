@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, Credential, CryptoError, KeySlot, MasterKey, ObjectKind};
 use crate::manifest::{MANIFEST_VERSION, Manifest, seal_context};
+use crate::outcome::ErrorKind;
 use crate::store::{Store, StoreError};
 
 pub const CONFIG_OBJECT: &str = "config";
@@ -97,6 +98,35 @@ pub enum RepoError {
     UnknownSlot(String),
     #[error("refusing to remove key slot {0}: {1}")]
     SlotInUse(String, String),
+}
+
+impl RepoError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RepoError::Store(s) => s.kind(),
+            RepoError::WrongKey { .. }
+            | RepoError::MissingManifest(_)
+            | RepoError::NoKeySlots(_)
+            | RepoError::DamagedManifest { .. }
+            | RepoError::DamagedConfig { .. } => ErrorKind::Integrity,
+            // `latest` on an empty repository names a snapshot that does
+            // not exist, like an unknown id: both are usage errors (issue 9).
+            RepoError::UnknownSnapshot(_)
+            | RepoError::NoSnapshots(_)
+            | RepoError::AmbiguousSnapshot { .. }
+            | RepoError::NoCredential
+            | RepoError::UnknownSlot(_)
+            | RepoError::SlotInUse(..)
+            | RepoError::AlreadyInitialised(_)
+            | RepoError::NotARepository(_) => ErrorKind::Usage,
+            // Written by a newer coffer: nothing is damaged, upgrade to read it.
+            RepoError::UnsupportedVersion { .. }
+            | RepoError::NewerManifest { .. }
+            | RepoError::Credential(_)
+            | RepoError::SnapshotExists(_)
+            | RepoError::ManifestTooLarge { .. } => ErrorKind::Operational,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

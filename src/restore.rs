@@ -38,6 +38,7 @@ use crate::dirfd::{self, Dir};
 use crate::manifest::{
     EntryKind, IndexEntry, Manifest, ObjectRef, SourceRecord, SourceStatus, seal_context,
 };
+use crate::outcome::ErrorKind;
 use crate::repo::Repository;
 use crate::store::StoreError;
 use rustix::fs::RenameFlags;
@@ -162,14 +163,31 @@ pub enum RestoreError {
 }
 
 impl RestoreError {
-    pub fn is_integrity(&self) -> bool {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            RestoreError::PartlyRestored { error, .. } => error.is_integrity(),
-            e => matches!(
-                e,
-                RestoreError::Integrity { .. } | RestoreError::Contained { .. }
-            ),
+            RestoreError::Integrity { .. } | RestoreError::Contained { .. } => ErrorKind::Integrity,
+            RestoreError::UnknownSource { .. }
+            | RestoreError::NeedsForce { .. }
+            | RestoreError::BadInclude(..)
+            | RestoreError::NoSuchFile { .. }
+            | RestoreError::Usage(_) => ErrorKind::Usage,
+            RestoreError::Store(s) => s.kind(),
+            RestoreError::SourceFailed { .. }
+            | RestoreError::Io { .. }
+            | RestoreError::UnsafeParent { .. }
+            | RestoreError::Changed { .. }
+            | RestoreError::NoSpace { .. }
+            | RestoreError::NoSpaceForFiles { .. }
+            | RestoreError::OutputClosed => ErrorKind::Operational,
+            // The cause decides: a part-way stop over damaged data is still
+            // an integrity failure.
+            RestoreError::PartlyRestored { error, .. } => error.kind(),
+            RestoreError::Source { error, .. } => error.kind(),
         }
+    }
+
+    pub fn is_integrity(&self) -> bool {
+        self.kind() == ErrorKind::Integrity
     }
 }
 

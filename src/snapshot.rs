@@ -18,6 +18,7 @@ use crate::crypto::{self, ObjectKind, SealWriter};
 use crate::manifest::{
     MANIFEST_VERSION, Manifest, ObjectRef, SnapshotStatus, SourceRecord, SourceStatus, seal_context,
 };
+use crate::outcome::ErrorKind;
 use crate::repo::{DATA_PREFIX, RepoError, Repository, host_name};
 use crate::source::fs::{self as fs_source, FsSourceError, Walked};
 use crate::source::{self, SourceError, stream};
@@ -35,6 +36,18 @@ pub enum SnapshotError {
     AllFailed(String),
     #[error(transparent)]
     Repo(#[from] RepoError),
+}
+
+impl SnapshotError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SnapshotError::Repo(r) => r.kind(),
+            SnapshotError::AllFailed(_) => ErrorKind::Operational,
+            SnapshotError::UnknownSource(..)
+            | SnapshotError::NoSources
+            | SnapshotError::BadLabel(_) => ErrorKind::Usage,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -18,6 +18,8 @@ use futures::StreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use sha2::{Digest, Sha256};
+
+use crate::outcome::ErrorKind;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
@@ -176,18 +178,15 @@ fn running_user() -> String {
 }
 
 impl StoreError {
-    /// True for errors in what the user wrote (URL, options): exit 2.
-    pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            StoreError::BadUrl { .. } | StoreError::BadOption { .. }
-        )
-    }
-
-    /// True when the store's own layout is broken (exit 3, like damaged
-    /// data): no retry or other credentials can fix it.
-    pub fn is_integrity(&self) -> bool {
-        matches!(self, StoreError::Damaged { .. })
+    /// Errors in what the user wrote (URL, options) are usage errors; a
+    /// store whose own layout is broken is an integrity failure, like
+    /// damaged data (no retry or other credentials can fix it).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::BadUrl { .. } | StoreError::BadOption { .. } => ErrorKind::Usage,
+            StoreError::Damaged { .. } => ErrorKind::Integrity,
+            _ => ErrorKind::Operational,
+        }
     }
 }
 

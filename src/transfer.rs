@@ -85,6 +85,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::outcome::ErrorKind;
 use crate::store::{Store, StoreError};
 
 /// Objects up to this size are read whole and written with one PUT; larger
@@ -147,11 +148,11 @@ pub enum TransferError {
 }
 
 impl TransferError {
-    pub fn is_usage(&self) -> bool {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            TransferError::Store(s) => s.is_usage(),
-            TransferError::BadGlob { .. } | TransferError::Usage(_) => true,
-            _ => false,
+            TransferError::Store(s) => s.kind(),
+            TransferError::BadGlob { .. } | TransferError::Usage(_) => ErrorKind::Usage,
+            _ => ErrorKind::Operational,
         }
     }
 }

@@ -150,7 +150,7 @@ async fn check_object(
         }
         // A broken repository layout is damage to report, like a missing
         // object, not an operational failure.
-        Err(e) if e.is_integrity() => return Ok(Some(e.to_string())),
+        Err(e) if e.kind() == crate::ErrorKind::Integrity => return Ok(Some(e.to_string())),
         Err(e) => return Err(e.into()),
     };
     if size != o.size {

@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{SourceConfig, SourceKind};
+use crate::outcome::ErrorKind;
 
 pub type Details = serde_json::Map<String, serde_json::Value>;
 
@@ -39,6 +40,16 @@ pub enum SourceError {
     /// Writing the archive or reading it back failed (the upload, the disk).
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+impl SourceError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SourceError::Usage(_) => ErrorKind::Usage,
+            SourceError::Check(_) => ErrorKind::Integrity,
+            SourceError::Failed(_) | SourceError::Io(_) => ErrorKind::Operational,
+        }
+    }
 }
 
 /// One byte stream of a dump. `reader` is read to its end; then `done` says

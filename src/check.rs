@@ -25,7 +25,7 @@ use crate::config::{Config, SourceConfig, SourceKind};
 use crate::crypto::{self, Credential};
 use crate::repo::{self, CONFIG_OBJECT, Repository};
 use crate::secret_files;
-use crate::source::{self, Details};
+use crate::source;
 use crate::store::{Store, StoreError};
 
 /// One check's verdict.
@@ -308,14 +308,6 @@ pub fn program_found(prog: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn detail_str(d: &Details, key: &str) -> String {
-    match d.get(key) {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
-        None => "?".into(),
-    }
-}
-
 /// One source's check (blocking: it runs the source's tools).
 fn check_source(src: &SourceConfig) -> Result<String, String> {
     match src.kind {
@@ -346,63 +338,10 @@ fn check_source(src: &SourceConfig) -> Result<String, String> {
                 Err(format!("cannot read {}", bad.join("; ")))
             }
         }
-        SourceKind::Command => {
-            let argv = src.dump.as_deref().unwrap_or(&[]);
-            let prog = argv.first().map(String::as_str).unwrap_or("");
-            if program_found(prog) {
-                Ok(format!("dump program {prog:?} found"))
-            } else {
-                Err(format!(
-                    "dump program {prog:?} not found (not an executable path, nor on PATH); install it or fix `dump`"
-                ))
-            }
-        }
-        SourceKind::Postgres | SourceKind::Mysql | SourceKind::Redis | SourceKind::Sqlite => {
-            if src.kind == SourceKind::Redis && !program_found("redis-cli") {
-                return Err(
-                    "the dump tool redis-cli is not installed (not on PATH); install the Redis client tools"
-                        .into(),
-                );
-            }
-            let mut d = Details::new();
-            let mut dumper = source::dumper(src).map_err(|e| e.to_string())?;
-            dumper.prepare(&mut d).map_err(|e| e.to_string())?;
-            drop(dumper);
-            Ok(match src.kind {
-                SourceKind::Postgres => format!(
-                    "{}: server {}, pg_dump {} (not older than the server)",
-                    detail_str(&d, "url"),
-                    detail_str(&d, "server_version"),
-                    detail_str(&d, "pg_dump_version")
-                ),
-                SourceKind::Mysql => {
-                    let server = detail_str(&d, "server_version");
-                    let tool = detail_str(&d, "tool_version");
-                    if let Some(why) = mysql_tool_too_old(&tool, &server) {
-                        return Err(format!(
-                            "{}: {why}; install the client tools of the server's version and put them first on PATH",
-                            detail_str(&d, "url")
-                        ));
-                    }
-                    format!(
-                        "{}: server {server}, {} ({tool})",
-                        detail_str(&d, "url"),
-                        detail_str(&d, "tool"),
-                    )
-                }
-                SourceKind::Redis => format!(
-                    "{}: Redis {}, {}",
-                    detail_str(&d, "url"),
-                    detail_str(&d, "redis_version"),
-                    detail_str(&d, "redis_cli_version")
-                ),
-                _ => format!(
-                    "{}: a readable SQLite database (SQLite {})",
-                    detail_str(&d, "path"),
-                    detail_str(&d, "sqlite_version")
-                ),
-            })
-        }
+        _ => match source::database(src.kind) {
+            Some(db) => db.check(src),
+            None => unreachable!("directory and files sources are matched above"),
+        },
     }
 }
 
@@ -425,9 +364,11 @@ fn restore_leftovers(src: &SourceConfig) -> Vec<String> {
             }
         }
         // Unreachable is the reachability check's finding, not this one's.
-        SourceKind::Postgres => return source::postgres::leftovers(src).unwrap_or_default(),
-        SourceKind::Mysql => return source::mysql::leftovers(src).unwrap_or_default(),
-        _ => {}
+        _ => {
+            return source::database(src.kind)
+                .map(|db| db.leftovers(src).unwrap_or_default())
+                .unwrap_or_default();
+        }
     }
     dirs.sort();
     dirs.dedup();
@@ -459,63 +400,4 @@ fn restore_leftovers(src: &SourceConfig) -> Vec<String> {
         }
     }
     found
-}
-
-/// The leading `major.minor` of a version text.
-fn major_minor(s: &str) -> Option<(u32, u32)> {
-    let mut it = s.trim().split(|c: char| !c.is_ascii_digit());
-    let major = it.next()?.parse().ok()?;
-    let minor = it.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
-/// Why a MySQL/MariaDB dump tool is older than its server, if it is. The
-/// tool's `--version` names the release it ships with after "Distrib" (or,
-/// for MySQL 8, after "Ver"); tools of the other flavour are not compared
-/// (their version numbers are unrelated).
-pub fn mysql_tool_too_old(tool_version: &str, server_version: &str) -> Option<String> {
-    if tool_version.contains("MariaDB") != server_version.contains("MariaDB") {
-        return None;
-    }
-    let release = tool_version
-        .split_once("Distrib ")
-        .or_else(|| tool_version.split_once("Ver "))
-        .map(|(_, r)| r)?;
-    let tool = major_minor(release)?;
-    let server = major_minor(server_version)?;
-    (tool < server).then(|| {
-        format!(
-            "the dump tool ({}) is older than the server ({})",
-            tool_version.trim(),
-            server_version.trim()
-        )
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mysql_dump_tool_versions_compare_by_release() {
-        let maria =
-            "mariadb-dump  Ver 10.19 Distrib 10.11.19-MariaDB, for debian-linux-gnu (x86_64)";
-        assert_eq!(
-            mysql_tool_too_old(maria, "10.11.19-MariaDB-0+deb12u1"),
-            None
-        );
-        assert_eq!(mysql_tool_too_old(maria, "10.6.2-MariaDB"), None);
-        assert!(
-            mysql_tool_too_old(maria, "11.4.2-MariaDB")
-                .unwrap()
-                .contains("older than the server (11.4.2-MariaDB)")
-        );
-        let mysql8 = "mysqldump  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)";
-        assert_eq!(mysql_tool_too_old(mysql8, "8.0.36"), None);
-        assert!(mysql_tool_too_old(mysql8, "8.4.0").is_some());
-        let mysql57 = "mysqldump  Ver 10.13 Distrib 5.7.44, for Linux (x86_64)";
-        assert!(mysql_tool_too_old(mysql57, "8.0.36").is_some());
-        // Other flavour: not compared.
-        assert_eq!(mysql_tool_too_old(maria, "8.0.36"), None);
-    }
 }

@@ -550,16 +550,14 @@ fn validate_source(s: &SourceConfig) -> Result<(), (Option<&'static str>, String
         ("env", s.env.is_some()),
     ];
     let (required, allowed): (&[&str], &[&str]) = match s.kind {
-        Postgres => (
-            &["url"],
-            &["url", "jobs", "globals", "password_file", "password_env"],
-        ),
-        Mysql => (&["url"], &["url", "jobs", "password_file", "password_env"]),
-        Redis => (&["url"], &["url", "password_file", "password_env"]),
-        Sqlite => (&["path"], &["path"]),
         Directory => (&["path"], &["path", "exclude"]),
         Files => (&["paths"], &["paths"]),
-        Command => (&["dump"], &["dump", "restore", "env"]),
+        kind => {
+            let keys = crate::source::database(kind)
+                .expect("every other kind is a dump source")
+                .keys();
+            (keys.required, keys.allowed)
+        }
     };
     for key in required {
         if !present.iter().any(|(k, p)| k == key && *p) {

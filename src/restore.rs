@@ -3087,12 +3087,7 @@ pub async fn drill(
         .filter(|s| only.is_empty() || only.contains(&s.name))
     {
         let kind = kind_of(src)?;
-        if !is_dump_source(&src.kind)
-            || matches!(
-                kind,
-                crate::config::SourceKind::Redis | crate::config::SourceKind::Command
-            )
-        {
+        if !is_dump_source(&src.kind) || !crate::source::has_drill(kind) {
             report.skipped.push(src.name.clone());
             continue;
         }

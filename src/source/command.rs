@@ -104,3 +104,49 @@ pub fn restore(req: &DbRestore, streams: &mut dyn Streams) -> Result<DbRestored,
         next_steps: Vec::new(),
     })
 }
+
+// ------------------------------------------------------------ the kind
+
+/// Any program whose stdout is the backup, as a [`super::DatabaseSource`].
+pub struct Command;
+
+impl super::DatabaseSource for Command {
+    fn kind(&self) -> crate::config::SourceKind {
+        crate::config::SourceKind::Command
+    }
+    fn keys(&self) -> super::Keys {
+        super::Keys {
+            required: &["dump"],
+            allowed: &["dump", "restore", "env"],
+        }
+    }
+    fn dumper(&self, src: &SourceConfig) -> Result<Box<dyn Dumper>, SourceError> {
+        Ok(Box::new(CommandDumper::new(src)?))
+    }
+    fn destination(&self, req: &DbRestore) -> Result<String, SourceError> {
+        destination(req)
+    }
+    fn restore(
+        &self,
+        req: &DbRestore,
+        streams: &mut dyn Streams,
+    ) -> Result<DbRestored, SourceError> {
+        restore(req, streams)
+    }
+    /// Running the dump program would take a backup: only check that it
+    /// is there.
+    fn check(&self, src: &SourceConfig) -> Result<String, String> {
+        let argv = src.dump.as_deref().unwrap_or(&[]);
+        let prog = argv.first().map(String::as_str).unwrap_or("");
+        if crate::check::program_found(prog) {
+            Ok(format!("dump program {prog:?} found"))
+        } else {
+            Err(format!(
+                "dump program {prog:?} not found (not an executable path, nor on PATH); install it or fix `dump`"
+            ))
+        }
+    }
+    fn describe(&self, _: &Details) -> Result<String, String> {
+        Ok("dump program found".into())
+    }
+}

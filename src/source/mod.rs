@@ -8,6 +8,7 @@
 //! implements [`Dumper`] (snapshot), [`restore`] and [`drill`].
 
 pub mod command;
+pub mod file_target;
 pub mod fs;
 pub mod mysql;
 pub mod postgres;
@@ -72,20 +73,113 @@ pub trait Dumper: Send {
     fn finish(&mut self, details: &mut Details) -> Result<(), SourceError>;
 }
 
+/// A kind of source whose data is a dump: a database, or any command. One
+/// file per kind implements this, and [`DATABASES`] lists them: adding a
+/// kind is that file, a [`SourceKind`] variant and one line there.
+/// Directory and files sources are not dumps (see [`fs`]).
+pub trait DatabaseSource: Sync {
+    fn kind(&self) -> SourceKind;
+    /// The keys of its `[[sources]]` table besides `name` and `type`.
+    fn keys(&self) -> Keys;
+    /// Takes the source's data, stream by stream.
+    fn dumper(&self, src: &SourceConfig) -> Result<Box<dyn Dumper>, SourceError>;
+    /// Where a restore would go, without doing it (`--dry-run`), and the
+    /// refusals that need no data (a missing `--force`).
+    fn destination(&self, req: &DbRestore) -> Result<String, SourceError>;
+    /// Puts a stored dump back: into the configured database, or with
+    /// `--to-database` into another.
+    fn restore(
+        &self,
+        req: &DbRestore,
+        streams: &mut dyn Streams,
+    ) -> Result<DbRestored, SourceError>;
+    /// Whether `coffer drill` can rehearse a restore of this kind.
+    fn has_drill(&self) -> bool {
+        false
+    }
+    /// Restores into a scratch copy, checks it and drops it. Called only
+    /// when [`DatabaseSource::has_drill`].
+    fn drill(
+        &self,
+        req: &DrillRequest,
+        _streams: &mut dyn Streams,
+    ) -> Result<DrillResult, SourceError> {
+        Err(SourceError::Usage(format!(
+            "source {}: {} sources have no restore drill",
+            req.source,
+            self.kind().as_str()
+        )))
+    }
+    /// `coffer check`: the source is reachable and its tools fit. `Ok`:
+    /// what was found; `Err`: what is wrong and what to do. Blocking (it
+    /// runs the source's tools). By default: the dumper's `prepare`, then
+    /// [`DatabaseSource::describe`] of what it found.
+    fn check(&self, src: &SourceConfig) -> Result<String, String> {
+        let details = prepared(self, src)?;
+        self.describe(&details)
+    }
+    /// The check line from the facts `prepare` found.
+    fn describe(&self, details: &Details) -> Result<String, String>;
+    /// For `coffer check`: scratch databases killed restores of `src` left.
+    fn leftovers(&self, _src: &SourceConfig) -> Result<Vec<String>, SourceError> {
+        Ok(Vec::new())
+    }
+}
+
+/// The keys a kind's `[[sources]]` table must have and may have.
+#[derive(Clone, Copy, Debug)]
+pub struct Keys {
+    pub required: &'static [&'static str],
+    pub allowed: &'static [&'static str],
+}
+
+/// Every kind of dump source.
+pub static DATABASES: &[&dyn DatabaseSource] = &[
+    &postgres::Postgres,
+    &mysql::Mysql,
+    &sqlite::Sqlite,
+    &redis::Redis,
+    &command::Command,
+];
+
+/// The dump source kind `kind`, or `None` for directory and files sources.
+pub fn database(kind: SourceKind) -> Option<&'static dyn DatabaseSource> {
+    DATABASES.iter().copied().find(|d| d.kind() == kind)
+}
+
+/// What the dumper's `prepare` finds about `src` (server and tool
+/// versions): the common part of a kind's pre-flight check.
+pub fn prepared<D: DatabaseSource + ?Sized>(db: &D, src: &SourceConfig) -> Result<Details, String> {
+    let mut details = Details::new();
+    let mut dumper = db.dumper(src).map_err(|e| e.to_string())?;
+    dumper.prepare(&mut details).map_err(|e| e.to_string())?;
+    Ok(details)
+}
+
+/// A recorded fact as text for messages (`?` when absent).
+pub fn detail_str(d: &Details, key: &str) -> String {
+    match d.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "?".into(),
+    }
+}
+
+fn not_a_dump_source(kind: SourceKind) -> SourceError {
+    SourceError::Usage(format!("a {} source is not a dump source", kind.as_str()))
+}
+
 /// The dumper for a configured dump source.
 pub fn dumper(src: &SourceConfig) -> Result<Box<dyn Dumper>, SourceError> {
-    match src.kind {
-        SourceKind::Command => Ok(Box::new(command::CommandDumper::new(src)?)),
-        SourceKind::Postgres => Ok(Box::new(postgres::PgDumper::new(src)?)),
-        SourceKind::Mysql => Ok(Box::new(mysql::MysqlDumper::new(src)?)),
-        SourceKind::Sqlite => Ok(Box::new(sqlite::SqliteDumper::new(src)?)),
-        SourceKind::Redis => Ok(Box::new(redis::RedisDumper::new(src)?)),
-        SourceKind::Directory | SourceKind::Files => Err(SourceError::Usage(format!(
-            "source {} is a {} source, not a dump source",
-            src.name,
-            src.kind.as_str()
-        ))),
-    }
+    database(src.kind)
+        .ok_or_else(|| {
+            SourceError::Usage(format!(
+                "source {} is a {} source, not a dump source",
+                src.name,
+                src.kind.as_str()
+            ))
+        })?
+        .dumper(src)
 }
 
 /// The streams of a stored dump source, in the order they were dumped. Each
@@ -125,14 +219,9 @@ pub struct DbRestored {
 /// Where a database restore would go, without doing it (`--dry-run`), and
 /// the refusals that need no data (a missing `--force`).
 pub fn restore_destination(kind: SourceKind, req: &DbRestore) -> Result<String, SourceError> {
-    match kind {
-        SourceKind::Command => command::destination(req),
-        SourceKind::Postgres => postgres::destination(req),
-        SourceKind::Mysql => mysql::destination(req),
-        SourceKind::Sqlite => sqlite::destination(req),
-        SourceKind::Redis => redis::destination(req),
-        _ => Err(SourceError::Usage("not a dump source".into())),
-    }
+    database(kind)
+        .ok_or_else(|| not_a_dump_source(kind))?
+        .destination(req)
 }
 
 /// Puts a stored dump back.
@@ -141,14 +230,9 @@ pub fn restore(
     req: &DbRestore,
     streams: &mut dyn Streams,
 ) -> Result<DbRestored, SourceError> {
-    match kind {
-        SourceKind::Command => command::restore(req, streams),
-        SourceKind::Postgres => postgres::restore(req, streams),
-        SourceKind::Mysql => mysql::restore(req, streams),
-        SourceKind::Sqlite => sqlite::restore(req, streams),
-        SourceKind::Redis => redis::restore(req, streams),
-        _ => Err(SourceError::Usage("not a dump source".into())),
-    }
+    database(kind)
+        .ok_or_else(|| not_a_dump_source(kind))?
+        .restore(req, streams)
 }
 
 /// The result of one source's restore drill.
@@ -181,18 +265,20 @@ pub struct DrillRequest<'a> {
 }
 
 /// Restores into a scratch database, checks it and drops it. `None` for
-/// types that have no drill (the caller reports them as skipped).
+/// kinds that have no drill (the caller reports them as skipped).
 pub fn drill(
     kind: SourceKind,
     req: &DrillRequest,
     streams: &mut dyn Streams,
 ) -> Option<Result<DrillResult, SourceError>> {
-    match kind {
-        SourceKind::Postgres => Some(postgres::drill(req, streams)),
-        SourceKind::Mysql => Some(mysql::drill(req, streams)),
-        SourceKind::Sqlite => Some(sqlite::drill(req, streams)),
-        _ => None,
-    }
+    database(kind)
+        .filter(|d| d.has_drill())
+        .map(|d| d.drill(req, streams))
+}
+
+/// Whether sources of `kind` have a restore drill.
+pub fn has_drill(kind: SourceKind) -> bool {
+    database(kind).is_some_and(|d| d.has_drill())
 }
 
 /// Reads a password from `password_file` or `password_env`, if configured.
@@ -280,6 +366,14 @@ pub fn redact_url(url: &str) -> String {
     out.push_str(&pairs.join("&"));
     out.push_str(fragment);
     out
+}
+
+/// A URL part (user name, database name) with its `%XX` escapes decoded;
+/// bytes that are not UTF-8 become U+FFFD.
+pub fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// How long a drill or restore waits for a tool that does not answer.

@@ -141,26 +141,6 @@ struct Conn {
     database: String,
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 impl Conn {
     /// Parses a URL. `need_db`: the path must name a database.
     fn parse(url: &str, what: &str, need_db: bool) -> Result<Conn, SourceError> {
@@ -180,9 +160,9 @@ impl Conn {
             Some(h) => h.to_string(),
             None => "localhost".to_string(),
         };
-        let user = (!u.username().is_empty()).then(|| percent_decode(u.username()));
-        let mut password = u.password().map(percent_decode);
-        let database = percent_decode(u.path().trim_start_matches('/'));
+        let user = (!u.username().is_empty()).then(|| super::percent_decode(u.username()));
+        let mut password = u.password().map(super::percent_decode);
+        let database = super::percent_decode(u.path().trim_start_matches('/'));
         if database.contains('/') {
             return Err(bad("the path must be one database name"));
         }
@@ -1497,6 +1477,96 @@ pub fn drill(req: &DrillRequest, streams: &mut dyn Streams) -> Result<DrillResul
     })
 }
 
+// ------------------------------------------------------------ the kind
+
+/// MySQL and MariaDB as a [`super::DatabaseSource`].
+pub struct Mysql;
+
+impl super::DatabaseSource for Mysql {
+    fn kind(&self) -> crate::config::SourceKind {
+        crate::config::SourceKind::Mysql
+    }
+    fn keys(&self) -> super::Keys {
+        super::Keys {
+            required: &["url"],
+            allowed: &["url", "jobs", "password_file", "password_env"],
+        }
+    }
+    fn dumper(&self, src: &SourceConfig) -> Result<Box<dyn Dumper>, SourceError> {
+        Ok(Box::new(MysqlDumper::new(src)?))
+    }
+    fn destination(&self, req: &DbRestore) -> Result<String, SourceError> {
+        destination(req)
+    }
+    fn restore(
+        &self,
+        req: &DbRestore,
+        streams: &mut dyn Streams,
+    ) -> Result<DbRestored, SourceError> {
+        restore(req, streams)
+    }
+    fn has_drill(&self) -> bool {
+        true
+    }
+    fn drill(
+        &self,
+        req: &DrillRequest,
+        streams: &mut dyn Streams,
+    ) -> Result<DrillResult, SourceError> {
+        drill(req, streams)
+    }
+    fn describe(&self, d: &Details) -> Result<String, String> {
+        use super::detail_str;
+        let server = detail_str(d, "server_version");
+        let tool = detail_str(d, "tool_version");
+        if let Some(why) = tool_too_old(&tool, &server) {
+            return Err(format!(
+                "{}: {why}; install the client tools of the server's version and put them first on PATH",
+                detail_str(d, "url")
+            ));
+        }
+        Ok(format!(
+            "{}: server {server}, {} ({tool})",
+            detail_str(d, "url"),
+            detail_str(d, "tool"),
+        ))
+    }
+    fn leftovers(&self, src: &SourceConfig) -> Result<Vec<String>, SourceError> {
+        leftovers(src)
+    }
+}
+
+/// The leading `major.minor` of a version text.
+fn major_minor(s: &str) -> Option<(u32, u32)> {
+    let mut it = s.trim().split(|c: char| !c.is_ascii_digit());
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Why a MySQL/MariaDB dump tool is older than its server, if it is. The
+/// tool's `--version` names the release it ships with after "Distrib" (or,
+/// for MySQL 8, after "Ver"); tools of the other flavour are not compared
+/// (their version numbers are unrelated).
+pub fn tool_too_old(tool_version: &str, server_version: &str) -> Option<String> {
+    if tool_version.contains("MariaDB") != server_version.contains("MariaDB") {
+        return None;
+    }
+    let release = tool_version
+        .split_once("Distrib ")
+        .or_else(|| tool_version.split_once("Ver "))
+        .map(|(_, r)| r)?;
+    let tool = major_minor(release)?;
+    let server = major_minor(server_version)?;
+    (tool < server).then(|| {
+        format!(
+            "the dump tool ({}) is older than the server ({})",
+            tool_version.trim(),
+            server_version.trim()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1609,5 +1679,25 @@ INSERT INTO `t2` VALUES (1);\n\
         assert_eq!(drill_name_owner(&d), Some(me));
         assert_eq!(drill_name_owner("coffer_drill_ab12_0a1b2c3d"), None);
         assert_eq!(drill_name_owner("coffer_drill__1_0a1b2c3d_0a1b2c3d"), None);
+    }
+
+    #[test]
+    fn mysql_dump_tool_versions_compare_by_release() {
+        let maria =
+            "mariadb-dump  Ver 10.19 Distrib 10.11.19-MariaDB, for debian-linux-gnu (x86_64)";
+        assert_eq!(tool_too_old(maria, "10.11.19-MariaDB-0+deb12u1"), None);
+        assert_eq!(tool_too_old(maria, "10.6.2-MariaDB"), None);
+        assert!(
+            tool_too_old(maria, "11.4.2-MariaDB")
+                .unwrap()
+                .contains("older than the server (11.4.2-MariaDB)")
+        );
+        let mysql8 = "mysqldump  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)";
+        assert_eq!(tool_too_old(mysql8, "8.0.36"), None);
+        assert!(tool_too_old(mysql8, "8.4.0").is_some());
+        let mysql57 = "mysqldump  Ver 10.13 Distrib 5.7.44, for Linux (x86_64)";
+        assert!(tool_too_old(mysql57, "8.0.36").is_some());
+        // Other flavour: not compared.
+        assert_eq!(tool_too_old(maria, "8.0.36"), None);
     }
 }

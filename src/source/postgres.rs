@@ -144,7 +144,7 @@ impl Conn {
         if url.cannot_be_a_base() {
             return Err(bad("it has no host part".into()));
         }
-        let mut password = url.password().map(pct_decode);
+        let mut password = url.password().map(super::percent_decode);
         if password.is_some() {
             url.set_password(None)
                 .map_err(|_| bad("its password cannot be removed".into()))?;
@@ -178,7 +178,7 @@ impl Conn {
         let db = url
             .path_segments()
             .and_then(|mut s| s.next())
-            .map(pct_decode)
+            .map(super::percent_decode)
             .unwrap_or_default();
         let db = match (db.is_empty(), default_db) {
             (false, _) => db,
@@ -310,28 +310,6 @@ fn parse_records(buf: &[u8]) -> Vec<Vec<String>> {
                 .collect()
         })
         .collect()
-}
-
-fn pct_decode(s: &str) -> String {
-    fn hex(c: u8) -> Option<u8> {
-        (c as char).to_digit(16).map(|d| d as u8)
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An SQL identifier, quoted.
@@ -1662,6 +1640,58 @@ pub fn drill(req: &DrillRequest, streams: &mut dyn Streams) -> Result<DrillResul
     })
 }
 
+// ------------------------------------------------------------ the kind
+
+/// PostgreSQL as a [`super::DatabaseSource`].
+pub struct Postgres;
+
+impl super::DatabaseSource for Postgres {
+    fn kind(&self) -> crate::config::SourceKind {
+        crate::config::SourceKind::Postgres
+    }
+    fn keys(&self) -> super::Keys {
+        super::Keys {
+            required: &["url"],
+            allowed: &["url", "jobs", "globals", "password_file", "password_env"],
+        }
+    }
+    fn dumper(&self, src: &SourceConfig) -> Result<Box<dyn Dumper>, SourceError> {
+        Ok(Box::new(PgDumper::new(src)?))
+    }
+    fn destination(&self, req: &DbRestore) -> Result<String, SourceError> {
+        destination(req)
+    }
+    fn restore(
+        &self,
+        req: &DbRestore,
+        streams: &mut dyn Streams,
+    ) -> Result<DbRestored, SourceError> {
+        restore(req, streams)
+    }
+    fn has_drill(&self) -> bool {
+        true
+    }
+    fn drill(
+        &self,
+        req: &DrillRequest,
+        streams: &mut dyn Streams,
+    ) -> Result<DrillResult, SourceError> {
+        drill(req, streams)
+    }
+    fn describe(&self, d: &Details) -> Result<String, String> {
+        use super::detail_str;
+        Ok(format!(
+            "{}: server {}, pg_dump {} (not older than the server)",
+            detail_str(d, "url"),
+            detail_str(d, "server_version"),
+            detail_str(d, "pg_dump_version")
+        ))
+    }
+    fn leftovers(&self, src: &SourceConfig) -> Result<Vec<String>, SourceError> {
+        leftovers(src)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1757,7 +1787,7 @@ mod tests {
         assert_eq!(ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(lit("it's"), "'it''s'");
         assert_eq!(lit("a\\b'"), "E'a\\\\b'''");
-        assert_eq!(pct_decode("a%20b%zz%4"), "a b%zz%4");
+        assert_eq!(crate::source::percent_decode("a%20b%zz%4"), "a b%zz%4");
     }
 
     #[test]

@@ -39,11 +39,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::sqlite::{rename_into_place, set_mode_owner, stream_to_file, temp_beside};
+use super::file_target::{rename_into_place, set_mode_owner, stream_to_file, temp_beside};
 use super::stream::ToolSpec;
 use super::{
-    DbRestore, DbRestored, Details, DrillRequest, DrillResult, DumpStream, Dumper, SourceError,
-    Streams, configured_password, redact_url,
+    DbRestore, DbRestored, Details, DumpStream, Dumper, SourceError, Streams, configured_password,
+    redact_url,
 };
 use crate::config::SourceConfig;
 
@@ -72,26 +72,6 @@ struct Conn {
     tls: bool,
     /// The URL without its password, for messages.
     shown: String,
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Conn {
@@ -123,7 +103,7 @@ impl Conn {
                 .parse()
                 .map_err(|_| bad("the path must be a database number"))?,
         };
-        let user = Some(percent_decode(u.username())).filter(|s| !s.is_empty());
+        let user = Some(super::percent_decode(u.username())).filter(|s| !s.is_empty());
         // `?password=` (some clients' form) counts as the user info's
         // password: it reaches redis-cli as REDISCLI_AUTH and is never shown.
         let query_password = u
@@ -132,7 +112,7 @@ impl Conn {
             .map(|(_, v)| v.into_owned());
         let password = match configured_password(src)? {
             Some(p) => Some(p),
-            None => u.password().map(percent_decode).or(query_password),
+            None => u.password().map(super::percent_decode).or(query_password),
         };
         Ok(Conn {
             source: src.name.clone(),
@@ -1402,14 +1382,54 @@ fn load_live(
     })
 }
 
-/// Redis has no drill: there is nothing to restore it into without a
-/// server of its own (the caller skips Redis sources).
-#[allow(dead_code)]
-pub fn drill(req: &DrillRequest, _streams: &mut dyn Streams) -> Result<DrillResult, SourceError> {
-    Err(SourceError::Usage(format!(
-        "source {}: Redis sources have no restore drill; check the RDB file with `coffer dump {} {} > dump.rdb && redis-check-rdb dump.rdb`",
-        req.source, req.snapshot, req.source
-    )))
+// ------------------------------------------------------------ the kind
+
+/// Redis as a [`super::DatabaseSource`]. It has no drill: there is nothing
+/// to restore it into without a server of its own (check an RDB file with
+/// `coffer dump SNAPSHOT SOURCE > dump.rdb && redis-check-rdb dump.rdb`).
+pub struct Redis;
+
+impl super::DatabaseSource for Redis {
+    fn kind(&self) -> crate::config::SourceKind {
+        crate::config::SourceKind::Redis
+    }
+    fn keys(&self) -> super::Keys {
+        super::Keys {
+            required: &["url"],
+            allowed: &["url", "password_file", "password_env"],
+        }
+    }
+    fn dumper(&self, src: &SourceConfig) -> Result<Box<dyn Dumper>, SourceError> {
+        Ok(Box::new(RedisDumper::new(src)?))
+    }
+    fn destination(&self, req: &DbRestore) -> Result<String, SourceError> {
+        destination(req)
+    }
+    fn restore(
+        &self,
+        req: &DbRestore,
+        streams: &mut dyn Streams,
+    ) -> Result<DbRestored, SourceError> {
+        restore(req, streams)
+    }
+    fn check(&self, src: &SourceConfig) -> Result<String, String> {
+        if !crate::check::program_found("redis-cli") {
+            return Err(
+                "the dump tool redis-cli is not installed (not on PATH); install the Redis client tools"
+                    .into(),
+            );
+        }
+        self.describe(&super::prepared(self, src)?)
+    }
+    fn describe(&self, d: &Details) -> Result<String, String> {
+        use super::detail_str;
+        Ok(format!(
+            "{}: Redis {}, {}",
+            detail_str(d, "url"),
+            detail_str(d, "redis_version"),
+            detail_str(d, "redis_cli_version")
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! implements [`Dumper`] (snapshot), [`restore`] and [`drill`].
 
 pub mod command;
+pub mod conn;
 pub mod file_target;
 pub mod fs;
 pub mod mysql;

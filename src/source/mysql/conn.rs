@@ -164,11 +164,10 @@ pub(super) fn configured_conn(src: &SourceConfig) -> Result<Conn, SourceError> {
             src.name
         ))
     })?;
-    let mut c = Conn::parse(url, &format!("source {}: `url`", src.name), true)?;
-    if let Some(p) = configured_password(src)? {
-        c.password = Some(p);
-    }
-    Ok(c)
+    crate::source::conn::configured(
+        src,
+        Conn::parse(url, &format!("source {}: `url`", src.name), true)?,
+    )
 }
 
 /// A connection named by the user (`--to-database`, `--scratch-url`): its
@@ -179,13 +178,21 @@ pub(super) fn other_conn(
     need_db: bool,
     config: Option<&SourceConfig>,
 ) -> Result<Conn, SourceError> {
-    let mut c = Conn::parse(url, what, need_db)?;
-    if c.password.is_none()
-        && let Some(src) = config
-        && let Ok(cfg) = configured_conn(src)
-        && cfg.same_account(&c)
-    {
-        c.password = cfg.password;
+    let configured = config.and_then(|src| configured_conn(src).ok());
+    Ok(crate::source::conn::named(
+        Conn::parse(url, what, need_db)?,
+        configured.as_ref(),
+    ))
+}
+
+impl crate::source::conn::Account for Conn {
+    fn password(&self) -> Option<&String> {
+        self.password.as_ref()
     }
-    Ok(c)
+    fn set_password(&mut self, password: Option<String>) {
+        self.password = password;
+    }
+    fn same_account(&self, other: &Conn) -> bool {
+        Conn::same_account(self, other)
+    }
 }

@@ -95,7 +95,7 @@ use std::time::Instant;
 use super::stream::{ToolSpec, feed_tool, tool_stream};
 use super::{
     DbRestore, DbRestored, Details, DrillRequest, DrillResult, DumpStream, Dumper, SourceError,
-    Streams, configured_password,
+    Streams,
 };
 use crate::config::SourceConfig;
 

@@ -268,11 +268,10 @@ pub(super) fn source_conn(src: &SourceConfig) -> Result<Conn, SourceError> {
         .url
         .as_deref()
         .ok_or_else(|| SourceError::Usage(format!("source {} has no `url`", src.name)))?;
-    let mut conn = Conn::parse(url, &format!("source {}", src.name), None)?;
-    if let Some(p) = configured_password(src)? {
-        conn.password = Some(p);
-    }
-    Ok(conn)
+    crate::source::conn::configured(
+        src,
+        Conn::parse(url, &format!("source {}", src.name), None)?,
+    )
 }
 
 /// Another server named by the user (`--to-database`, `--scratch-url`): its
@@ -283,12 +282,20 @@ pub(super) fn other_conn(
     default_db: Option<&str>,
     configured: Option<&Conn>,
 ) -> Result<Conn, SourceError> {
-    let mut conn = Conn::parse(raw, what, default_db)?;
-    if conn.password.is_none()
-        && let Some(c) = configured
-        && c.same_server(&conn)
-    {
-        conn.password = c.password.clone();
+    Ok(crate::source::conn::named(
+        Conn::parse(raw, what, default_db)?,
+        configured,
+    ))
+}
+
+impl crate::source::conn::Account for Conn {
+    fn password(&self) -> Option<&String> {
+        self.password.as_ref()
     }
-    Ok(conn)
+    fn set_password(&mut self, password: Option<String>) {
+        self.password = password;
+    }
+    fn same_account(&self, other: &Conn) -> bool {
+        self.same_server(other)
+    }
 }

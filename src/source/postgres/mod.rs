@@ -89,7 +89,7 @@ use std::time::{Duration, Instant};
 use super::stream::{ToolSpec, feed_tool, tool_stream};
 use super::{
     DbRestore, DbRestored, Details, DrillRequest, DrillResult, DumpStream, Dumper, SourceError,
-    Streams, TOOL_TIMEOUT, configured_password, redact_url,
+    Streams, TOOL_TIMEOUT, redact_url,
 };
 use crate::config::SourceConfig;
 

@@ -16,6 +16,7 @@ pub mod archive;
 pub mod check;
 pub mod childenv;
 pub mod config;
+pub mod copy;
 pub mod crypto;
 pub mod dirfd;
 pub mod hooks;
@@ -32,16 +33,16 @@ pub mod secret_files;
 pub mod snapshot;
 pub mod source;
 pub mod store;
-pub mod transfer;
+
 pub mod verify;
 
+use crate::copy::CopyError;
 pub use crate::outcome::{ErrorKind, Outcome};
 use crate::prune::PruneError;
 use crate::repo::RepoError;
 use crate::restore::RestoreError;
 use crate::snapshot::SnapshotError;
 use crate::store::StoreError;
-use crate::transfer::TransferError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -60,7 +61,7 @@ pub enum Error {
     #[error(transparent)]
     Prune(#[from] PruneError),
     #[error(transparent)]
-    Transfer(#[from] TransferError),
+    Copy(#[from] CopyError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -80,7 +81,7 @@ impl Error {
             Error::Snapshot(s) => s.kind(),
             Error::Restore(r) => r.kind(),
             Error::Prune(p) => p.kind(),
-            Error::Transfer(t) => t.kind(),
+            Error::Copy(t) => t.kind(),
             Error::Hook(h) => h.kind(),
             Error::Usage(_) => ErrorKind::Usage,
             Error::Failure(_) => ErrorKind::Operational,

@@ -1774,9 +1774,9 @@ struct CopyProgress {
     quiet: bool,
 }
 
-impl coffer::transfer::Progress for CopyProgress {
-    fn event(&self, e: &coffer::transfer::Event<'_>) {
-        use coffer::transfer::Event;
+impl coffer::copy::Progress for CopyProgress {
+    fn event(&self, e: &coffer::copy::Event<'_>) {
+        use coffer::copy::Event;
         let line = |s: String| match &self.bar {
             Some(b) => b.println(s),
             None => println_out(&s),
@@ -1823,7 +1823,7 @@ impl coffer::transfer::Progress for CopyProgress {
 }
 
 async fn copy_command(g: &Global, a: CopyArgs) -> Result<Outcome, Error> {
-    let opts = coffer::transfer::CopyOptions {
+    let opts = coffer::copy::CopyOptions {
         src_options: store_options("--src-opt", &a.src_opt)?,
         dst_options: store_options("--dst-opt", &a.dst_opt)?,
         delete: a.delete,
@@ -1855,7 +1855,7 @@ async fn copy_command(g: &Global, a: CopyArgs) -> Result<Outcome, Error> {
         json: g.json,
         quiet: g.quiet,
     });
-    let rep = coffer::transfer::copy(&a.src, &a.dst, &opts, progress).await?;
+    let rep = coffer::copy::copy(&a.src, &a.dst, &opts, progress).await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod ping;
 pub mod progress;
 pub mod prune;
+pub mod read;
 pub mod repo;
 pub mod restore;
 pub mod retention;

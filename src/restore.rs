@@ -2,7 +2,8 @@
 //!
 //! The archive is downloaded, authenticated and decrypted on one thread and
 //! decompressed and unpacked on another, in step with the source's index,
-//! which must agree entry by entry (path, type, SHA-256).
+//! which must agree entry by entry: [`crate::read`] makes every check, and
+//! this module decides only what is written where.
 //!
 //! A restore never writes into its destination directly: it unpacks into a
 //! private staging directory beside it, and only when the whole archive has

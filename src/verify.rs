@@ -4,8 +4,9 @@
 //! is present with the size and SHA-256 the manifest records (downloaded and
 //! hashed, not decrypted). With `--deep`: every object is also authenticated
 //! segment by segment, decompressed, and every file re-hashed and compared
-//! with its index entry. Damage is collected, not fatal: one report names
-//! every damaged snapshot, source and file.
+//! with its index entry, by the same walk every reader uses
+//! ([`crate::read`]). Damage is collected, not fatal: one report names every
+//! damaged snapshot, source and file.
 
 use std::io;
 

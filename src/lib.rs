@@ -26,6 +26,7 @@ pub mod outcome;
 pub mod ping;
 pub mod progress;
 pub mod prune;
+pub mod read;
 pub mod repo;
 pub mod restore;
 pub mod retention;

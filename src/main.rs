@@ -909,7 +909,7 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<Outcome, Error> {
                             for p in &src.planned {
                                 println_out(&format!("  {p}"));
                             }
-                        } else if restore::is_dump_source(&src.kind) {
+                        } else if coffer::read::is_dump_source(&src.kind) {
                             println_out(&format!(
                                 "restored source {} ({}) from snapshot {} into {}: {} in {:.1} s",
                                 src.name,

@@ -2,7 +2,8 @@
 //!
 //! The archive is downloaded, authenticated and decrypted on one thread and
 //! decompressed and unpacked on another, in step with the source's index,
-//! which must agree entry by entry (path, type, SHA-256).
+//! which must agree entry by entry: [`crate::read`] makes every check, and
+//! this module decides only what is written where.
 //!
 //! A restore never writes into its destination directly: it unpacks into a
 //! private staging directory beside it, and only when the whole archive has
@@ -22,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -30,13 +31,14 @@ use std::time::Instant;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::archive::{ChanReader, IndexReader, TarGuard, TarLimit, safe_path, stage_channel};
-use crate::crypto::{self, ObjectKind, OpenReader, read_full};
+use crate::archive::safe_path;
+use crate::crypto::ObjectKind;
 use crate::dirfd::{self, Dir};
-use crate::manifest::{
-    EntryKind, IndexEntry, Manifest, ObjectRef, SourceRecord, SourceStatus, seal_context,
+use crate::manifest::{EntryKind, IndexEntry, Manifest, SourceRecord, SourceStatus};
+use crate::read::{
+    Entry, Flow, ObjectStream, ReadError, SourceStreams, Where, classify, is_dump_source,
+    read_index,
 };
 use crate::outcome::ErrorKind;
 use crate::repo::Repository;
@@ -226,231 +228,58 @@ pub fn find_source<'a>(m: &'a Manifest, name: &str) -> Result<&'a SourceRecord, 
     })
 }
 
-// ------------------------------------------------------------------ streams
+// ------------------------------------------------------------------ reading
 
-/// Reads one stored object on a thread of its own: download, authenticate,
-/// decrypt, and check its size against the manifest at the end. The
-/// plaintext arrives through a bounded channel. (The object's SHA-256 is left
-/// to `verify`: every segment here is authenticated and bound to its
-/// snapshot, source and kind, which a checksum cannot add to.)
-pub struct ObjectStream {
-    pub reader: ChanReader,
-    thread: Option<JoinHandle<Result<(), RestoreError>>>,
-}
-
-/// Context that every integrity error of one source carries.
-#[derive(Clone)]
-pub struct Where {
-    pub snapshot: String,
-    pub source: String,
-}
-
-impl Where {
-    pub fn integrity(&self, object: &str, reason: impl Into<String>) -> RestoreError {
-        RestoreError::Integrity {
-            snapshot: self.snapshot.clone(),
-            source_name: self.source.clone(),
-            object: object.to_string(),
-            reason: reason.into(),
+/// A read failure keeps its message and its exit code as a restore error.
+impl From<ReadError> for RestoreError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Integrity {
+                snapshot,
+                source_name,
+                object,
+                reason,
+            } => RestoreError::Integrity {
+                snapshot,
+                source_name,
+                object,
+                reason,
+            },
+            ReadError::Content {
+                snapshot,
+                source_name,
+                object,
+                path,
+            } => RestoreError::Integrity {
+                snapshot,
+                source_name,
+                object,
+                reason: crate::read::content_reason(&path),
+            },
+            ReadError::Unsafe {
+                snapshot,
+                source_name,
+                path,
+                reason,
+            } => RestoreError::Contained {
+                snapshot,
+                source_name,
+                path,
+                reason,
+            },
+            ReadError::SourceFailed {
+                snapshot,
+                source_name,
+                reason,
+            } => RestoreError::SourceFailed {
+                snapshot,
+                source_name,
+                reason,
+            },
+            ReadError::Store(s) => RestoreError::Store(s),
+            ReadError::Io { op, path, source } => RestoreError::Io { op, path, source },
+            ReadError::Thread(m) => RestoreError::Usage(m),
         }
-    }
-}
-
-/// Sorts an I/O error from a reading pipeline into integrity (bad bytes) or
-/// operational (storage, disk) failures.
-pub fn classify(e: io::Error, at: &Where, object: &str) -> RestoreError {
-    if let Some(c) = crypto::integrity_error(&e) {
-        return at.integrity(object, c.to_string());
-    }
-    if let Some(l) = e.get_ref().and_then(|i| i.downcast_ref::<TarLimit>()) {
-        return at.integrity(object, l.to_string());
-    }
-    if let Some(inner) = e.get_ref()
-        && inner.downcast_ref::<StoreError>().is_some()
-    {
-        let s = e
-            .into_inner()
-            .expect("checked above")
-            .downcast::<StoreError>()
-            .expect("checked above");
-        return match *s {
-            StoreError::NotFound { .. } => at.integrity(object, "the object is missing"),
-            other => RestoreError::Store(other),
-        };
-    }
-    RestoreError::Io {
-        op: "read",
-        path: object.to_string(),
-        source: e,
-    }
-}
-
-impl ObjectStream {
-    pub fn open(repo: &Repository, at: &Where, obj: &ObjectRef, kind: ObjectKind) -> ObjectStream {
-        let (mut w, reader) = stage_channel();
-        let download = repo.store.download_opts(&obj.object, false);
-        let master = repo.shared_master();
-        let ctx = seal_context(&repo.id, &at.snapshot, Some(&at.source));
-        let at = at.clone();
-        let obj = obj.clone();
-        let thread = std::thread::spawn(move || -> Result<(), RestoreError> {
-            let mut r = OpenReader::new(download, &master, kind, &ctx)
-                .map_err(|e| classify(e, &at, &obj.object))?;
-            let copied = io::copy(&mut r, &mut w);
-            let (size, _) = r.into_inner().digest();
-            if let Err(e) = copied {
-                if e.kind() == io::ErrorKind::BrokenPipe && size > 0 {
-                    // The consumer stopped reading (it found what it needed,
-                    // or failed itself and will report why).
-                    return Ok(());
-                }
-                return Err(classify(e, &at, &obj.object));
-            }
-            if size != obj.size {
-                return Err(at.integrity(
-                    &obj.object,
-                    format!("it has {size} bytes, the manifest records {}", obj.size),
-                ));
-            }
-            w.finish().ok();
-            Ok(())
-        });
-        ObjectStream {
-            reader,
-            thread: Some(thread),
-        }
-    }
-
-    /// Waits for the reading thread; its error explains any failure the
-    /// consumer saw.
-    pub fn join(&mut self) -> Result<(), RestoreError> {
-        match self.thread.take() {
-            Some(t) => t.join().unwrap_or_else(|_| {
-                Err(RestoreError::Usage("object reader thread panicked".into()))
-            }),
-            None => Ok(()),
-        }
-    }
-}
-
-/// A source's archive and index, read side by side.
-pub struct SourceStreams {
-    pub at: Where,
-    pub archive_ref: ObjectRef,
-    pub index_ref: ObjectRef,
-    archive: ObjectStream,
-    index: ObjectStream,
-}
-
-pub type TarStream =
-    tar::Archive<TarGuard<zstd::stream::read::Decoder<'static, BufReader<ChanReader>>>>;
-pub type IndexStream =
-    IndexReader<BufReader<zstd::stream::read::Decoder<'static, BufReader<ChanReader>>>>;
-
-impl SourceStreams {
-    pub fn open(repo: &Repository, m: &Manifest, src: &SourceRecord) -> Result<Self, RestoreError> {
-        let at = Where {
-            snapshot: m.id.clone(),
-            source: src.name.clone(),
-        };
-        let (Some(archive_ref), Some(index_ref)) = (src.archive.clone(), src.index.clone()) else {
-            return Err(RestoreError::SourceFailed {
-                snapshot: m.id.clone(),
-                source_name: src.name.clone(),
-                reason: src.error.clone().unwrap_or_else(|| "no archive".into()),
-            });
-        };
-        let archive = ObjectStream::open(repo, &at, &archive_ref, ObjectKind::Archive);
-        let index = ObjectStream::open(repo, &at, &index_ref, ObjectKind::Index);
-        Ok(SourceStreams {
-            at,
-            archive_ref,
-            index_ref,
-            archive,
-            index,
-        })
-    }
-
-    /// Splits into the tar reader and the index reader; call
-    /// [`SourceStreams::finish`] with the error (if any) the caller hit.
-    pub fn readers(&mut self) -> Result<(TarStream, IndexStream), RestoreError> {
-        let a = std::mem::replace(&mut self.archive.reader, stage_channel().1);
-        let i = std::mem::replace(&mut self.index.reader, stage_channel().1);
-        let dec = |r: ChanReader, obj: &str| {
-            zstd::stream::read::Decoder::new(r).map_err(|e| {
-                self.at
-                    .integrity(obj, format!("cannot start decompression: {e}"))
-            })
-        };
-        let tar = tar::Archive::new(TarGuard::new(dec(a, &self.archive_ref.object)?));
-        let index = IndexReader::new(BufReader::new(dec(i, &self.index_ref.object)?));
-        Ok((tar, index))
-    }
-
-    /// Joins both reading threads. A failure there is the real cause of any
-    /// error the consumer saw, so it wins; otherwise the consumer's error is
-    /// returned.
-    pub fn finish(mut self, consumer: Result<(), RestoreError>) -> Result<(), RestoreError> {
-        let a = self.archive.join();
-        let i = self.index.join();
-        a?;
-        i?;
-        consumer
-    }
-
-    /// An error for an I/O failure while reading the archive.
-    pub fn archive_error(&self, e: io::Error) -> RestoreError {
-        classify(e, &self.at, &self.archive_ref.object)
-    }
-    pub fn index_error(&self, e: io::Error) -> RestoreError {
-        classify(e, &self.at, &self.index_ref.object)
-    }
-}
-
-/// Reads both streams to their end, so that every segment up to the final
-/// one is authenticated and the size and SHA-256 are checked: tar stops at
-/// its end-of-archive marker, and a cut after it must not go unnoticed.
-pub fn drain(s: &SourceStreams, tar: TarStream, index: IndexStream) -> Result<(), RestoreError> {
-    io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(|e| s.archive_error(e))?;
-    io::copy(&mut index.into_inner(), &mut io::sink()).map_err(|e| s.index_error(e))?;
-    Ok(())
-}
-
-/// Reads the next stored index entry and checks that the tar entry agrees.
-pub fn expect_entry(
-    s: &SourceStreams,
-    index: &mut IndexStream,
-    path: &str,
-    kind: EntryKind,
-) -> Result<IndexEntry, RestoreError> {
-    let e = index
-        .next_stored()
-        .map_err(|e| s.index_error(e))?
-        .ok_or_else(|| {
-            s.at.integrity(
-                &s.index_ref.object,
-                format!("the archive holds {path:?}, which the index does not list"),
-            )
-        })?;
-    if e.path != path || e.kind != kind {
-        return Err(s.at.integrity(
-            &s.archive_ref.object,
-            format!(
-                "archive entry {path:?} ({kind:?}) does not match index entry {:?} ({:?})",
-                e.path, e.kind
-            ),
-        ));
-    }
-    Ok(e)
-}
-
-pub fn entry_kind(t: tar::EntryType) -> Option<EntryKind> {
-    match t {
-        tar::EntryType::Regular | tar::EntryType::Continuous => Some(EntryKind::File),
-        tar::EntryType::Directory => Some(EntryKind::Dir),
-        tar::EntryType::Symlink => Some(EntryKind::Symlink),
-        tar::EntryType::Link => Some(EntryKind::Hardlink),
-        _ => None,
     }
 }
 
@@ -1570,10 +1399,7 @@ async fn dry_run(
     let plan = plan.clone();
     let include = include.clone();
     tokio::task::spawn_blocking(move || {
-        let at = Where {
-            snapshot: m.id.clone(),
-            source: src.name.clone(),
-        };
+        let at = Where::new(&m, &src);
         let index_ref = src
             .index
             .clone()
@@ -1582,80 +1408,69 @@ async fn dry_run(
                 source_name: src.name.clone(),
                 reason: "no index".into(),
             })?;
-        let mut stream = ObjectStream::open(&repo, &at, &index_ref, ObjectKind::Index);
-        let reader = std::mem::replace(&mut stream.reader, stage_channel().1);
         let mut out = RestoredSource::new(&src, plan_root(&plan).display().to_string());
         let mut stored_flagged = Vec::new();
         // Flagged files this dry run would write, by archive path, for the
         // hard links to them.
         let mut flagged_here = BTreeMap::new();
-        let consumed = (|| -> Result<(), RestoreError> {
-            let dec = zstd::stream::read::Decoder::new(reader)
-                .map_err(|e| classify(e, &at, &index_ref.object))?;
-            let mut idx = IndexReader::new(BufReader::new(dec));
-            while let Some(e) = idx
-                .next_stored()
-                .map_err(|e| classify(e, &at, &index_ref.object))?
-            {
-                let flagged = e.kind == EntryKind::File && e.error.is_some();
-                if flagged {
-                    stored_flagged.push(e.path.clone());
-                }
-                if !included(&include, &e.path) {
-                    continue;
-                }
-                if let Plan::Files { allowed, .. } = &plan
-                    && !allowed.contains(&e.path)
-                {
-                    out.not_configured.push(format!("/{}", e.path));
-                    continue;
-                }
-                let dest = plan_root(&plan).join(&e.path);
-                if let (true, Some(why)) = (flagged, &e.error) {
-                    out.flag(&dest, why);
-                    flagged_here.insert(e.path.clone(), why.clone());
-                } else if e.kind == EntryKind::Hardlink
-                    && let Some(why) = e.target.as_ref().and_then(|t| flagged_here.get(t))
-                {
-                    // The same bytes as the file it links to.
-                    out.flag(&dest, why);
-                }
-                let what = match e.kind {
-                    EntryKind::File => {
-                        out.files += 1;
-                        out.bytes += e.size;
-                        format!("file {} ({} bytes)", dest.display(), e.size)
-                    }
-                    EntryKind::Dir => {
-                        out.dirs += 1;
-                        format!("dir  {}", dest.display())
-                    }
-                    EntryKind::Symlink => {
-                        out.links += 1;
-                        format!(
-                            "link {} -> {}",
-                            dest.display(),
-                            e.target.as_deref().unwrap_or("")
-                        )
-                    }
-                    EntryKind::Hardlink => {
-                        out.links += 1;
-                        format!(
-                            "hard link {} = {}",
-                            dest.display(),
-                            plan_root(&plan)
-                                .join(e.target.as_deref().unwrap_or(""))
-                                .display()
-                        )
-                    }
-                };
-                out.planned.push(what);
+        read_index(&repo, &at, &index_ref, |e| {
+            if !e.stored {
+                return;
             }
-            Ok(())
-        })();
-        let joined = stream.join();
-        joined?;
-        consumed?;
+            let flagged = e.kind == EntryKind::File && e.error.is_some();
+            if flagged {
+                stored_flagged.push(e.path.clone());
+            }
+            if !included(&include, &e.path) {
+                return;
+            }
+            if let Plan::Files { allowed, .. } = &plan
+                && !allowed.contains(&e.path)
+            {
+                out.not_configured.push(format!("/{}", e.path));
+                return;
+            }
+            let dest = plan_root(&plan).join(&e.path);
+            if let (true, Some(why)) = (flagged, &e.error) {
+                out.flag(&dest, why);
+                flagged_here.insert(e.path.clone(), why.clone());
+            } else if e.kind == EntryKind::Hardlink
+                && let Some(why) = e.target.as_ref().and_then(|t| flagged_here.get(t))
+            {
+                // The same bytes as the file it links to.
+                out.flag(&dest, why);
+            }
+            let what = match e.kind {
+                EntryKind::File => {
+                    out.files += 1;
+                    out.bytes += e.size;
+                    format!("file {} ({} bytes)", dest.display(), e.size)
+                }
+                EntryKind::Dir => {
+                    out.dirs += 1;
+                    format!("dir  {}", dest.display())
+                }
+                EntryKind::Symlink => {
+                    out.links += 1;
+                    format!(
+                        "link {} -> {}",
+                        dest.display(),
+                        e.target.as_deref().unwrap_or("")
+                    )
+                }
+                EntryKind::Hardlink => {
+                    out.links += 1;
+                    format!(
+                        "hard link {} = {}",
+                        dest.display(),
+                        plan_root(&plan)
+                            .join(e.target.as_deref().unwrap_or(""))
+                            .display()
+                    )
+                }
+            };
+            out.planned.push(what);
+        })?;
         out.set_not_stored(&src, &stored_flagged);
         Ok(out)
     })
@@ -1736,10 +1551,7 @@ fn stage_source(
     };
     let mut ex = Extractor::new(layout, m, src, include.clone(), allowed);
     let mut streams = SourceStreams::open(repo, m, src)?;
-    let res = (|| {
-        let (tar, index) = streams.readers()?;
-        ex.run(&streams, tar, index)
-    })();
+    let res = ex.run(&mut streams);
     // The writer's own failure (a full disk) explains a stopped extractor.
     let res = match (res, ex.writer.finish()) {
         (_, Err(e)) => Err(e),
@@ -2254,174 +2066,140 @@ impl Extractor {
         Some((d, name.to_string()))
     }
 
-    fn run(
-        &mut self,
-        s: &SourceStreams,
-        mut tar: TarStream,
-        mut index: IndexStream,
-    ) -> Result<(), RestoreError> {
+    /// Stages each authenticated entry of the source that is wanted.
+    fn run(&mut self, s: &mut SourceStreams) -> Result<(), RestoreError> {
         let filtering = self.include.is_some() || self.allowed.is_some();
-        let entries = tar.entries().map_err(|e| s.archive_error(e))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| s.archive_error(e))?;
-            let name = entry.path_bytes().into_owned();
-            let rel =
-                safe_path(&name).map_err(|r| self.contained(&String::from_utf8_lossy(&name), r))?;
-            let ty = entry.header().entry_type();
-            let Some(kind) = entry_kind(ty) else {
-                if ty.is_pax_global_extensions() || ty.is_pax_local_extensions() {
-                    continue;
-                }
-                return Err(s.at.integrity(
-                    &s.archive_ref.object,
-                    format!(
-                        "entry {rel:?} has an unsupported type {:?}",
-                        ty.as_byte() as char
-                    ),
-                ));
-            };
-            let ie = expect_entry(s, &mut index, &rel, kind)?;
-            if kind == EntryKind::File && ie.error.is_some() {
-                self.stored_flagged.push(rel.clone());
-            }
-            let mut wanted = included(&self.include, &rel);
-            if wanted
-                && let Some(a) = &self.allowed
-                && !a.contains(&rel)
-            {
-                self.not_configured.push(format!("/{rel}"));
-                wanted = false;
-            }
-            if !wanted {
-                // Still read the data so the stream authenticates to its end.
-                io::copy(&mut entry, &mut io::sink()).map_err(|e| s.archive_error(e))?;
-                continue;
-            }
-            if matches!(self.layout, Layout::Beside(_)) && kind == EntryKind::Dir {
-                return Err(self.contained(
-                    &rel,
-                    "a files source holds files, not directories; refusing it in place (restore with --target instead)",
-                ));
-            }
-            match kind {
-                EntryKind::Dir => {
-                    if rel != "." {
-                        let (d, n) = self.locate(&rel)?;
-                        match d.stat_at(&n) {
-                            Ok(md) if md.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
-                            Ok(_) => {
-                                return Err(self.contained(&rel, "a non-directory stands there"));
-                            }
-                            Err(_) => d
-                                .mkdir(&n, 0o700)
-                                .map_err(io_err("create directory", &d.join(&n)))?,
-                        }
-                        self.committed.push((rel.clone(), kind));
-                    }
-                    self.dirs += 1;
-                    self.dir_meta.push((rel.clone(), ie));
-                }
-                EntryKind::File => {
-                    let (d, n) = self.locate(&rel)?;
-                    let p = d.join(&n);
-                    let f = match d.create_file(&n, 0o600) {
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                            d.unlink(&n).map_err(io_err("replace", &p))?;
-                            d.create_file(&n, 0o600)
-                        }
-                        other => other,
-                    }
-                    .map_err(io_err("create", &p))?;
-                    self.writer.send(WriteOp::Open(p, f))?;
-                    let mut h = Sha256::new();
-                    let mut n = 0u64;
-                    loop {
-                        let mut buf = vec![0u8; 256 * 1024];
-                        let k = read_full(&mut entry, &mut buf).map_err(|e| s.archive_error(e))?;
-                        if k == 0 {
-                            break;
-                        }
-                        buf.truncate(k);
-                        h.update(&buf);
-                        n += k as u64;
-                        self.writer.send(WriteOp::Data(buf))?;
-                    }
-                    let sha = hex::encode(h.finalize());
-                    if n != ie.size || ie.sha256.as_deref() != Some(sha.as_str()) {
-                        return Err(s.at.integrity(
-                            &s.archive_ref.object,
-                            format!(
-                                "file {rel:?}: content does not match the index's size/SHA-256"
-                            ),
-                        ));
-                    }
-                    if let Some(why) = &ie.error {
-                        self.flagged.push((rel.clone(), why.clone()));
-                    }
-                    self.writer.send(WriteOp::Close(ie, self.as_root))?;
-                    self.files += 1;
-                    self.bytes += n;
-                    self.committed.push((rel.clone(), kind));
-                }
-                EntryKind::Symlink => {
-                    let (d, n) = self.locate(&rel)?;
-                    let target = ie.target.clone().unwrap_or_default();
-                    let _ = d.unlink(&n);
-                    d.symlink(&target, &n)
-                        .map_err(io_err("create link", &d.join(&n)))?;
-                    if self.as_root {
-                        let _ = d.lchown_at(&n, ie.uid, ie.gid);
-                    }
-                    let _ = d.set_mtime_at(&n, ie.mtime, ie.mtime_nsec);
-                    self.links += 1;
-                    self.committed.push((rel.clone(), kind));
-                }
-                EntryKind::Hardlink => {
-                    let target = ie.target.clone().unwrap_or_default();
-                    let trel = safe_path(target.as_bytes()).map_err(|r| self.contained(&rel, r))?;
-                    let found = self.find(&trel).filter(|(td, tn)| {
-                        td.stat_at(tn)
-                            .map(|m| m.st_mode & libc::S_IFMT == libc::S_IFREG)
-                            .unwrap_or(false)
-                    });
-                    let Some((td, tn)) = found else {
-                        // The first copy was not restored (filtered out by
-                        // --include or the config): nothing to link to.
-                        if filtering {
-                            continue;
-                        }
-                        return Err(self.contained(
-                            &rel,
-                            format!("hard link to {trel:?}, which is not a restored file"),
-                        ));
-                    };
-                    let (d, n) = self.locate(&rel)?;
-                    let _ = d.unlink(&n);
-                    match d.hard_link(&td, &tn, &n) {
-                        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                            // Two destinations of a files source on two
-                            // filesystems: a copy, owner set before mode.
-                            self.copy_file(&td, &tn, &d, &n, &ie)?
-                        }
-                        other => other.map_err(io_err("create hard link", &d.join(&n)))?,
-                    }
-                    // The same bytes as the file it links to: as (in)consistent.
-                    if let Some((_, why)) = self.flagged.iter().find(|(r, _)| *r == trel) {
-                        let why = why.clone();
-                        self.flagged.push((rel.clone(), why));
-                    }
-                    self.links += 1;
-                    self.committed.push((rel.clone(), kind));
-                }
-            }
+        s.walk(|entry| self.stage(entry, filtering)).map(|_| ())
+    }
+
+    /// Stages one entry (or passes over it when it is not wanted).
+    fn stage(&mut self, entry: &mut Entry<'_>, filtering: bool) -> Result<Flow, RestoreError> {
+        let rel = entry.rel.clone();
+        let kind = entry.kind;
+        let ie = entry.index.clone();
+        if kind == EntryKind::File && ie.error.is_some() {
+            self.stored_flagged.push(rel.clone());
         }
-        if let Some(extra) = index.next_stored().map_err(|e| s.index_error(e))? {
-            return Err(s.at.integrity(
-                &s.index_ref.object,
-                format!("the index lists {:?}, which the archive lacks", extra.path),
+        let mut wanted = included(&self.include, &rel);
+        if wanted
+            && let Some(a) = &self.allowed
+            && !a.contains(&rel)
+        {
+            self.not_configured.push(format!("/{rel}"));
+            wanted = false;
+        }
+        if !wanted {
+            // The walk still reads and checks its data.
+            return Ok(Flow::Next);
+        }
+        if matches!(self.layout, Layout::Beside(_)) && kind == EntryKind::Dir {
+            return Err(self.contained(
+                &rel,
+                "a files source holds files, not directories; refusing it in place (restore with --target instead)",
             ));
         }
-        drain(s, tar, index)
+        match kind {
+            EntryKind::Dir => {
+                if rel != "." {
+                    let (d, n) = self.locate(&rel)?;
+                    match d.stat_at(&n) {
+                        Ok(md) if md.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+                        Ok(_) => {
+                            return Err(self.contained(&rel, "a non-directory stands there"));
+                        }
+                        Err(_) => d
+                            .mkdir(&n, 0o700)
+                            .map_err(io_err("create directory", &d.join(&n)))?,
+                    }
+                    self.committed.push((rel.clone(), kind));
+                }
+                self.dirs += 1;
+                self.dir_meta.push((rel.clone(), ie));
+            }
+            EntryKind::File => {
+                let (d, n) = self.locate(&rel)?;
+                let p = d.join(&n);
+                let f = match d.create_file(&n, 0o600) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        d.unlink(&n).map_err(io_err("replace", &p))?;
+                        d.create_file(&n, 0o600)
+                    }
+                    other => other,
+                }
+                .map_err(io_err("create", &p))?;
+                self.writer.send(WriteOp::Open(p, f))?;
+                let mut n = 0u64;
+                loop {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    // At the end, the walk checks size and SHA-256.
+                    let k = entry.read_full(&mut buf)?;
+                    if k == 0 {
+                        break;
+                    }
+                    buf.truncate(k);
+                    n += k as u64;
+                    self.writer.send(WriteOp::Data(buf))?;
+                }
+                if let Some(why) = &ie.error {
+                    self.flagged.push((rel.clone(), why.clone()));
+                }
+                self.writer.send(WriteOp::Close(ie, self.as_root))?;
+                self.files += 1;
+                self.bytes += n;
+                self.committed.push((rel.clone(), kind));
+            }
+            EntryKind::Symlink => {
+                let (d, n) = self.locate(&rel)?;
+                let target = ie.target.clone().unwrap_or_default();
+                let _ = d.unlink(&n);
+                d.symlink(&target, &n)
+                    .map_err(io_err("create link", &d.join(&n)))?;
+                if self.as_root {
+                    let _ = d.lchown_at(&n, ie.uid, ie.gid);
+                }
+                let _ = d.set_mtime_at(&n, ie.mtime, ie.mtime_nsec);
+                self.links += 1;
+                self.committed.push((rel.clone(), kind));
+            }
+            EntryKind::Hardlink => {
+                let target = ie.target.clone().unwrap_or_default();
+                let trel = safe_path(target.as_bytes()).map_err(|r| self.contained(&rel, r))?;
+                let found = self.find(&trel).filter(|(td, tn)| {
+                    td.stat_at(tn)
+                        .map(|m| m.st_mode & libc::S_IFMT == libc::S_IFREG)
+                        .unwrap_or(false)
+                });
+                let Some((td, tn)) = found else {
+                    // The first copy was not restored (filtered out by
+                    // --include or the config): nothing to link to.
+                    if filtering {
+                        return Ok(Flow::Next);
+                    }
+                    return Err(self.contained(
+                        &rel,
+                        format!("hard link to {trel:?}, which is not a restored file"),
+                    ));
+                };
+                let (d, n) = self.locate(&rel)?;
+                let _ = d.unlink(&n);
+                match d.hard_link(&td, &tn, &n) {
+                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                        // Two destinations of a files source on two
+                        // filesystems: a copy, owner set before mode.
+                        self.copy_file(&td, &tn, &d, &n, &ie)?
+                    }
+                    other => other.map_err(io_err("create hard link", &d.join(&n)))?,
+                }
+                // The same bytes as the file it links to: as (in)consistent.
+                if let Some((_, why)) = self.flagged.iter().find(|(r, _)| *r == trel) {
+                    let why = why.clone();
+                    self.flagged.push((rel.clone(), why));
+                }
+                self.links += 1;
+                self.committed.push((rel.clone(), kind));
+            }
+        }
+        Ok(Flow::Next)
     }
 
     /// Copies staged file `from/fname` to `to/name`, with `ie`'s owner (as
@@ -2551,10 +2329,7 @@ fn dump_blocking<W: Write>(
     path: Option<String>,
     mut out: W,
 ) -> Result<u64, RestoreError> {
-    let at = Where {
-        snapshot: m.id.clone(),
-        source: src.name.clone(),
-    };
+    let at = Where::new(m, src);
     let stdout_err = output_error;
     if is_dump_source(&src.kind) {
         return dump_stream(repo, m, src, path, &mut out);
@@ -2576,14 +2351,14 @@ fn dump_blocking<W: Write>(
         ),
         None => None,
     };
-    scan_index(repo, &at, &index_ref, |e| {
+    read_index(repo, &at, &index_ref, |e| {
         if want_rel.as_deref() == Some(e.path.as_str()) {
             wanted = Some(e);
         }
     })?;
     let Some(want) = path else {
         let mut stream = ObjectStream::open(repo, &at, &archive_ref, ObjectKind::Archive);
-        let reader = std::mem::replace(&mut stream.reader, stage_channel().1);
+        let reader = stream.take_reader();
         let res = (|| -> Result<u64, RestoreError> {
             let mut dec = zstd::stream::read::Decoder::new(reader)
                 .map_err(|e| classify(e, &at, &archive_ref.object))?;
@@ -2644,54 +2419,34 @@ fn dump_blocking<W: Write>(
     let mut streams = SourceStreams::open(repo, m, src)?;
     let mut written = 0u64;
     let mut found = false;
-    let res = (|| -> Result<(), RestoreError> {
-        let (mut tar, mut index) = streams.readers()?;
-        let entries = tar.entries().map_err(|e| streams.archive_error(e))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| streams.archive_error(e))?;
-            let name = entry.path_bytes().into_owned();
-            let rel = safe_path(&name)
-                .map_err(|r| streams.at.integrity(&streams.archive_ref.object, r))?;
-            let ty = entry.header().entry_type();
-            let Some(kind) = entry_kind(ty) else { continue };
-            let ie = expect_entry(&streams, &mut index, &rel, kind)?;
-            if rel != want_rel {
-                continue;
-            }
-            if kind != EntryKind::File {
-                return Err(RestoreError::Usage(format!(
-                    "{want:?} is a {kind:?} in source {}, not a file with bytes to dump",
-                    src.name
-                )));
-            }
-            // Hash while writing: the bytes are already authenticated per
-            // segment; the index hash is a second, independent check.
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let k = entry.read(&mut buf).map_err(|e| streams.archive_error(e))?;
-                if k == 0 {
-                    break;
-                }
-                h.update(&buf[..k]);
-                out.write_all(&buf[..k]).map_err(stdout_err)?;
-                written += k as u64;
-            }
-            out.flush().map_err(stdout_err)?;
-            if ie.sha256.as_deref() != Some(hex::encode(h.finalize()).as_str()) {
-                return Err(streams.at.integrity(
-                    &streams.archive_ref.object,
-                    format!("file {rel:?} does not match its SHA-256 in the index"),
-                ));
-            }
-            found = true;
-            return Ok(());
+    let res = streams.walk(|e| -> Result<Flow, RestoreError> {
+        if e.rel != want_rel {
+            return Ok(Flow::Next);
         }
-        Ok(())
-    })();
+        if e.kind != EntryKind::File {
+            return Err(RestoreError::Usage(format!(
+                "{want:?} is a {:?} in source {}, not a file with bytes to dump",
+                e.kind, src.name
+            )));
+        }
+        // The bytes are authenticated per segment; the walk's check of the
+        // index's size and SHA-256 at their end is a second, independent one.
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let k = e.read_data(&mut buf)?;
+            if k == 0 {
+                break;
+            }
+            out.write_all(&buf[..k]).map_err(stdout_err)?;
+            written += k as u64;
+        }
+        out.flush().map_err(stdout_err)?;
+        found = true;
+        Ok(Flow::Stop)
+    });
     // Stop the reading threads early once the file was found.
     let res = match streams.finish(res) {
-        Ok(()) => Ok(()),
+        Ok(_) => Ok(()),
         Err(e) if found && !e.is_integrity() => Ok(()),
         Err(e) => Err(e),
     };
@@ -2704,35 +2459,6 @@ fn dump_blocking<W: Write>(
         });
     }
     Ok(written)
-}
-
-/// Reads a source's index to its authenticated end on this (blocking)
-/// thread, handing every entry to `f`.
-fn scan_index(
-    repo: &Repository,
-    at: &Where,
-    index_ref: &ObjectRef,
-    mut f: impl FnMut(IndexEntry),
-) -> Result<(), RestoreError> {
-    let mut stream = ObjectStream::open(repo, at, index_ref, ObjectKind::Index);
-    let reader = std::mem::replace(&mut stream.reader, stage_channel().1);
-    let res = (|| -> Result<(), RestoreError> {
-        let dec = zstd::stream::read::Decoder::new(reader)
-            .map_err(|e| classify(e, at, &index_ref.object))?;
-        let mut idx = IndexReader::new(BufReader::new(dec));
-        while let Some(e) = idx
-            .next_entry()
-            .map_err(|e| classify(e, at, &index_ref.object))?
-        {
-            f(e);
-        }
-        io::copy(&mut idx.into_inner(), &mut io::sink())
-            .map_err(|e| classify(e, at, &index_ref.object))?;
-        Ok(())
-    })();
-    let joined = stream.join();
-    joined?;
-    res
 }
 
 /// `coffer dump` of a dump source: the main stream (or the stream named by
@@ -2810,14 +2536,11 @@ pub async fn list_files(
     let Some(index_ref) = src.index.clone() else {
         return Ok(Vec::new());
     };
-    let at = Where {
-        snapshot: m.id.clone(),
-        source: src.name.clone(),
-    };
+    let at = Where::new(m, src);
     let repo = repo.clone();
     tokio::task::spawn_blocking(move || {
         let mut v = Vec::new();
-        scan_index(&repo, &at, &index_ref, |e| v.push(e))?;
+        read_index(&repo, &at, &index_ref, |e| v.push(e))?;
         Ok(v)
     })
     .await
@@ -2849,58 +2572,42 @@ pub struct ChunkStreams {
 impl ChunkStreams {
     pub fn open(repo: &Repository, m: &Manifest, src: &SourceRecord) -> Result<Self, RestoreError> {
         let mut streams = SourceStreams::open(repo, m, src)?;
+        let at = streams.at.clone();
+        let object = streams.archive_ref.object.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel::<ChunkMsg>(2);
         let thread = std::thread::spawn(move || -> Result<(), RestoreError> {
-            let res = (|| -> Result<(), RestoreError> {
-                let (mut tar, mut index) = streams.readers()?;
-                let entries = tar.entries().map_err(|e| streams.archive_error(e))?;
-                for entry in entries {
-                    let mut entry = entry.map_err(|e| streams.archive_error(e))?;
-                    let name = entry.path_bytes().into_owned();
-                    let rel = safe_path(&name)
-                        .map_err(|r| streams.at.integrity(&streams.archive_ref.object, r))?;
-                    let ie = expect_entry(&streams, &mut index, &rel, EntryKind::File)?;
-                    let Some((stream, _)) = crate::source::stream::parse_chunk_path(&rel) else {
-                        return Err(streams.at.integrity(
-                            &streams.archive_ref.object,
-                            format!("entry {rel:?} is not a dump chunk"),
-                        ));
-                    };
-                    // Sizes come from stored data: never hold more than a
-                    // chunk can be, whatever the index or tar header says.
-                    let chunk = crate::source::stream::CHUNK as u64;
-                    if ie.size > chunk || entry.size() != ie.size {
-                        return Err(streams.at.integrity(
-                            &streams.archive_ref.object,
-                            format!("chunk {rel:?} claims {} bytes (index: {}); chunks hold at most {chunk}", entry.size(), ie.size),
-                        ));
+            let res = streams.walk(|e| -> Result<Flow, RestoreError> {
+                let chunk = match crate::source::stream::parse_chunk_path(&e.rel) {
+                    Some((stream, _)) if e.kind == EntryKind::File => stream.to_string(),
+                    _ => {
+                        return Err(e
+                            .integrity(format!("entry {:?} is not a dump chunk", e.rel))
+                            .into());
                     }
-                    let mut data = Vec::with_capacity(ie.size as usize);
-                    (&mut entry)
-                        .take(ie.size)
-                        .read_to_end(&mut data)
-                        .map_err(|e| streams.archive_error(e))?;
-                    let sha = hex::encode(Sha256::digest(&data));
-                    if data.len() as u64 != ie.size || ie.sha256.as_deref() != Some(sha.as_str()) {
-                        return Err(streams.at.integrity(
-                            &streams.archive_ref.object,
-                            format!("chunk {rel:?} does not match its size/SHA-256 in the index"),
-                        ));
-                    }
-                    if tx.send(ChunkMsg::Chunk(stream.to_string(), data)).is_err() {
-                        // The consumer stopped (it failed, or needed no more).
-                        return Ok(());
-                    }
+                };
+                // Sizes come from stored data: never hold more than a chunk
+                // can be, whatever the index or tar header says.
+                let max = crate::source::stream::CHUNK as u64;
+                if e.index.size > max || e.size != e.index.size {
+                    return Err(e
+                        .integrity(format!(
+                            "chunk {:?} claims {} bytes (index: {}); chunks hold at most {max}",
+                            e.rel, e.size, e.index.size
+                        ))
+                        .into());
                 }
-                if let Some(extra) = index.next_stored().map_err(|e| streams.index_error(e))? {
-                    return Err(streams.at.integrity(
-                        &streams.index_ref.object,
-                        format!("the index lists {:?}, which the archive lacks", extra.path),
-                    ));
+                // Read to its end, so that its size and SHA-256 are checked
+                // before a tool sees a byte of it.
+                let mut data = Vec::with_capacity(e.index.size as usize);
+                e.read_to_end(&mut data)
+                    .map_err(|err| crate::read::classify(err, &at, &object))?;
+                if tx.send(ChunkMsg::Chunk(chunk, data)).is_err() {
+                    // The consumer stopped (it failed, or needed no more).
+                    return Ok(Flow::Stop);
                 }
-                drain(&streams, tar, index)
-            })();
-            let res = streams.finish(res);
+                Ok(Flow::Next)
+            });
+            let res = streams.finish(res.map(|_| ()));
             let _ = tx.send(match &res {
                 Ok(()) => ChunkMsg::Done,
                 Err(e) => ChunkMsg::Failed(e.to_string()),
@@ -3044,11 +2751,6 @@ fn db_request<'a>(
         to_database: opts.to_database.as_deref(),
         force: opts.force,
     }
-}
-
-/// True for source types stored as dump streams.
-pub fn is_dump_source(kind: &str) -> bool {
-    !matches!(kind, "directory" | "files")
 }
 
 // -------------------------------------------------------------------- drill

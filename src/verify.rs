@@ -4,17 +4,17 @@
 //! is present with the size and SHA-256 the manifest records (downloaded and
 //! hashed, not decrypted). With `--deep`: every object is also authenticated
 //! segment by segment, decompressed, and every file re-hashed and compared
-//! with its index entry. Damage is collected, not fatal: one report names
-//! every damaged snapshot, source and file.
+//! with its index entry, by the same walk every reader uses
+//! ([`crate::read`]). Damage is collected, not fatal: one report names every
+//! damaged snapshot, source and file.
 
-use std::io::{self, Read};
+use std::io;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::manifest::{EntryKind, Manifest, ObjectRef, SourceRecord, SourceStatus};
+use crate::read::{Flow, ReadError, SourceStreams, expected_files};
 use crate::repo::{RepoError, Repository};
-use crate::restore::{RestoreError, SourceStreams, drain, entry_kind, expect_entry};
 use crate::store::StoreError;
 
 #[derive(Debug, Serialize)]
@@ -126,7 +126,7 @@ async fn check_source(
             .map_err(|e| RepoError::Credential(format!("verify task failed: {e}")))?;
         match res {
             Ok(mut p) => problems.append(&mut p),
-            Err(RestoreError::Store(e)) => return Err(RepoError::Store(e)),
+            Err(ReadError::Store(e)) => return Err(RepoError::Store(e)),
             Err(e) => problems.push(e.to_string()),
         }
     }
@@ -190,75 +190,37 @@ async fn check_object(
 }
 
 /// Reads a source's archive and index to the end, in step, re-hashing every
-/// file. Returns per-file problems; stream-level damage is an error.
+/// file ([`crate::read`] does every check). Returns per-file problems;
+/// stream-level damage is an error.
 fn deep_check(
     repo: &Repository,
     m: &Manifest,
     src: &SourceRecord,
-) -> Result<Vec<String>, RestoreError> {
+) -> Result<Vec<String>, ReadError> {
     let mut streams = SourceStreams::open(repo, m, src)?;
     let mut problems = Vec::new();
-    let res = (|| -> Result<(), RestoreError> {
-        let (mut tar, mut index) = streams.readers()?;
-        let mut files = 0u64;
-        let mut buf = vec![0u8; 256 * 1024];
-        let entries = tar.entries().map_err(|e| streams.archive_error(e))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| streams.archive_error(e))?;
-            let name = entry.path_bytes().into_owned();
-            let rel = crate::archive::safe_path(&name)
-                .map_err(|r| streams.at.integrity(&streams.archive_ref.object, r))?;
-            let ty = entry.header().entry_type();
-            let Some(kind) = entry_kind(ty) else { continue };
-            let ie = expect_entry(&streams, &mut index, &rel, kind)?;
-            if kind != EntryKind::File {
-                continue;
-            }
-            files += 1;
-            let mut h = Sha256::new();
-            let mut n = 0u64;
-            loop {
-                let k = entry.read(&mut buf).map_err(|e| streams.archive_error(e))?;
-                if k == 0 {
-                    break;
-                }
-                h.update(&buf[..k]);
-                n += k as u64;
-            }
-            let sha = hex::encode(h.finalize());
-            if n != ie.size || ie.sha256.as_deref() != Some(sha.as_str()) {
-                problems.push(format!(
-                    "file {rel}: content does not match its size/SHA-256 in the index"
-                ));
-            }
+    let res = streams.walk(|e| -> Result<Flow, ReadError> {
+        if e.kind != EntryKind::File {
+            return Ok(Flow::Next);
         }
-        if let Some(extra) = index.next_stored().map_err(|e| streams.index_error(e))? {
-            return Err(streams.at.integrity(
-                &streams.index_ref.object,
-                format!("the index lists {:?}, which the archive lacks", extra.path),
-            ));
+        // A file that differs from its index line is reported, and the
+        // check goes on with the next.
+        match e.skip() {
+            Err(ReadError::Content { .. }) => problems.push(format!(
+                "file {}: content does not match its size/SHA-256 in the index",
+                e.rel
+            )),
+            other => other?,
         }
-        // A dump source records its streams' chunk counts; others their files.
-        let expected = if crate::restore::is_dump_source(&src.kind) {
-            src.details
-                .get("streams")
-                .and_then(|v| v.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.get("chunks").and_then(|c| c.as_u64()))
-                        .sum()
-                })
-                .unwrap_or(0)
-        } else {
-            src.files
-        };
-        if files != expected {
-            problems.push(format!(
-                "the archive holds {files} file entries, the manifest records {expected}"
-            ));
-        }
-        drain(&streams, tar, index)
-    })();
-    streams.finish(res)?;
+        Ok(Flow::Next)
+    });
+    let walked = streams.finish(res)?;
+    let expected = expected_files(src);
+    if walked.files != expected {
+        problems.push(format!(
+            "the archive holds {} file entries, the manifest records {expected}",
+            walked.files
+        ));
+    }
     Ok(problems)
 }

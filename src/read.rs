@@ -1,0 +1,570 @@
+//! Reading a source back out of a snapshot: the one place where a source's
+//! archive and index are authenticated against each other. `restore`,
+//! `dump`, `verify --deep`, `drill` and `show --files` all read through
+//! here, so the integrity check exists once, where it can be audited.
+//!
+//! docs/FORMAT.md section 11, step 5 (and step 6's path rules), as
+//! [`SourceStreams::walk`] performs it, each check in one place:
+//!
+//! 1. Each object (archive `A`, index `I`) is downloaded, authenticated
+//!    segment by segment against the source's context, decrypted, and must
+//!    have the manifest's `size` ([`ObjectStream`]). Its stored SHA-256 is
+//!    left to plain `verify` (step 4): every segment here is authenticated.
+//! 2. Both are decompressed; the tar stream passes [`TarGuard`], which
+//!    bounds what a header may claim.
+//! 3. Each tar entry's name must be a safe relative path ([`safe_path`]: not
+//!    absolute, no `..` component, no NUL byte), normalised as section 11
+//!    says (trailing `/` removed, `./` read as `.`, a leading `./` removed).
+//! 4. PAX headers are skipped (they belong to the next entry); any type other
+//!    than file, directory, symlink or hard link is refused.
+//! 5. The next `stored: true` index line must have the same path and type.
+//! 6. A file's data must have the index's `size` and `sha256`: [`Entry`]'s
+//!    reader checks both at its end, and the walk reads what a consumer left
+//!    unread, so no file goes unchecked.
+//! 7. When the tar stream ends, no `stored: true` index line may be left.
+//! 8. Both objects are read to their very end, so the last segment verifies.
+//!
+//! The walk counts `file` entries ([`Walked::files`]); [`expected_files`] is
+//! what the manifest says there must be (`verify` reports a difference).
+//! What stays with the consumer: where bytes may be written (step 6: never
+//! through a symlink, a hard link only to a file already extracted).
+//! [`read_index`] reads an index alone, to its authenticated end, for
+//! listings and for `dump`, which checks the whole index before its first
+//! byte goes out.
+
+use std::io::{self, BufReader, Read};
+use std::thread::JoinHandle;
+
+use sha2::{Digest, Sha256};
+
+use crate::archive::{ChanReader, IndexReader, TarGuard, TarLimit, safe_path, stage_channel};
+use crate::crypto::{self, ObjectKind, OpenReader};
+use crate::manifest::{EntryKind, IndexEntry, Manifest, ObjectRef, SourceRecord, seal_context};
+use crate::repo::Repository;
+use crate::store::StoreError;
+
+/// Why reading a source failed. [`ReadError::is_integrity`] tells damaged
+/// or hostile stored data (exit 3) from operational failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(
+        "snapshot {snapshot}, source {source_name}, {object}: integrity check failed: {reason}"
+    )]
+    Integrity {
+        snapshot: String,
+        source_name: String,
+        object: String,
+        reason: String,
+    },
+    /// A file's bytes differ from its index line's size or SHA-256. Its own
+    /// variant so that `verify` can report it per file and go on.
+    #[error(
+        "snapshot {snapshot}, source {source_name}, {object}: integrity check failed: {}",
+        content_reason(.path)
+    )]
+    Content {
+        snapshot: String,
+        source_name: String,
+        object: String,
+        path: String,
+    },
+    /// An entry name that would leave the destination (step 6).
+    #[error("snapshot {snapshot}, source {source_name}: {path}: {reason}")]
+    Unsafe {
+        snapshot: String,
+        source_name: String,
+        path: String,
+        reason: String,
+    },
+    #[error(
+        "snapshot {snapshot}, source {source_name}: the source failed when the snapshot was taken ({reason}); it holds nothing to restore"
+    )]
+    SourceFailed {
+        snapshot: String,
+        source_name: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A reading thread died.
+    #[error("{0}")]
+    Thread(String),
+}
+
+/// The reason a [`ReadError::Content`] gives.
+pub fn content_reason(path: &str) -> String {
+    format!("file {path:?}: content does not match the index's size/SHA-256")
+}
+
+impl ReadError {
+    pub fn is_integrity(&self) -> bool {
+        matches!(
+            self,
+            ReadError::Integrity { .. } | ReadError::Content { .. } | ReadError::Unsafe { .. }
+        )
+    }
+}
+
+/// Context that every integrity error of one source carries.
+#[derive(Clone)]
+pub struct Where {
+    pub snapshot: String,
+    pub source: String,
+}
+
+impl Where {
+    pub fn new(m: &Manifest, src: &SourceRecord) -> Where {
+        Where {
+            snapshot: m.id.clone(),
+            source: src.name.clone(),
+        }
+    }
+
+    pub fn integrity(&self, object: &str, reason: impl Into<String>) -> ReadError {
+        ReadError::Integrity {
+            snapshot: self.snapshot.clone(),
+            source_name: self.source.clone(),
+            object: object.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn unsafe_path(&self, path: &str, reason: impl Into<String>) -> ReadError {
+        ReadError::Unsafe {
+            snapshot: self.snapshot.clone(),
+            source_name: self.source.clone(),
+            path: path.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Sorts an I/O error from a reading pipeline into integrity (bad bytes) or
+/// operational (storage, disk) failures.
+pub fn classify(e: io::Error, at: &Where, object: &str) -> ReadError {
+    if let Some(c) = crypto::integrity_error(&e) {
+        return at.integrity(object, c.to_string());
+    }
+    if let Some(l) = e.get_ref().and_then(|i| i.downcast_ref::<TarLimit>()) {
+        return at.integrity(object, l.to_string());
+    }
+    // Already sorted further down (an [`Entry`]'s content check).
+    if e.get_ref().is_some_and(|i| i.is::<ReadError>()) {
+        return *e
+            .into_inner()
+            .expect("checked above")
+            .downcast::<ReadError>()
+            .expect("checked above");
+    }
+    if e.get_ref().is_some_and(|i| i.is::<StoreError>()) {
+        let s = e
+            .into_inner()
+            .expect("checked above")
+            .downcast::<StoreError>()
+            .expect("checked above");
+        return match *s {
+            StoreError::NotFound { .. } => at.integrity(object, "the object is missing"),
+            other => ReadError::Store(other),
+        };
+    }
+    ReadError::Io {
+        op: "read",
+        path: object.to_string(),
+        source: e,
+    }
+}
+
+// ------------------------------------------------------------------ objects
+
+/// Reads one stored object on a thread of its own: download, authenticate,
+/// decrypt, and check its size against the manifest at the end. The
+/// plaintext arrives through a bounded channel. (The object's SHA-256 is left
+/// to `verify`: every segment here is authenticated and bound to its
+/// snapshot, source and kind, which a checksum cannot add to.)
+pub struct ObjectStream {
+    pub reader: ChanReader,
+    thread: Option<JoinHandle<Result<(), ReadError>>>,
+}
+
+impl ObjectStream {
+    pub fn open(repo: &Repository, at: &Where, obj: &ObjectRef, kind: ObjectKind) -> ObjectStream {
+        let (mut w, reader) = stage_channel();
+        let download = repo.store.download_opts(&obj.object, false);
+        let master = repo.shared_master();
+        let ctx = seal_context(&repo.id, &at.snapshot, Some(&at.source));
+        let at = at.clone();
+        let obj = obj.clone();
+        let thread = std::thread::spawn(move || -> Result<(), ReadError> {
+            let mut r = OpenReader::new(download, &master, kind, &ctx)
+                .map_err(|e| classify(e, &at, &obj.object))?;
+            let copied = io::copy(&mut r, &mut w);
+            let (size, _) = r.into_inner().digest();
+            if let Err(e) = copied {
+                if e.kind() == io::ErrorKind::BrokenPipe && size > 0 {
+                    // The consumer stopped reading (it found what it needed,
+                    // or failed itself and will report why).
+                    return Ok(());
+                }
+                return Err(classify(e, &at, &obj.object));
+            }
+            if size != obj.size {
+                return Err(at.integrity(
+                    &obj.object,
+                    format!("it has {size} bytes, the manifest records {}", obj.size),
+                ));
+            }
+            w.finish().ok();
+            Ok(())
+        });
+        ObjectStream {
+            reader,
+            thread: Some(thread),
+        }
+    }
+
+    /// Takes the plaintext reader, leaving an empty one.
+    pub fn take_reader(&mut self) -> ChanReader {
+        std::mem::replace(&mut self.reader, stage_channel().1)
+    }
+
+    /// Waits for the reading thread; its error explains any failure the
+    /// consumer saw.
+    pub fn join(&mut self) -> Result<(), ReadError> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(ReadError::Thread("object reader thread panicked".into()))),
+            None => Ok(()),
+        }
+    }
+}
+
+type Decoded = zstd::stream::read::Decoder<'static, BufReader<ChanReader>>;
+type TarInner = TarGuard<Decoded>;
+type TarStream = tar::Archive<TarInner>;
+type IndexStream = IndexReader<BufReader<Decoded>>;
+
+fn decoder(r: ChanReader, at: &Where, object: &str) -> Result<Decoded, ReadError> {
+    zstd::stream::read::Decoder::new(r)
+        .map_err(|e| at.integrity(object, format!("cannot start decompression: {e}")))
+}
+
+/// Reads a source's index alone to its authenticated end on this (blocking)
+/// thread, handing every line to `f`.
+pub fn read_index(
+    repo: &Repository,
+    at: &Where,
+    index_ref: &ObjectRef,
+    mut f: impl FnMut(IndexEntry),
+) -> Result<(), ReadError> {
+    let mut stream = ObjectStream::open(repo, at, index_ref, ObjectKind::Index);
+    let reader = stream.take_reader();
+    let res = (|| -> Result<(), ReadError> {
+        let mut idx = IndexReader::new(BufReader::new(decoder(reader, at, &index_ref.object)?));
+        while let Some(e) = idx
+            .next_entry()
+            .map_err(|e| classify(e, at, &index_ref.object))?
+        {
+            f(e);
+        }
+        io::copy(&mut idx.into_inner(), &mut io::sink())
+            .map_err(|e| classify(e, at, &index_ref.object))?;
+        Ok(())
+    })();
+    // The reading thread's failure is the cause of any the consumer saw.
+    stream.join()?;
+    res
+}
+
+// ------------------------------------------------------------------ sources
+
+/// A source's archive and index, read side by side by [`SourceStreams::walk`].
+pub struct SourceStreams {
+    pub at: Where,
+    pub archive_ref: ObjectRef,
+    pub index_ref: ObjectRef,
+    archive: ObjectStream,
+    index: ObjectStream,
+}
+
+/// What a consumer of [`SourceStreams::walk`] wants next.
+pub enum Flow {
+    Next,
+    /// It has what it needed: the walk ends here, unchecked beyond.
+    Stop,
+}
+
+/// The outcome of a whole walk.
+pub struct Walked {
+    /// `file` entries in the archive.
+    pub files: u64,
+}
+
+impl SourceStreams {
+    /// Starts reading both objects of a source that was stored.
+    pub fn open(repo: &Repository, m: &Manifest, src: &SourceRecord) -> Result<Self, ReadError> {
+        let at = Where::new(m, src);
+        let (Some(archive_ref), Some(index_ref)) = (src.archive.clone(), src.index.clone()) else {
+            return Err(ReadError::SourceFailed {
+                snapshot: m.id.clone(),
+                source_name: src.name.clone(),
+                reason: src.error.clone().unwrap_or_else(|| "no archive".into()),
+            });
+        };
+        let archive = ObjectStream::open(repo, &at, &archive_ref, ObjectKind::Archive);
+        let index = ObjectStream::open(repo, &at, &index_ref, ObjectKind::Index);
+        Ok(SourceStreams {
+            at,
+            archive_ref,
+            index_ref,
+            archive,
+            index,
+        })
+    }
+
+    fn archive_error(&self, e: io::Error) -> ReadError {
+        classify(e, &self.at, &self.archive_ref.object)
+    }
+
+    fn index_error(&self, e: io::Error) -> ReadError {
+        classify(e, &self.at, &self.index_ref.object)
+    }
+
+    /// Walks the archive's entries and the index's lines side by side,
+    /// handing each authenticated entry to `visit` (checks 3-8 of the module
+    /// doc). Call [`SourceStreams::finish`] with the result.
+    pub fn walk<E: From<ReadError>>(
+        &mut self,
+        mut visit: impl FnMut(&mut Entry<'_>) -> Result<Flow, E>,
+    ) -> Result<Walked, E> {
+        let a = self.archive.take_reader();
+        let i = self.index.take_reader();
+        let mut tar: TarStream = tar::Archive::new(TarGuard::new(decoder(
+            a,
+            &self.at,
+            &self.archive_ref.object,
+        )?));
+        let mut index: IndexStream = IndexReader::new(BufReader::new(decoder(
+            i,
+            &self.at,
+            &self.index_ref.object,
+        )?));
+        let mut files = 0u64;
+        for entry in tar.entries().map_err(|e| self.archive_error(e))? {
+            let entry = entry.map_err(|e| self.archive_error(e))?;
+            let name = entry.path_bytes().into_owned();
+            let rel = safe_path(&name)
+                .map_err(|r| self.at.unsafe_path(&String::from_utf8_lossy(&name), r))?;
+            let ty = entry.header().entry_type();
+            let Some(kind) = entry_kind(ty) else {
+                if ty.is_pax_global_extensions() || ty.is_pax_local_extensions() {
+                    continue;
+                }
+                return Err(self
+                    .at
+                    .integrity(
+                        &self.archive_ref.object,
+                        format!(
+                            "entry {rel:?} has an unsupported type {:?}",
+                            ty.as_byte() as char
+                        ),
+                    )
+                    .into());
+            };
+            let line = self.expect_entry(&mut index, &rel, kind)?;
+            if kind == EntryKind::File {
+                files += 1;
+            }
+            let mut e = Entry {
+                kind,
+                size: entry.size(),
+                data: entry,
+                hash: Sha256::new(),
+                read: 0,
+                checked: kind != EntryKind::File,
+                at: &self.at,
+                object: &self.archive_ref.object,
+                rel,
+                index: line,
+            };
+            if let Flow::Stop = visit(&mut e)? {
+                return Ok(Walked { files });
+            }
+            // What the consumer left unread is still checked.
+            e.skip()?;
+        }
+        if let Some(extra) = index.next_stored().map_err(|e| self.index_error(e))? {
+            return Err(self
+                .at
+                .integrity(
+                    &self.index_ref.object,
+                    format!("the index lists {:?}, which the archive lacks", extra.path),
+                )
+                .into());
+        }
+        // Tar stops at its end-of-archive marker: a cut after it must not go
+        // unnoticed, so both streams are read to their authenticated end.
+        io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(|e| self.archive_error(e))?;
+        io::copy(&mut index.into_inner(), &mut io::sink()).map_err(|e| self.index_error(e))?;
+        Ok(Walked { files })
+    }
+
+    /// Reads the next stored index line and checks that the tar entry agrees.
+    fn expect_entry(
+        &self,
+        index: &mut IndexStream,
+        path: &str,
+        kind: EntryKind,
+    ) -> Result<IndexEntry, ReadError> {
+        let e = index
+            .next_stored()
+            .map_err(|e| self.index_error(e))?
+            .ok_or_else(|| {
+                self.at.integrity(
+                    &self.index_ref.object,
+                    format!("the archive holds {path:?}, which the index does not list"),
+                )
+            })?;
+        if e.path != path || e.kind != kind {
+            return Err(self.at.integrity(
+                &self.archive_ref.object,
+                format!(
+                    "archive entry {path:?} ({kind:?}) does not match index entry {:?} ({:?})",
+                    e.path, e.kind
+                ),
+            ));
+        }
+        Ok(e)
+    }
+
+    /// Joins both reading threads. A failure there is the real cause of any
+    /// error the consumer saw, so it wins; otherwise the consumer's result
+    /// is returned.
+    pub fn finish<T, E: From<ReadError>>(mut self, consumer: Result<T, E>) -> Result<T, E> {
+        let a = self.archive.join();
+        let i = self.index.join();
+        a?;
+        i?;
+        consumer
+    }
+}
+
+/// One authenticated entry: its index line, its tar header's facts, and its
+/// bytes, which are checked against the index line's size and SHA-256 when
+/// the reader reaches their end.
+pub struct Entry<'a> {
+    /// The normalised, safe relative path.
+    pub rel: String,
+    pub kind: EntryKind,
+    /// The matching index line.
+    pub index: IndexEntry,
+    /// The size the tar header gives (what reading will yield at most).
+    pub size: u64,
+    data: tar::Entry<'a, TarInner>,
+    hash: Sha256,
+    read: u64,
+    /// Set once the content check ran (or for entries without content).
+    checked: bool,
+    at: &'a Where,
+    object: &'a str,
+}
+
+impl Entry<'_> {
+    /// An integrity error about the archive this entry came from.
+    pub fn integrity(&self, reason: impl Into<String>) -> ReadError {
+        self.at.integrity(self.object, reason)
+    }
+
+    /// Reads up to `buf.len()` bytes; 0 only at the end, once the content
+    /// matched the index.
+    pub fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
+        self.read(buf)
+            .map_err(|e| classify(e, self.at, self.object))
+    }
+
+    /// Fills `buf` as far as the data goes (see [`Entry::read_data`]).
+    pub fn read_full(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
+        crypto::read_full(self, buf).map_err(|e| classify(e, self.at, self.object))
+    }
+
+    /// Reads the rest of the data, checking it.
+    pub fn skip(&mut self) -> Result<(), ReadError> {
+        io::copy(self, &mut io::sink())
+            .map(|_| ())
+            .map_err(|e| classify(e, self.at, self.object))
+    }
+}
+
+impl Read for Entry<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.data.read(buf)?;
+        if self.checked {
+            return Ok(k);
+        }
+        if k > 0 {
+            self.hash.update(&buf[..k]);
+            self.read += k as u64;
+            return Ok(k);
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.checked = true;
+        let sha = hex::encode(std::mem::take(&mut self.hash).finalize());
+        if self.read != self.index.size || self.index.sha256.as_deref() != Some(sha.as_str()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                ReadError::Content {
+                    snapshot: self.at.snapshot.clone(),
+                    source_name: self.at.source.clone(),
+                    object: self.object.to_string(),
+                    path: self.rel.clone(),
+                },
+            ));
+        }
+        Ok(0)
+    }
+}
+
+/// The index's entry type for a tar entry type; `None` for any other.
+pub fn entry_kind(t: tar::EntryType) -> Option<EntryKind> {
+    match t {
+        tar::EntryType::Regular | tar::EntryType::Continuous => Some(EntryKind::File),
+        tar::EntryType::Directory => Some(EntryKind::Dir),
+        tar::EntryType::Symlink => Some(EntryKind::Symlink),
+        tar::EntryType::Link => Some(EntryKind::Hardlink),
+        _ => None,
+    }
+}
+
+/// Whether a source of this kind stores dump streams (section 9) rather
+/// than files.
+pub fn is_dump_source(kind: &str) -> bool {
+    !matches!(kind, "directory" | "files")
+}
+
+/// How many `file` entries the archive must hold: a `directory` or `files`
+/// source's `files`; for a dump source, the sum of `chunks` over
+/// `details.streams` (its `files` counts streams).
+pub fn expected_files(src: &SourceRecord) -> u64 {
+    if is_dump_source(&src.kind) {
+        src.details
+            .get("streams")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.get("chunks").and_then(|c| c.as_u64()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    } else {
+        src.files
+    }
+}

@@ -438,19 +438,37 @@ impl Dir {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 other => other?,
             }
-            let d = self.open_dir(&name)?;
+            // Another process may swap what we just made for a symlink, a
+            // file or its own directory before we open it.
+            let d = self.open_dir(&name).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOTDIR) | Some(libc::ELOOP) => Replaced::error(self.path.join(&name)),
+                _ => e,
+            })?;
             let st = d.stat()?;
             if st.st_uid != me() || st.st_mode & 0o077 != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{} was replaced by another user's directory while it was being created",
-                        d.path.display()
-                    ),
-                ));
+                return Err(Replaced::error(d.path.clone()));
             }
             return Ok((name, d));
         }
+    }
+}
+
+/// A directory coffer had just created was replaced by another process
+/// before coffer could open it (an attack, or a tool tidying up).
+#[derive(Debug, thiserror::Error)]
+#[error("{} was replaced by another process while it was being created", .0.display())]
+pub struct Replaced(pub PathBuf);
+
+impl Replaced {
+    fn error(path: PathBuf) -> io::Error {
+        io::Error::other(Replaced(path))
+    }
+
+    /// The path, when `e` says a new directory was replaced.
+    pub fn of(e: &io::Error) -> Option<&Path> {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<Replaced>())
+            .map(|r| r.0.as_path())
     }
 }
 

@@ -36,11 +36,11 @@ use crate::archive::safe_path;
 use crate::crypto::ObjectKind;
 use crate::dirfd::{self, Dir};
 use crate::manifest::{EntryKind, IndexEntry, Manifest, SourceRecord, SourceStatus};
+use crate::outcome::ErrorKind;
 use crate::read::{
     Entry, Flow, ObjectStream, ReadError, SourceStreams, Where, classify, is_dump_source,
     read_index,
 };
-use crate::outcome::ErrorKind;
 use crate::repo::Repository;
 use crate::store::StoreError;
 use rustix::fs::RenameFlags;
@@ -970,7 +970,16 @@ impl Staging {
         remove_abandoned_staging(&parent);
         let (name, dir) = parent
             .make_staging(&crate::abandoned::staging_prefix())
-            .map_err(io_err("create a staging directory in", parent.path()))?;
+            .map_err(|e| match dirfd::Replaced::of(&e) {
+                Some(p) => RestoreError::Changed {
+                    path: parent.path().display().to_string(),
+                    what: format!(
+                        "the staging directory {} that coffer had just created",
+                        p.display()
+                    ),
+                },
+                None => io_err("create a staging directory in", parent.path())(e),
+            })?;
         let id = dirfd::identity(&dir.stat().map_err(io_err("inspect", dir.path()))?);
         Ok(Staging {
             parent,

@@ -326,7 +326,15 @@ fn a_root_files_restore_is_not_redirected_through_a_swapped_parent_directory() {
     // Undisturbed, the same restore works (the files are where they were).
     let real = app.join("conf.real");
     if fs::symlink_metadata(&real).is_ok() {
-        let _ = fs::remove_file(&conf);
+        // The attacker stopped mid-swap: `conf` is its symlink, or missing
+        // (and then a restore may have made a new `conf` directory for the
+        // files it puts back, which is what a restore does for a missing
+        // parent). Either way the original goes back in its place.
+        match fs::symlink_metadata(&conf) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&conf).expect("remove the new conf"),
+            Ok(_) => fs::remove_file(&conf).expect("remove the attacker's symlink"),
+            Err(_) => {}
+        }
         fs::rename(&real, &conf).expect("put conf back");
     }
     let r = restore(&env);

@@ -105,6 +105,14 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// The kind named `name` (as in the config and the manifest).
+    pub fn parse(name: &str) -> Option<SourceKind> {
+        use SourceKind::*;
+        [Postgres, Mysql, Sqlite, Redis, Directory, Files, Command]
+            .into_iter()
+            .find(|k| k.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Postgres => "postgres",

@@ -104,11 +104,18 @@ pub fn content_reason(path: &str) -> String {
 }
 
 impl ReadError {
+    pub fn kind(&self) -> crate::ErrorKind {
+        match self {
+            ReadError::Integrity { .. } | ReadError::Content { .. } | ReadError::Unsafe { .. } => {
+                crate::ErrorKind::Integrity
+            }
+            ReadError::Store(s) => s.kind(),
+            _ => crate::ErrorKind::Operational,
+        }
+    }
+
     pub fn is_integrity(&self) -> bool {
-        matches!(
-            self,
-            ReadError::Integrity { .. } | ReadError::Content { .. } | ReadError::Unsafe { .. }
-        )
+        self.kind() == crate::ErrorKind::Integrity
     }
 }
 

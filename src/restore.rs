@@ -61,6 +61,10 @@ pub enum RestoreError {
     BadInclude(String, String),
     #[error("{0}")]
     Usage(String),
+    /// A bug: a thread of coffer's own panicked or went away. Operational,
+    /// never a usage error: the user did nothing wrong.
+    #[error("internal error: {0}; nothing more was changed. Please report this")]
+    Internal(String),
     #[error(
         "snapshot {snapshot}, source {source_name}: the source failed when the snapshot was taken ({reason}); it holds nothing to restore"
     )]
@@ -173,6 +177,7 @@ impl RestoreError {
             | RestoreError::BadInclude(..)
             | RestoreError::NoSuchFile { .. }
             | RestoreError::Usage(_) => ErrorKind::Usage,
+            RestoreError::Internal(_) => ErrorKind::Operational,
             RestoreError::Store(s) => s.kind(),
             RestoreError::SourceFailed { .. }
             | RestoreError::Io { .. }
@@ -278,7 +283,7 @@ impl From<ReadError> for RestoreError {
             },
             ReadError::Store(s) => RestoreError::Store(s),
             ReadError::Io { op, path, source } => RestoreError::Io { op, path, source },
-            ReadError::Thread(m) => RestoreError::Usage(m),
+            ReadError::Thread(m) => RestoreError::Internal(m),
         }
     }
 }
@@ -689,7 +694,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, RestoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| RestoreError::Usage(format!("restore task failed: {e}")))?
+        .map_err(|e| RestoreError::Internal(format!("restore task failed: {e}")))?
 }
 
 /// `restore --dry-run`: where each source would go and what it would write.
@@ -1484,7 +1489,7 @@ async fn dry_run(
         Ok(out)
     })
     .await
-    .map_err(|e| RestoreError::Usage(format!("dry run task failed: {e}")))?
+    .map_err(|e| RestoreError::Internal(format!("dry run task failed: {e}")))?
 }
 
 /// Refuses, before anything is written, a files source restore whose
@@ -1959,7 +1964,7 @@ impl FileWriter {
         }
         // The writer stopped: its own error says why.
         self.finish()?;
-        Err(RestoreError::Usage("the file writer stopped".into()))
+        Err(RestoreError::Internal("the file writer stopped".into()))
     }
 
     fn finish(&mut self) -> Result<(), RestoreError> {
@@ -1967,7 +1972,7 @@ impl FileWriter {
         match self.thread.take() {
             Some(t) => t
                 .join()
-                .unwrap_or_else(|_| Err(RestoreError::Usage("file writer panicked".into()))),
+                .unwrap_or_else(|_| Err(RestoreError::Internal("file writer panicked".into()))),
             None => Ok(()),
         }
     }
@@ -2311,7 +2316,7 @@ pub async fn dump<W: Write + Send + 'static>(
     let m = m.clone();
     let res = tokio::task::spawn_blocking(move || dump_blocking(&repo, &m, &src, path, out))
         .await
-        .map_err(|e| RestoreError::Usage(format!("dump task failed: {e}")))?;
+        .map_err(|e| RestoreError::Internal(format!("dump task failed: {e}")))?;
     match res {
         Ok(_) | Err(RestoreError::OutputClosed) => Ok(()),
         Err(e) => Err(e),
@@ -2553,7 +2558,7 @@ pub async fn list_files(
         Ok(v)
     })
     .await
-    .map_err(|e| RestoreError::Usage(format!("listing task failed: {e}")))?
+    .map_err(|e| RestoreError::Internal(format!("listing task failed: {e}")))?
 }
 
 // ------------------------------------------------------------ dump sources
@@ -2666,7 +2671,7 @@ impl ChunkStreams {
         match self.thread.take() {
             Some(t) => t
                 .join()
-                .unwrap_or_else(|_| Err(RestoreError::Usage("archive reader panicked".into()))),
+                .unwrap_or_else(|_| Err(RestoreError::Internal("archive reader panicked".into()))),
             None => Ok(()),
         }
     }
@@ -2734,8 +2739,8 @@ impl crate::source::Streams for ChunkStreams {
 }
 
 fn kind_of(src: &SourceRecord) -> Result<crate::config::SourceKind, RestoreError> {
-    serde_json::from_value(serde_json::Value::String(src.kind.clone()))
-        .map_err(|_| RestoreError::Usage(format!("unknown source type {:?}", src.kind)))
+    crate::config::SourceKind::parse(&src.kind)
+        .ok_or_else(|| RestoreError::Usage(format!("unknown source type {:?}", src.kind)))
 }
 
 fn source_error(m: &Manifest, src: &SourceRecord, e: crate::source::SourceError) -> RestoreError {
@@ -2845,7 +2850,7 @@ pub async fn drill(
             Ok(res)
         })
         .await
-        .map_err(|e| RestoreError::Usage(format!("drill task failed: {e}")))?;
+        .map_err(|e| RestoreError::Internal(format!("drill task failed: {e}")))?;
         let r = match result {
             Ok(Some(Ok(r))) => r,
             Ok(Some(Err(e))) => crate::source::DrillResult {

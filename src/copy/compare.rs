@@ -1,4 +1,5 @@
-//! coffer copy: compare.
+//! Whether two objects of equal size differ: stored hash, content hash or
+//! size and mtime.
 
 use super::*;
 

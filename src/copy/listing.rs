@@ -1,4 +1,5 @@
-//! coffer copy: listing.
+//! Both sides of a copy listed as streams in key order: cloud listings,
+//! a sorted walk of a local directory, the include/exclude filter.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! coffer copy: object.
+//! Copying one object: streamed in parts, server-side where both sides are
+//! one store, or file to file; its SHA-256 checked.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! coffer copy: run.
+//! One `coffer copy` run: the merge of both listings, what each object
+//! needs, the report, and `--delete` after every copy succeeded.
 
 use super::*;
 

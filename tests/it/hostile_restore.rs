@@ -9,8 +9,7 @@
 //! point, must be exactly as it was. These tests need root (CI runs as root)
 //! and fail, never skip, without it.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -8,8 +8,7 @@
 //! tests/ops.rs and its units in tests/systemd.rs; the bucket-copy
 //! runbook's commands in tests/copy.rs.)
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::path::Path;

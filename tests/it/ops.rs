@@ -3,8 +3,7 @@
 //! (healthchecks.io-style, against a local HTTP server started here),
 //! `coffer completions SHELL` and `coffer man`.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -178,9 +178,9 @@ EOF
 # ---------------------------------------------------------------- vectors
 cd "$ROOT"
 log "writing sealed-object vectors"
-COFFER_WRITE_FIXTURES=1 cargo test --quiet --test format -- --ignored --exact generate_vectors >&2
+COFFER_WRITE_FIXTURES=1 cargo test --quiet --test it -- --ignored --exact format::generate_vectors >&2
 
 log "checking (format_doc_quotes_the_constants fails until docs/FORMAT.md shows the new ids)"
-cargo test --quiet --test format >&2 || true
+cargo test --quiet --test it format:: >&2 || true
 du -sh "$FIX" "$VEC" >&2
 log "done; update the examples in docs/FORMAT.md (config, key slot and its AAD, manifest, index line) to the new ids and hashes, then commit"

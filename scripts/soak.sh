@@ -3,7 +3,7 @@
 # front of the S3 test server, with random resets, lost answers, stalls and
 # 503s, for COFFER_SOAK_SECS seconds (default: one hour). It ends with
 # `verify --all --deep` and a prune that must leave nothing behind; every
-# exit code on the way must be true to what happened (tests/soak.rs).
+# exit code on the way must be true to what happened (tests/it/soak.rs).
 #
 #   bash scripts/soak.sh                  # an hour
 #   COFFER_SOAK_SECS=28800 bash scripts/soak.sh   # a night
@@ -16,4 +16,4 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 # shellcheck source=scripts/test-servers.sh
 source scripts/test-servers.sh
-/usr/bin/time -v cargo test --test soak -- --nocapture 2>&1
+/usr/bin/time -v cargo test --test it soak:: -- --nocapture 2>&1

@@ -259,7 +259,7 @@ ensure_machine_services() {
 }
 
 # ---------------------------------------------------------------- systemd-analyze
-# tests/systemd.rs runs `systemd-analyze verify` on the units in systemd/.
+# tests/it/systemd.rs runs `systemd-analyze verify` on the units in systemd/.
 # Only the tool is needed (no running systemd); install it if absent.
 ensure_systemd_analyze() {
     command -v systemd-analyze >/dev/null 2>&1 && return 0

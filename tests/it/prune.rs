@@ -5,8 +5,7 @@
 //! manifests, left-overs of interrupted snapshots inside and past the grace
 //! period, and two snapshots plus a prune running at once losing nothing.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeSet;
 use std::process::Output;

@@ -5,8 +5,7 @@
 //! multipart parts read back byte-identical, an abandoned upload leaves
 //! nothing, and missing objects are reported as such.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::{Read, Write};
 

@@ -4,8 +4,7 @@
 //! the config no longer has is refused in place; restore says first whose
 //! snapshot it is restoring.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::process::Output;

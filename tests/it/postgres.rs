@@ -11,8 +11,7 @@
 //! unreachable server; `drill` passing, and failing on recorded counts that
 //! do not match.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -2,8 +2,7 @@
 //! the media path): it cannot be renamed over, so coffer stages inside it.
 //! Needs root to mount a tmpfs; fails (does not skip) without it.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::process::Command as Std;
 
 struct Mount(std::path::PathBuf);

@@ -7,8 +7,7 @@
 //! The tests run as whatever user cargo runs as (often root in CI): every
 //! "outside" path is a decoy inside the test's temp dir, never a system file.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::fs;

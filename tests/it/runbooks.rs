@@ -5,11 +5,10 @@
 //! between the blocks. A runbook whose commands stop working, or whose
 //! blocks change in number, fails here. (```text blocks are examples for the
 //! reader and are not run. The nightly-backups runbook's cron lines run in
-//! tests/ops.rs and its units in tests/systemd.rs; the bucket-copy
-//! runbook's commands in tests/copy.rs.)
+//! tests/it/ops.rs and its units in tests/it/systemd.rs; the bucket-copy
+//! runbook's commands in tests/it/copy.rs.)
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::path::Path;

@@ -1,8 +1,7 @@
 //! Keys: `key generate`, `init`, passphrases (env, file, command), key slots
 //! (`key add|list|remove`), wrong keys, bad key files.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::fs;

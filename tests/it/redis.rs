@@ -2,8 +2,7 @@
 //! shared: these tests never stop or flush it, only add keys with a prefix of
 //! their own and delete them again.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::path::Path;

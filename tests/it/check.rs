@@ -5,8 +5,7 @@
 //! a read-only repository, a bucket that does not exist, an unparseable
 //! config) and `--max-age` on both sides of the newest snapshot's age.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

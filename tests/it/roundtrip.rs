@@ -1,8 +1,7 @@
 //! Round trips on every backend: snapshot a tree, restore it, compare bytes
 //! and metadata; `dump` read back by the real GNU tar.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn round_trip(b: Backend, big: Option<usize>) {
     let mut env = Env::init(b);

@@ -9,8 +9,7 @@
 //! back byte for byte before the next case, so one repository serves every
 //! case of a test.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -11,13 +11,11 @@
 //! In the suite it runs a few rounds; `scripts/soak.sh` runs it for as long
 //! as `COFFER_SOAK_SECS` says (an hour, a night).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::faultproxy::{Action, FaultProxy, Rule};
-use common::*;
+use crate::common::faultproxy::{Action, FaultProxy, Rule};
+use crate::common::*;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -14,8 +14,7 @@
 //! ignored `generate_vectors` below); tests only ever read them, working on
 //! copies in temp directories.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

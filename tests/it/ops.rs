@@ -3,8 +3,7 @@
 //! (healthchecks.io-style, against a local HTTP server started here),
 //! `coffer completions SHELL` and `coffer man`.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -1165,7 +1164,13 @@ fn password_in_a_postgres_url_query_reaches_pg_dump_env_and_nothing_else() {
     // The maintenance database is there on every server; the second source
     // names one that is not, so its error (quoting the URL) reaches
     // COFFER_ERROR, the /fail ping and --json.
-    let missing = format!("coffer_no_such_db_{}", std::process::id());
+    // The pid alone named it when this module was a binary of its own; every
+    // module now shares the process, so a random part keeps it this test's.
+    let missing = format!(
+        "coffer_no_such_db_{}_{}",
+        std::process::id(),
+        coffer::crypto::random_id(3)
+    );
     env.sources.push_str(&format!(
         "[[sources]]\nname = \"db\"\ntype = \"postgres\"\n\
          url = \"postgres://postgres@127.0.0.1:5432/postgres?application_name=coffer-t&password={PW}\"\n\n\

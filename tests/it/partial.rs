@@ -1,8 +1,7 @@
 //! Partial snapshots: unreadable files, files changing while read, special
 //! files (sockets, FIFOs), and `exclude` globs.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -1,8 +1,7 @@
 //! `command` sources: any program whose stdout is the backup, restored by a
 //! program that reads it on stdin.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeSet;
 use std::fs;

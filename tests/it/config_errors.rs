@@ -3,8 +3,7 @@
 //! snapshots; precedence of --repo / COFFER_REPO; global options anywhere;
 //! no panic for any config text.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::ops::RangeInclusive;
@@ -630,7 +629,7 @@ fn assert_no_panic(o: &std::process::Output) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-const EXAMPLE: &str = include_str!("../fixtures/config/contract-example.toml");
+const EXAMPLE: &str = include_str!("../../fixtures/config/contract-example.toml");
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]

@@ -2,8 +2,7 @@
 //! snapshot and a healthy repository; two snapshots at once both succeed; a
 //! snapshot whose every source fails commits nothing.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::io::Write;

@@ -3,14 +3,12 @@
 //! databases of its own, uniquely named, and drops them at the end. A test
 //! fails (never skips) when the server is not there.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 // ----------------------------------------------------------------- helpers
 

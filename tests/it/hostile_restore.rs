@@ -9,8 +9,7 @@
 //! point, must be exactly as it was. These tests need root (CI runs as root)
 //! and fail, never skip, without it.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -187,6 +186,16 @@ fn swapped_staging(sticky: bool) {
             succeeded += 1;
         } else {
             // A failure must say where and what happened.
+            //
+            // Known to fail now and then under CPU load, in the one binary as
+            // in the old per-file binary (5 of 32 runs of the old binary, two
+            // at a time, when it was moved into tests/it/): the attacker swaps
+            // the staging directory between `mkdir` and its `open` in
+            // `dirfd::Dir::make_staging`, and the restore fails safely but
+            // says "create a staging directory in …: Not a directory (os
+            // error 20)" instead of "renamed or replaced by another process".
+            // The fix belongs in src/ (map that open's ENOTDIR/ELOOP to
+            // RestoreError::Changed), not here.
             assert!(
                 r.stderr.contains(&shop.display().to_string())
                     && r.stderr.contains("renamed or replaced by another process"),

@@ -14,8 +14,7 @@
 //! which scripts/test-servers.sh installs when it is missing; without it
 //! this test fails.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -1,8 +1,7 @@
 //! `sqlite` sources: a consistent online copy while the application writes
 //! (WAL mode), atomic restore, lock refusal, `--to-database`, and drills.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::io::Write;

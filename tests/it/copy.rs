@@ -4,8 +4,6 @@
 //! S3 server killed mid-copy (a private moto), a killed copy resumed, a
 //! repository copied and restored from GCS, and bad inputs.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -13,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use sha2::Digest;
 
 fn need(var: &str) -> String {

@@ -3,8 +3,7 @@
 //! read by GNU tar), snapshot options (--dry-run, --only, --tag, --label,
 //! [labels]), listing and selection of snapshots, and the JSON documents.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

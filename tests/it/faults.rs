@@ -5,12 +5,10 @@
 //! snapshot that was committed exits 0 (with a warning when an answer was
 //! lost), one that was not exits 1 and says what was tried.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::faultproxy::{Action, FaultProxy, Rule};
-use common::*;
+use crate::common::faultproxy::{Action, FaultProxy, Rule};
+use crate::common::*;
 
 /// An initialised S3 repository reached through `proxy`, with one
 /// directory source (`big` adds a file of that many incompressible bytes).

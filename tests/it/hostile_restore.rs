@@ -185,17 +185,11 @@ fn swapped_staging(sticky: bool) {
             assert_eq!(describe_tree(&media), snapshot_tree, "restore {runs}");
             succeeded += 1;
         } else {
-            // A failure must say where and what happened.
-            //
-            // Known to fail now and then under CPU load, in the one binary as
-            // in the old per-file binary (5 of 32 runs of the old binary, two
-            // at a time, when it was moved into tests/it/): the attacker swaps
-            // the staging directory between `mkdir` and its `open` in
-            // `dirfd::Dir::make_staging`, and the restore fails safely but
-            // says "create a staging directory in …: Not a directory (os
-            // error 20)" instead of "renamed or replaced by another process".
-            // The fix belongs in src/ (map that open's ENOTDIR/ELOOP to
-            // RestoreError::Changed), not here.
+            // A failure must say where and what happened, also when the
+            // attacker swaps a staging directory between its `mkdir` and
+            // its `open` (dirfd::Dir::make_staging reports that as
+            // replaced; before, it said "Not a directory" now and then
+            // under load).
             assert!(
                 r.stderr.contains(&shop.display().to_string())
                     && r.stderr.contains("renamed or replaced by another process"),

@@ -2,10 +2,10 @@
 //! databases, media and configuration, stored on a filesystem, S3, GCS or
 //! Azure through `object_store`.
 //!
-//! The library holds the domain; `main.rs` parses flags, calls one operation
-//! and prints its result. Every module has its own error type, and each
-//! error knows its [`ErrorKind`] (usage, operational, integrity); [`Error`]
-//! gathers them. An operation ends in an [`Outcome`], and
+//! The library holds the domain; the binary (`src/bin/coffer/`) parses
+//! flags, calls one operation and prints its result. Every module has its
+//! own error type, and each error knows its [`ErrorKind`] (usage,
+//! operational, integrity); [`Error`] gathers them. An operation ends in an [`Outcome`], and
 //! [`Outcome::exit_code`] is the one place where it becomes the exit code
 //! of the contract.
 
@@ -16,6 +16,7 @@ pub mod archive;
 pub mod check;
 pub mod childenv;
 pub mod config;
+pub mod credential;
 pub mod crypto;
 pub mod dirfd;
 pub mod hooks;

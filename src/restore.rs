@@ -578,6 +578,18 @@ pub struct RestoreReport {
     pub cleaned: Vec<String>,
 }
 
+impl RestoreReport {
+    /// Sources that failed when the snapshot was taken were not restored:
+    /// the restore is partial.
+    pub fn outcome(&self) -> crate::Outcome {
+        if self.skipped.is_empty() {
+            crate::Outcome::Ok
+        } else {
+            crate::Outcome::Partial
+        }
+    }
+}
+
 fn include_set(patterns: &[String]) -> Result<Option<GlobSet>, RestoreError> {
     if patterns.is_empty() {
         return Ok(None);
@@ -3063,6 +3075,28 @@ pub struct DrillReport {
     pub skipped: Vec<String>,
 }
 
+impl DrillReport {
+    /// A check that failed on a restored copy is an integrity failure; a
+    /// drill that could not run (every failed source has an error, no
+    /// failed check) is operational.
+    pub fn outcome(&self) -> crate::Outcome {
+        use crate::Outcome;
+        if self.ok {
+            Outcome::Ok
+        } else if self
+            .sources
+            .iter()
+            .any(|d| !d.failures.is_empty() && d.error.is_none())
+        {
+            Outcome::Failed(ErrorKind::Integrity)
+        } else if self.sources.iter().all(|d| d.ok || d.error.is_some()) {
+            Outcome::Failed(ErrorKind::Operational)
+        } else {
+            Outcome::Failed(ErrorKind::Integrity)
+        }
+    }
+}
+
 /// Restores each database source of `m` into a scratch database, checks it
 /// and drops it (see [`crate::source::drill`]).
 pub async fn drill(
@@ -3173,4 +3207,79 @@ pub async fn drill(
         report.sources.push(r);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::*;
+    use crate::Outcome;
+    use crate::source::DrillResult;
+
+    fn drilled(ok: bool, failures: &[&str], error: Option<&str>) -> DrillResult {
+        DrillResult {
+            name: "db".into(),
+            kind: "postgres".into(),
+            ok,
+            scratch: String::new(),
+            restore_ms: 0,
+            checks: Vec::new(),
+            failures: failures.iter().map(|f| f.to_string()).collect(),
+            error: error.map(str::to_string),
+        }
+    }
+
+    fn drill(sources: Vec<DrillResult>) -> DrillReport {
+        DrillReport {
+            ok: sources.iter().all(|d| d.ok),
+            snapshot: "s".into(),
+            sources,
+            skipped: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn drill_verdicts() {
+        assert_eq!(drill(vec![]).outcome(), Outcome::Ok);
+        assert_eq!(drill(vec![drilled(true, &[], None)]).outcome(), Outcome::Ok);
+        // A restored copy that fails its checks: the backup is bad.
+        assert_eq!(
+            drill(vec![
+                drilled(true, &[], None),
+                drilled(false, &["rows"], None)
+            ])
+            .outcome(),
+            Outcome::Failed(ErrorKind::Integrity)
+        );
+        // The drill could not run (no scratch server, say): operational.
+        assert_eq!(
+            drill(vec![
+                drilled(true, &[], None),
+                drilled(false, &[], Some("refused"))
+            ])
+            .outcome(),
+            Outcome::Failed(ErrorKind::Operational)
+        );
+        // Failed without saying why: not provably operational.
+        assert_eq!(
+            drill(vec![drilled(false, &[], None)]).outcome(),
+            Outcome::Failed(ErrorKind::Integrity)
+        );
+    }
+
+    #[test]
+    fn restore_with_skipped_sources_is_partial() {
+        let mut r = RestoreReport {
+            snapshot: "s".into(),
+            host: "h".into(),
+            time: "t".into(),
+            dry_run: false,
+            warnings: Vec::new(),
+            sources: Vec::new(),
+            skipped: Vec::new(),
+            cleaned: Vec::new(),
+        };
+        assert_eq!(r.outcome(), Outcome::Ok);
+        r.skipped.push("db".into());
+        assert_eq!(r.outcome(), Outcome::Partial);
+    }
 }

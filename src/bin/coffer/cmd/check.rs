@@ -1,6 +1,6 @@
 //! `coffer check`: the pre-flight checks.
 
-use coffer::{Error, ErrorKind, Outcome};
+use coffer::{Error, Outcome};
 
 use crate::cli::{CheckArgs, Global};
 use crate::output::print_json;
@@ -84,9 +84,5 @@ pub async fn run(g: &Global, a: CheckArgs) -> Result<Outcome, Error> {
             failed.join("; ")
         );
     }
-    Ok(if rep.ok {
-        Outcome::Ok
-    } else {
-        Outcome::Failed(ErrorKind::Operational)
-    })
+    Ok(rep.outcome())
 }

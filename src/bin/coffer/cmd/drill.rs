@@ -1,6 +1,6 @@
 //! `coffer drill`: restore rehearsal of a snapshot's database sources.
 
-use coffer::{Error, ErrorKind, Outcome, restore};
+use coffer::{Error, Outcome, restore};
 
 use crate::cli::{DrillArgs, Global};
 use crate::output::{print_json, println_out};
@@ -54,19 +54,7 @@ pub async fn run(g: &Global, a: DrillArgs) -> Result<Outcome, Error> {
             ));
         }
     }
-    let outcome = if rep.ok {
-        Outcome::Ok
-    } else if rep
-        .sources
-        .iter()
-        .any(|d| !d.failures.is_empty() && d.error.is_none())
-    {
-        Outcome::Failed(ErrorKind::Integrity)
-    } else if rep.sources.iter().all(|d| d.ok || d.error.is_some()) {
-        Outcome::Failed(ErrorKind::Operational)
-    } else {
-        Outcome::Failed(ErrorKind::Integrity)
-    };
+    let outcome = rep.outcome();
     if !rep.ok {
         eprintln!(
             "error: restore drill of snapshot {} failed; see above",

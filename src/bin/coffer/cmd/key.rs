@@ -2,15 +2,14 @@
 
 use std::path::Path;
 
+use coffer::credential;
 use coffer::crypto::{self, Credential};
 use coffer::{Error, Outcome};
 use serde_json::json;
 
 use crate::cli::{Global, KeyCommand};
 use crate::output::{print_json, println_out};
-use crate::settings::{
-    key_file_credential, load_settings, open_repo, read_secret_file, warn_if_exposed,
-};
+use crate::settings::{load_settings, open_repo, warn_if_exposed};
 
 pub fn generate(g: &Global, path: &Path) -> Result<Outcome, Error> {
     crypto::generate_key_file(path).map_err(|e| {
@@ -45,10 +44,10 @@ pub async fn run(g: &Global, cmd: KeyCommand) -> Result<Outcome, Error> {
         } => {
             let cred = if let Some(p) = new_key_file {
                 warn_if_exposed("key file", &p);
-                key_file_credential(&p)?
+                credential::from_key_file(&p)?
             } else if let Some(p) = new_passphrase_file {
                 warn_if_exposed("passphrase file", &p);
-                Credential::Passphrase(read_secret_file(&p, "passphrase file")?)
+                Credential::Passphrase(credential::read_secret_file(&p, "passphrase file")?)
             } else if let Ok(p) = std::env::var("COFFER_NEW_PASSPHRASE")
                 && !p.is_empty()
             {

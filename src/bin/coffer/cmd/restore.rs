@@ -141,11 +141,7 @@ pub async fn run(g: &Global, a: RestoreArgs, rec: &mut RunRecord) -> Result<Outc
                 rep.snapshot
             ));
         }
-        Ok(if rep.skipped.is_empty() {
-            Outcome::Ok
-        } else {
-            Outcome::Partial
-        })
+        Ok(rep.outcome())
     }
     .await;
     finish_hooks(&hooks, rec, res).await

@@ -53,11 +53,7 @@ pub async fn run(g: &Global, a: SnapshotArgs, rec: &mut RunRecord) -> Result<Out
                     rec.snapshots_total = r.snapshot_ids().await.ok().map(|v| v.len() as u64);
                 }
                 report_snapshot(g, &out.manifest, out.committed, dry_run);
-                Ok(if out.manifest.status == SnapshotStatus::Partial {
-                    Outcome::Partial
-                } else {
-                    Outcome::Ok
-                })
+                Ok(out.manifest.status.outcome())
             }
             Err(SnapshotError::AllFailed(why)) => {
                 rec.error = Some(format!("every source failed; nothing was committed:\n{why}"));

@@ -1,7 +1,7 @@
 //! `coffer snapshots`: list the complete snapshots.
 
-use coffer::manifest::Manifest;
-use coffer::{Error, ErrorKind, Outcome};
+use coffer::manifest;
+use coffer::{Error, Outcome};
 use serde_json::json;
 
 use crate::cli::{Global, SnapshotsArgs};
@@ -17,18 +17,7 @@ pub async fn run(g: &Global, a: SnapshotsArgs) -> Result<Outcome, Error> {
     let s = load_settings(g)?;
     let r = open_repo(g, &s).await?;
     let (all, damaged) = r.manifests().await.map_err(Error::Repo)?;
-    let mut list: Vec<&Manifest> = all
-        .iter()
-        .filter(|m| tag.as_ref().is_none_or(|t| m.tags.contains(t)))
-        .filter(|m| {
-            source
-                .as_ref()
-                .is_none_or(|n| m.sources.iter().any(|x| &x.name == n))
-        })
-        .collect();
-    if latest && list.len() > 1 {
-        list = vec![*list.last().expect("non-empty")];
-    }
+    let list = manifest::filter(&all, tag.as_deref(), source.as_deref(), latest);
     if g.json {
         let mut v: Vec<_> = list
             .iter()
@@ -85,11 +74,5 @@ pub async fn run(g: &Global, a: SnapshotsArgs) -> Result<Outcome, Error> {
             ),
         }
     }
-    Ok(if damaged.iter().any(|d| d.newer.is_none()) {
-        Outcome::Failed(ErrorKind::Integrity)
-    } else if !damaged.is_empty() {
-        Outcome::Failed(ErrorKind::Operational)
-    } else {
-        Outcome::Ok
-    })
+    Ok(coffer::repo::listing_outcome(&damaged))
 }

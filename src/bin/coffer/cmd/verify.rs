@@ -69,25 +69,25 @@ pub async fn run(g: &Global, a: VerifyArgs) -> Result<Outcome, Error> {
             println_out("no snapshots to verify");
         }
     }
-    if rep.ok {
-        Ok(Outcome::Ok)
-    } else if rep.snapshots.iter().all(|s| s.ok || s.newer) {
+    let outcome = rep.outcome();
+    match outcome {
+        Outcome::Ok | Outcome::Partial => {}
         // Only manifests of a newer coffer: nothing is damaged.
-        eprintln!(
+        Outcome::Failed(ErrorKind::Operational) => eprintln!(
             "error: snapshot(s) written by a newer coffer were not verified; upgrade coffer to verify them"
-        );
-        Ok(Outcome::Failed(ErrorKind::Operational))
-    } else {
-        let bad: Vec<&str> = rep
-            .snapshots
-            .iter()
-            .filter(|s| !s.ok)
-            .map(|s| s.id.as_str())
-            .collect();
-        eprintln!(
-            "error: damaged snapshot(s): {}; restore from an older snapshot or another copy of the repository",
-            bad.join(", ")
-        );
-        Ok(Outcome::Failed(ErrorKind::Integrity))
+        ),
+        Outcome::Failed(_) => {
+            let bad: Vec<&str> = rep
+                .snapshots
+                .iter()
+                .filter(|s| !s.ok)
+                .map(|s| s.id.as_str())
+                .collect();
+            eprintln!(
+                "error: damaged snapshot(s): {}; restore from an older snapshot or another copy of the repository",
+                bad.join(", ")
+            );
+        }
     }
+    Ok(outcome)
 }

@@ -27,6 +27,7 @@ pub mod ping;
 pub mod progress;
 pub mod prune;
 pub mod repo;
+pub mod report;
 pub mod restore;
 pub mod retention;
 pub mod secret_files;

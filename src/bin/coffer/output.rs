@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use coffer::manifest::{Manifest, SnapshotStatus};
+use coffer::manifest::Manifest;
 use coffer::{Error, Outcome};
 use serde_json::json;
 
@@ -49,31 +49,7 @@ pub fn println_out(s: &str) {
     let _ = writeln!(out, "{s}");
 }
 
-pub fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-pub fn status_word(s: SnapshotStatus) -> &'static str {
-    match s {
-        SnapshotStatus::Ok => "ok",
-        SnapshotStatus::Partial => "partial",
-    }
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i < UNITS.len() - 1 {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
+pub use coffer::report::{human_bytes, rfc3339, status_word};
 
 pub fn snapshot_json(m: &Manifest) -> serde_json::Value {
     json!({

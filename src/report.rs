@@ -163,6 +163,68 @@ pub fn unreadable_manifests(err: &mut impl Write, damaged: &[Damaged]) -> io::Re
     Ok(())
 }
 
+// ------------------------------------------------------------------- verify
+
+/// `coffer verify` as text: one line per snapshot on `out`, what is wrong
+/// under each bad one; on `err`, the verdict when it is not ok.
+pub fn verify_text(
+    out: &mut impl Write,
+    err: &mut impl Write,
+    rep: &crate::verify::VerifyReport,
+) -> io::Result<()> {
+    use crate::{ErrorKind, Outcome};
+    for snap in &rep.snapshots {
+        if snap.ok {
+            let deep = if rep.deep { ", deep" } else { "" };
+            writeln!(
+                out,
+                "snapshot {}: ok ({} sources{deep})",
+                snap.id,
+                snap.sources.len()
+            )?;
+            continue;
+        }
+        let verdict = if snap.newer {
+            "NOT VERIFIED"
+        } else {
+            "DAMAGED"
+        };
+        writeln!(out, "snapshot {}: {verdict}", snap.id)?;
+        if let Some(e) = &snap.error {
+            writeln!(out, "  {e}")?;
+        }
+        for src in snap.sources.iter().filter(|s| !s.ok) {
+            for p in &src.problems {
+                writeln!(out, "  source {}: {p}", src.name)?;
+            }
+        }
+    }
+    if rep.snapshots.is_empty() {
+        writeln!(out, "no snapshots to verify")?;
+    }
+    match rep.outcome() {
+        Outcome::Ok | Outcome::Partial => Ok(()),
+        // Only manifests of a newer coffer: nothing is damaged.
+        Outcome::Failed(ErrorKind::Operational) => writeln!(
+            err,
+            "error: snapshot(s) written by a newer coffer were not verified; upgrade coffer to verify them"
+        ),
+        Outcome::Failed(_) => {
+            let bad: Vec<&str> = rep
+                .snapshots
+                .iter()
+                .filter(|s| !s.ok)
+                .map(|s| s.id.as_str())
+                .collect();
+            writeln!(
+                err,
+                "error: damaged snapshot(s): {}; restore from an older snapshot or another copy of the repository",
+                bad.join(", ")
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +327,75 @@ mod tests {
         assert_eq!(
             lines[2],
             "error: authentication failed; it is not listed above"
+        );
+    }
+
+    fn verify_report(snapshots: Vec<crate::verify::SnapshotCheck>) -> crate::verify::VerifyReport {
+        crate::verify::VerifyReport {
+            ok: snapshots.iter().all(|s| s.ok),
+            deep: true,
+            snapshots,
+        }
+    }
+
+    fn check(id: &str, ok: bool, newer: bool) -> crate::verify::SnapshotCheck {
+        crate::verify::SnapshotCheck {
+            id: id.into(),
+            ok,
+            sources: vec![crate::verify::SourceCheck {
+                name: "media".into(),
+                ok,
+                problems: if ok {
+                    vec![]
+                } else {
+                    vec!["a.jpg: hash mismatch".into()]
+                },
+            }],
+            error: None,
+            newer,
+        }
+    }
+
+    fn verify_lines(rep: &crate::verify::VerifyReport) -> (String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        verify_text(&mut out, &mut err, rep).unwrap();
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    #[test]
+    fn verify_text_ok_damaged_and_newer() {
+        let (out, err) = verify_lines(&verify_report(vec![check("a", true, false)]));
+        assert_eq!(out, "snapshot a: ok (1 sources, deep)\n");
+        assert_eq!(err, "");
+        let (out, err) = verify_lines(&verify_report(vec![
+            check("a", true, false),
+            check("b", false, false),
+        ]));
+        assert_eq!(
+            out,
+            "snapshot a: ok (1 sources, deep)\nsnapshot b: DAMAGED\n  source media: a.jpg: hash mismatch\n"
+        );
+        assert!(err.starts_with("error: damaged snapshot(s): b; "), "{err}");
+        let (out, err) = verify_lines(&verify_report(vec![check("c", false, true)]));
+        assert!(out.starts_with("snapshot c: NOT VERIFIED\n"), "{out}");
+        assert!(err.contains("written by a newer coffer"), "{err}");
+        let (out, _) = verify_lines(&verify_report(vec![]));
+        assert_eq!(out, "no snapshots to verify\n");
+    }
+
+    #[test]
+    fn verify_json_keys_as_documented() {
+        let mut c = check("b", false, false);
+        c.error = Some("manifest damaged".into());
+        let v: serde_json::Value = serde_json::from_str(&json_of(&verify_report(vec![c]))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ok": false, "deep": true, "snapshots": [{"id": "b", "ok": false,
+                "error": "manifest damaged",
+                "sources": [{"name": "media", "ok": false, "problems": ["a.jpg: hash mismatch"]}]}]})
         );
     }
 }

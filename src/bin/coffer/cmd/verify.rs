@@ -1,12 +1,11 @@
 //! `coffer verify`: check that snapshots' objects are intact.
 
 use coffer::repo::RepoError;
-use coffer::verify::{self, Selection};
-use coffer::{Error, ErrorKind, Outcome};
-use serde_json::json;
+use coffer::verify::{self, Selection, SnapshotCheck, VerifyReport};
+use coffer::{Error, ErrorKind, Outcome, report};
 
 use crate::cli::{Global, VerifyArgs};
-use crate::output::{print_json, println_out};
+use crate::output::print_json;
 use crate::settings::{load_settings, open_repo};
 
 pub async fn run(g: &Global, a: VerifyArgs) -> Result<Outcome, Error> {
@@ -26,9 +25,18 @@ pub async fn run(g: &Global, a: VerifyArgs) -> Result<Outcome, Error> {
             Err(RepoError::DamagedManifest { id, object, reason }) => {
                 let msg = format!("snapshot {id}: manifest {object} is damaged: {reason}");
                 if g.json {
-                    print_json(
-                        &json!({"ok": false, "deep": deep, "snapshots": [{"id": id, "ok": false, "sources": [], "error": msg}]}),
-                    );
+                    let rep = VerifyReport {
+                        ok: false,
+                        deep,
+                        snapshots: vec![SnapshotCheck {
+                            id,
+                            ok: false,
+                            sources: Vec::new(),
+                            error: Some(msg.clone()),
+                            newer: false,
+                        }],
+                    };
+                    print_json(&serde_json::to_value(&rep).expect("report serialises"));
                 }
                 eprintln!("error: {msg}");
                 return Ok(Outcome::Failed(ErrorKind::Integrity));
@@ -40,54 +48,8 @@ pub async fn run(g: &Global, a: VerifyArgs) -> Result<Outcome, Error> {
     if g.json {
         print_json(&serde_json::to_value(&rep).expect("report serialises"));
     } else {
-        for snap in &rep.snapshots {
-            if snap.ok {
-                println_out(&format!(
-                    "snapshot {}: ok ({} sources{})",
-                    snap.id,
-                    snap.sources.len(),
-                    if deep { ", deep" } else { "" }
-                ));
-                continue;
-            }
-            let verdict = if snap.newer {
-                "NOT VERIFIED"
-            } else {
-                "DAMAGED"
-            };
-            println_out(&format!("snapshot {}: {verdict}", snap.id));
-            if let Some(e) = &snap.error {
-                println_out(&format!("  {e}"));
-            }
-            for src in snap.sources.iter().filter(|s| !s.ok) {
-                for p in &src.problems {
-                    println_out(&format!("  source {}: {p}", src.name));
-                }
-            }
-        }
-        if rep.snapshots.is_empty() {
-            println_out("no snapshots to verify");
-        }
+        coffer::progress::finish();
+        let _ = report::verify_text(&mut std::io::stdout().lock(), &mut std::io::stderr(), &rep);
     }
-    let outcome = rep.outcome();
-    match outcome {
-        Outcome::Ok | Outcome::Partial => {}
-        // Only manifests of a newer coffer: nothing is damaged.
-        Outcome::Failed(ErrorKind::Operational) => eprintln!(
-            "error: snapshot(s) written by a newer coffer were not verified; upgrade coffer to verify them"
-        ),
-        Outcome::Failed(_) => {
-            let bad: Vec<&str> = rep
-                .snapshots
-                .iter()
-                .filter(|s| !s.ok)
-                .map(|s| s.id.as_str())
-                .collect();
-            eprintln!(
-                "error: damaged snapshot(s): {}; restore from an older snapshot or another copy of the repository",
-                bad.join(", ")
-            );
-        }
-    }
-    Ok(outcome)
+    Ok(rep.outcome())
 }

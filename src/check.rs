@@ -46,6 +46,18 @@ pub struct CheckReport {
     pub checks: Vec<CheckItem>,
 }
 
+impl CheckReport {
+    /// A failed check is operational (exit 1). A config that cannot be
+    /// parsed never gets here: it keeps its own kind.
+    pub fn outcome(&self) -> crate::Outcome {
+        if self.ok {
+            crate::Outcome::Ok
+        } else {
+            crate::Outcome::Failed(crate::ErrorKind::Operational)
+        }
+    }
+}
+
 /// What `check` is given: main resolves the settings, and a failure to
 /// resolve one (an unopenable store, an unreadable key file) is a failed
 /// check, not an early exit.

@@ -2,7 +2,8 @@
 //!
 //! Every error names the key and its line. Unknown keys are errors (a typo in
 //! a retention rule must not silently keep nothing). Settings are resolved in
-//! one place, `main.rs`, with the precedence CLI flag > environment > file.
+//! one place, the binary's `settings.rs`, with the precedence CLI flag >
+//! environment > file.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -82,6 +83,21 @@ pub struct RepositoryConfig {
     /// `[repository.retry]` sets, parsed once by [`Config::parse`].
     #[serde(skip)]
     pub retry: crate::store::RetryPolicy,
+}
+
+impl RepositoryConfig {
+    /// The `[repository.options]` that apply to the store at `url`. They
+    /// belong to the configured store: `--repo` naming a store of another
+    /// kind (the S3 repository's copy on GCS, say) must not get S3 keys it
+    /// would refuse; its settings come from the environment.
+    pub fn options_for(&self, url: &str) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        let scheme = |u: &str| u.split_once("://").map_or("file", |(s, _)| s).to_string();
+        match self.url.as_deref() {
+            Some(c) if scheme(c) != scheme(url) => &NONE,
+            _ => &self.options,
+        }
+    }
 }
 
 /// `[repository.retry]`: durations as text ("90s", "2m").
@@ -676,6 +692,31 @@ fn url_database(u: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_options_apply_only_to_a_store_of_the_configured_kind() {
+        let r = RepositoryConfig {
+            url: Some("s3://bucket/prefix".into()),
+            options: [("aws_region".to_string(), "eu-west-1".to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(r.options_for("s3://other/copy"), &r.options);
+        assert!(r.options_for("gs://bucket/copy").is_empty());
+        assert!(r.options_for("/srv/copy").is_empty());
+        // Paths and file:// URLs are the same kind of store.
+        let local = RepositoryConfig {
+            url: Some("/srv/backup".into()),
+            options: [("k".to_string(), "v".to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(local.options_for("file:///srv/other"), &local.options);
+        // No configured URL: `--repo` is the configured store.
+        let none = RepositoryConfig {
+            options: local.options.clone(),
+            ..Default::default()
+        };
+        assert_eq!(none.options_for("s3://b/p"), &none.options);
+    }
 
     #[test]
     fn database_urls_must_name_a_database() {

@@ -2,10 +2,10 @@
 //! databases, media and configuration, stored on a filesystem, S3, GCS or
 //! Azure through `object_store`.
 //!
-//! The library holds the domain; `main.rs` parses flags, calls one operation
-//! and prints its result. Every module has its own error type, and each
-//! error knows its [`ErrorKind`] (usage, operational, integrity); [`Error`]
-//! gathers them. An operation ends in an [`Outcome`], and
+//! The library holds the domain; the binary (`src/bin/coffer/`) parses
+//! flags, calls one operation and prints its result. Every module has its
+//! own error type, and each error knows its [`ErrorKind`] (usage,
+//! operational, integrity); [`Error`] gathers them. An operation ends in an [`Outcome`], and
 //! [`Outcome::exit_code`] is the one place where it becomes the exit code
 //! of the contract.
 
@@ -17,6 +17,7 @@ pub mod check;
 pub mod childenv;
 pub mod config;
 pub mod copy;
+pub mod credential;
 pub mod crypto;
 pub mod dirfd;
 pub mod hooks;
@@ -28,6 +29,7 @@ pub mod progress;
 pub mod prune;
 pub mod read;
 pub mod repo;
+pub mod report;
 pub mod restore;
 pub mod retention;
 pub mod secret_files;

@@ -22,6 +22,16 @@ pub enum SnapshotStatus {
     Partial,
 }
 
+impl SnapshotStatus {
+    /// A partial snapshot is committed but lacks what failed: exit 3.
+    pub fn outcome(self) -> crate::Outcome {
+        match self {
+            SnapshotStatus::Ok => crate::Outcome::Ok,
+            SnapshotStatus::Partial => crate::Outcome::Partial,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceStatus {
@@ -151,4 +161,69 @@ pub fn seal_context(repo_id: &str, snapshot_id: &str, source: Option<&str>) -> V
         c.extend_from_slice(s.as_bytes());
     }
     c
+}
+
+/// The snapshots `coffer snapshots` lists, oldest first: those with `tag`
+/// and holding `source`; with `latest`, only the newest of them.
+pub fn filter<'a>(
+    all: &'a [Manifest],
+    tag: Option<&str>,
+    source: Option<&str>,
+    latest: bool,
+) -> Vec<&'a Manifest> {
+    let mut list: Vec<&Manifest> = all
+        .iter()
+        .filter(|m| tag.is_none_or(|t| m.tags.iter().any(|x| x == t)))
+        .filter(|m| source.is_none_or(|n| m.sources.iter().any(|x| x.name == n)))
+        .collect();
+    if latest && list.len() > 1 {
+        list.drain(..list.len() - 1);
+    }
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(id: &str, tags: &[&str], sources: &[&str]) -> Manifest {
+        let m = serde_json::json!({
+            "version": 1, "id": id, "time": "2026-01-01T00:00:00Z", "host": "h",
+            "tool_version": "0", "tags": tags, "labels": {}, "status": "ok",
+            "sources": sources.iter().map(|n| serde_json::json!({
+                "name": n, "type": "directory", "status": "ok", "error": null,
+                "files": 0, "bytes_read": 0, "bytes_stored": 0, "duration_ms": 0,
+                "archive": null, "index": null,
+            })).collect::<Vec<_>>(),
+        });
+        serde_json::from_value(m).unwrap()
+    }
+
+    fn ids(v: Vec<&Manifest>) -> Vec<&str> {
+        v.into_iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[test]
+    fn filter_by_tag_source_and_latest() {
+        let all = [
+            manifest("a", &["daily"], &["db"]),
+            manifest("b", &[], &["db", "media"]),
+            manifest("c", &["daily"], &["media"]),
+        ];
+        assert_eq!(ids(filter(&all, None, None, false)), ["a", "b", "c"]);
+        assert_eq!(ids(filter(&all, Some("daily"), None, false)), ["a", "c"]);
+        assert_eq!(ids(filter(&all, None, Some("db"), false)), ["a", "b"]);
+        assert_eq!(ids(filter(&all, Some("daily"), Some("db"), false)), ["a"]);
+        assert_eq!(ids(filter(&all, None, Some("db"), true)), ["b"]);
+        assert_eq!(
+            ids(filter(&all, Some("weekly"), None, true)),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn partial_snapshot_is_a_partial_outcome() {
+        assert_eq!(SnapshotStatus::Ok.outcome(), crate::Outcome::Ok);
+        assert_eq!(SnapshotStatus::Partial.outcome(), crate::Outcome::Partial);
+    }
 }

@@ -1,58 +1,103 @@
-//! Progress on a terminal: one bar per process (bytes, rate, elapsed time),
-//! drawn on stderr only when `main` switched it on, which it does only when
-//! stderr is a terminal and neither `--no-progress`, `-q` nor `--json` asked
-//! for silence. Under cron or systemd nothing is drawn and the counters cost
-//! one relaxed atomic add per buffer.
+//! The one progress and problem vocabulary of every operation: an
+//! [`Event`] as it happens, handed to a [`Monitor`]. The binary decides
+//! what to draw (a bar on a terminal, dry-run and `--check` lines for
+//! `coffer copy`); the library never draws, and with no monitor installed
+//! an event costs one atomic load.
 //!
-//! A process-wide bar rather than a handle threaded through every pipeline
-//! stage: a process has one stderr, the stages run on threads of their own,
-//! and the library must not care whether anyone is watching.
+//! Operations that report per item (`coffer copy`) take their monitor as
+//! an argument. The byte counts of snapshot, restore and verify come from
+//! pipeline stages on threads of their own, deep in readers and writers
+//! ([`Counted`]): they go to the process's monitor, set once with
+//! [`install`], rather than through a handle threaded through every stage.
 
 use std::io::{self, Read, Write};
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+/// Something that happened, as it happens. The first two are what every
+/// operation reports; the others are `coffer copy`'s, one object each.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Bytes of data done: read from a source, restored, verified.
+    Bytes(u64),
+    /// What is being worked on now (a source, an object).
+    Working(&'a str),
+    /// An object found at SRC that will be copied (or would be).
+    Queued {
+        key: &'a str,
+        bytes: u64,
+    },
+    Copied {
+        key: &'a str,
+        bytes: u64,
+    },
+    Skipped {
+        key: &'a str,
+        bytes: u64,
+    },
+    WouldCopy {
+        key: &'a str,
+        bytes: u64,
+        why: &'a str,
+    },
+    WouldDelete {
+        key: &'a str,
+        bytes: u64,
+    },
+    Deleted {
+        key: &'a str,
+    },
+    Differs {
+        key: &'a str,
+        what: &'a str,
+    },
+    Failed {
+        key: &'a str,
+        error: &'a str,
+    },
+    Retrying {
+        key: &'a str,
+        attempt: u32,
+        error: &'a str,
+    },
+}
 
-static BAR: OnceLock<ProgressBar> = OnceLock::new();
+/// Receives events. Called from any thread, often: keep it cheap.
+pub trait Monitor: Send + Sync {
+    fn event(&self, e: &Event<'_>);
+}
 
-/// Switches the bar on for this process, with `what` (e.g. "snapshot") as
-/// its prefix. Without this call every function here does nothing visible.
-pub fn enable(what: &str) {
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} {spinner} {bytes} ({binary_bytes_per_sec}) {elapsed} {wide_msg}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_prefix(what.to_string());
-    bar.enable_steady_tick(Duration::from_millis(250));
-    let _ = BAR.set(bar);
+/// A monitor that ignores everything.
+pub struct Silent;
+
+impl Monitor for Silent {
+    fn event(&self, _: &Event<'_>) {}
+}
+
+static MONITOR: OnceLock<Box<dyn Monitor>> = OnceLock::new();
+
+/// Sets the process's monitor (once; later calls are ignored).
+pub fn install(m: Box<dyn Monitor>) {
+    let _ = MONITOR.set(m);
+}
+
+/// Hands `e` to the process's monitor, if one is installed.
+pub fn emit(e: &Event<'_>) {
+    if let Some(m) = MONITOR.get() {
+        m.event(e);
+    }
 }
 
 /// Counts `n` bytes done.
 pub fn add(n: u64) {
-    if let Some(b) = BAR.get() {
-        b.inc(n);
-    }
+    emit(&Event::Bytes(n));
 }
 
 /// Says what is being worked on (a source, an object).
-pub fn message(msg: impl Into<String>) {
-    if let Some(b) = BAR.get() {
-        b.set_message(msg.into());
-    }
+pub fn message(msg: impl AsRef<str>) {
+    emit(&Event::Working(msg.as_ref()));
 }
 
-/// Removes the bar before the result is printed.
-pub fn finish() {
-    if let Some(b) = BAR.get() {
-        b.finish_and_clear();
-    }
-}
-
-/// A writer that counts what passes through it.
+/// A writer (or reader) that counts what passes through it.
 pub struct Counted<W>(pub W);
 
 impl<W> Counted<W> {

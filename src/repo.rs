@@ -379,6 +379,19 @@ pub struct Damaged {
     pub newer: Option<u32>,
 }
 
+/// The verdict of a listing that met unreadable manifests: a damaged one is
+/// an integrity failure; only newer ones are operational (upgrade coffer).
+pub fn listing_outcome(damaged: &[Damaged]) -> crate::Outcome {
+    use crate::Outcome;
+    if damaged.iter().any(|d| d.newer.is_none()) {
+        Outcome::Failed(ErrorKind::Integrity)
+    } else if !damaged.is_empty() {
+        Outcome::Failed(ErrorKind::Operational)
+    } else {
+        Outcome::Ok
+    }
+}
+
 impl Repository {
     pub fn master(&self) -> &MasterKey {
         &self.master

@@ -43,6 +43,21 @@ pub struct VerifyReport {
     pub snapshots: Vec<SnapshotCheck>,
 }
 
+impl VerifyReport {
+    /// Damage anywhere is an integrity failure; manifests of a newer coffer
+    /// that could not be checked (and nothing damaged) are operational.
+    pub fn outcome(&self) -> crate::Outcome {
+        use crate::{ErrorKind, Outcome};
+        if self.ok {
+            Outcome::Ok
+        } else if self.snapshots.iter().all(|s| s.ok || s.newer) {
+            Outcome::Failed(ErrorKind::Operational)
+        } else {
+            Outcome::Failed(ErrorKind::Integrity)
+        }
+    }
+}
+
 /// Which snapshots to check.
 pub enum Selection {
     All,
@@ -223,4 +238,42 @@ fn deep_check(
         ));
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ErrorKind, Outcome};
+
+    fn snap(ok: bool, newer: bool) -> SnapshotCheck {
+        SnapshotCheck {
+            id: "s".into(),
+            ok,
+            sources: Vec::new(),
+            error: None,
+            newer,
+        }
+    }
+
+    fn report(snapshots: Vec<SnapshotCheck>) -> VerifyReport {
+        VerifyReport {
+            ok: snapshots.iter().all(|s| s.ok),
+            deep: false,
+            snapshots,
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(report(vec![]).outcome(), Outcome::Ok);
+        assert_eq!(report(vec![snap(true, false)]).outcome(), Outcome::Ok);
+        assert_eq!(
+            report(vec![snap(true, false), snap(false, true)]).outcome(),
+            Outcome::Failed(ErrorKind::Operational)
+        );
+        assert_eq!(
+            report(vec![snap(false, true), snap(false, false)]).outcome(),
+            Outcome::Failed(ErrorKind::Integrity)
+        );
+    }
 }

@@ -188,7 +188,7 @@ pub(super) fn list_local(
     let (tx, rx) = mpsc::channel::<Result<Entry, CopyError>>(1024);
     // Its own thread, not one of tokio's blocking pool: the walk lives as
     // long as the listing and waits on its consumer, and the pool is kept
-    // small for copy (see main.rs), so it must stay free for short tasks.
+    // small for copy (see the binary's main.rs), so it must stay free for short tasks.
     std::thread::spawn(move || {
         if !root.exists() {
             return; // a destination not created yet: empty

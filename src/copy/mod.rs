@@ -107,7 +107,7 @@ const LOCAL_BLOCK: usize = 1 << 20;
 /// Attempts per object (the store clients retry each request on their own).
 const ATTEMPTS: u32 = 3;
 /// At most this many failures and differences are kept for the report; all
-/// of them are passed to [`Progress::event`] as they happen.
+/// of them are passed to [`Monitor::event`] as they happen.
 const KEEP: usize = 1000;
 /// Metadata keys coffer writes on every cloud object it copies.
 const META_SHA: &str = "sha256";
@@ -172,59 +172,7 @@ pub struct CopyOptions {
     pub exclude: Vec<String>,
 }
 
-/// Something that happened to one object, as it happens.
-#[derive(Debug)]
-pub enum Event<'a> {
-    /// An object found at SRC that will be copied (or would be).
-    Queued {
-        key: &'a str,
-        bytes: u64,
-    },
-    Copied {
-        key: &'a str,
-        bytes: u64,
-    },
-    Skipped {
-        key: &'a str,
-        bytes: u64,
-    },
-    WouldCopy {
-        key: &'a str,
-        bytes: u64,
-        why: &'a str,
-    },
-    WouldDelete {
-        key: &'a str,
-        bytes: u64,
-    },
-    Deleted {
-        key: &'a str,
-    },
-    Differs {
-        key: &'a str,
-        what: &'a str,
-    },
-    Failed {
-        key: &'a str,
-        error: &'a str,
-    },
-    Retrying {
-        key: &'a str,
-        attempt: u32,
-        error: &'a str,
-    },
-}
-
-/// Receives events; the binary draws progress and prints dry-run and check
-/// lines from them.
-pub trait Progress: Send + Sync {
-    fn event(&self, e: &Event<'_>);
-}
-
-pub struct NoProgress;
-impl Progress for NoProgress {
-    fn event(&self, _: &Event<'_>) {}
-}
+pub use crate::progress::{Event, Monitor};
 
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Count {

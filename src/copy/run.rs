@@ -22,7 +22,7 @@ pub(super) struct Ctx {
     pub(super) dst: Location,
     pub(super) opts: CopyOptions,
     pub(super) server_side: bool,
-    pub(super) progress: Arc<dyn Progress>,
+    pub(super) progress: Arc<dyn Monitor>,
     /// MiB of object bytes that may be held in memory at once, over all
     /// objects in flight: `--concurrency` sets how many objects move at
     /// once, this how much of them is buffered, whatever their sizes.
@@ -34,7 +34,7 @@ pub async fn copy(
     src_url: &str,
     dst_url: &str,
     opts: &CopyOptions,
-    progress: Arc<dyn Progress>,
+    progress: Arc<dyn Monitor>,
 ) -> Result<CopyReport, CopyError> {
     let started = Instant::now();
     if opts.concurrency == 0 {

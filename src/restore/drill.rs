@@ -13,6 +13,28 @@ pub struct DrillReport {
     pub skipped: Vec<String>,
 }
 
+impl DrillReport {
+    /// A check that failed on a restored copy is an integrity failure; a
+    /// drill that could not run (every failed source has an error, no
+    /// failed check) is operational.
+    pub fn outcome(&self) -> crate::Outcome {
+        use crate::Outcome;
+        if self.ok {
+            Outcome::Ok
+        } else if self
+            .sources
+            .iter()
+            .any(|d| !d.failures.is_empty() && d.error.is_none())
+        {
+            Outcome::Failed(ErrorKind::Integrity)
+        } else if self.sources.iter().all(|d| d.ok || d.error.is_some()) {
+            Outcome::Failed(ErrorKind::Operational)
+        } else {
+            Outcome::Failed(ErrorKind::Integrity)
+        }
+    }
+}
+
 /// Restores each database source of `m` into a scratch database, checks it
 /// and drops it (see [`crate::source::drill`]).
 pub async fn drill(

@@ -430,6 +430,18 @@ pub struct RestoreReport {
     pub cleaned: Vec<String>,
 }
 
+impl RestoreReport {
+    /// Sources that failed when the snapshot was taken were not restored:
+    /// the restore is partial.
+    pub fn outcome(&self) -> crate::Outcome {
+        if self.skipped.is_empty() {
+            crate::Outcome::Ok
+        } else {
+            crate::Outcome::Partial
+        }
+    }
+}
+
 fn include_set(patterns: &[String]) -> Result<Option<GlobSet>, RestoreError> {
     if patterns.is_empty() {
         return Ok(None);
@@ -785,4 +797,79 @@ fn authenticate_dump(
     // The reading thread's verdict explains any failure above.
     streams.finish()?;
     res
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::*;
+    use crate::Outcome;
+    use crate::source::DrillResult;
+
+    fn drilled(ok: bool, failures: &[&str], error: Option<&str>) -> DrillResult {
+        DrillResult {
+            name: "db".into(),
+            kind: "postgres".into(),
+            ok,
+            scratch: String::new(),
+            restore_ms: 0,
+            checks: Vec::new(),
+            failures: failures.iter().map(|f| f.to_string()).collect(),
+            error: error.map(str::to_string),
+        }
+    }
+
+    fn drill(sources: Vec<DrillResult>) -> DrillReport {
+        DrillReport {
+            ok: sources.iter().all(|d| d.ok),
+            snapshot: "s".into(),
+            sources,
+            skipped: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn drill_verdicts() {
+        assert_eq!(drill(vec![]).outcome(), Outcome::Ok);
+        assert_eq!(drill(vec![drilled(true, &[], None)]).outcome(), Outcome::Ok);
+        // A restored copy that fails its checks: the backup is bad.
+        assert_eq!(
+            drill(vec![
+                drilled(true, &[], None),
+                drilled(false, &["rows"], None)
+            ])
+            .outcome(),
+            Outcome::Failed(ErrorKind::Integrity)
+        );
+        // The drill could not run (no scratch server, say): operational.
+        assert_eq!(
+            drill(vec![
+                drilled(true, &[], None),
+                drilled(false, &[], Some("refused"))
+            ])
+            .outcome(),
+            Outcome::Failed(ErrorKind::Operational)
+        );
+        // Failed without saying why: not provably operational.
+        assert_eq!(
+            drill(vec![drilled(false, &[], None)]).outcome(),
+            Outcome::Failed(ErrorKind::Integrity)
+        );
+    }
+
+    #[test]
+    fn restore_with_skipped_sources_is_partial() {
+        let mut r = RestoreReport {
+            snapshot: "s".into(),
+            host: "h".into(),
+            time: "t".into(),
+            dry_run: false,
+            warnings: Vec::new(),
+            sources: Vec::new(),
+            skipped: Vec::new(),
+            cleaned: Vec::new(),
+        };
+        assert_eq!(r.outcome(), Outcome::Ok);
+        r.skipped.push("db".into());
+        assert_eq!(r.outcome(), Outcome::Partial);
+    }
 }

@@ -1,0 +1,88 @@
+//! `coffer check`: the pre-flight checks.
+
+use coffer::{Error, Outcome};
+
+use crate::cli::{CheckArgs, Global};
+use crate::output::print_json;
+use crate::settings::{credential, load_settings, open_store};
+
+/// `coffer check`. A config file that cannot be parsed is still exit 2, as
+/// everywhere, after its FAIL line; every other failed check is exit 1.
+pub async fn run(g: &Global, a: CheckArgs) -> Result<Outcome, Error> {
+    let max_age = a.max_age;
+    use coffer::check::{self, CheckInputs, CheckItem, CheckReport};
+    let print = |rep: &CheckReport| {
+        if g.json {
+            print_json(&serde_json::to_value(rep).expect("report serialises"));
+        } else {
+            let mut out = String::new();
+            for c in &rep.checks {
+                out.push_str(&format!(
+                    "{:<4} {}: {}\n",
+                    match (c.ok, c.warning) {
+                        (false, _) => "FAIL",
+                        (true, true) => "warn",
+                        (true, false) => "ok",
+                    },
+                    c.name,
+                    c.detail
+                ));
+            }
+            print!("{out}");
+        }
+    };
+    let max_age = match max_age {
+        Some(t) => Some((
+            coffer::retention::parse_duration("--max-age", &t)
+                .map_err(|e| Error::Usage(e.to_string()))?,
+            t.trim().to_string(),
+        )),
+        None => None,
+    };
+    let s = match load_settings(g) {
+        Ok(s) => s,
+        Err(e) => {
+            print(&CheckReport {
+                ok: false,
+                checks: vec![CheckItem {
+                    name: "config valid".into(),
+                    ok: false,
+                    detail: e.to_string(),
+                    warning: false,
+                }],
+            });
+            return Ok(Outcome::Failed(e.kind()));
+        }
+    };
+    let store = open_store(&s, false).map_err(|e| match e {
+        Error::Store(coffer::store::StoreError::NotFound { store, .. }) => format!(
+            "{store} does not exist (no such directory); check the URL, or create a repository with `coffer init`"
+        ),
+        e => e.to_string(),
+    });
+    let credential = credential(g, &s).map_err(|e| e.to_string());
+    let rep = check::check(CheckInputs {
+        config: &s.config,
+        store,
+        credential,
+        max_age,
+        key_file: g.key_file.as_deref(),
+        now: chrono::Utc::now(),
+    })
+    .await;
+    print(&rep);
+    if !rep.ok && !g.json {
+        let failed: Vec<&str> = rep
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name.as_str())
+            .collect();
+        eprintln!(
+            "error: {} check(s) failed: {}",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
+    Ok(rep.outcome())
+}

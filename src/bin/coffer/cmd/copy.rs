@@ -1,0 +1,212 @@
+//! `coffer copy`: copy objects between two stores.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+
+use coffer::{Error, ErrorKind, Outcome};
+
+use crate::cli::{CopyArgs, Global};
+use crate::output::{human_bytes, print_json, println_out};
+
+/// `--src-opt`/`--dst-opt` values: `KEY=VALUE`, or, so that a secret stays
+/// out of argv (`ps`, shell history), `KEY=@FILE` (the file's content, one
+/// final newline dropped) or `KEY=env:VAR` (that variable's value).
+fn store_options(flag: &str, kvs: &[String]) -> Result<BTreeMap<String, String>, Error> {
+    let mut m = BTreeMap::new();
+    for kv in kvs {
+        let (k, v) = kv
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| {
+                // Only the key: the value may be a secret given by mistake.
+                let shown = kv.split_once('=').map_or("", |(k, _)| k);
+                Error::Usage(format!(
+                    "{flag} {shown:?}...: expected KEY=VALUE, KEY=@FILE or KEY=env:VAR, e.g. {flag} aws_region=eu-west-1"
+                ))
+            })?;
+        let value = if let Some(file) = v.strip_prefix('@') {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Error::Usage(format!(
+                    "{flag} {k}=@{file}: cannot read {file}: {e}; give a readable file holding the value"
+                ))
+            })?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            text.strip_suffix('\r').unwrap_or(text).to_string()
+        } else if let Some(var) = v.strip_prefix("env:") {
+            std::env::var(var).map_err(|e| {
+                Error::Usage(format!(
+                    "{flag} {k}=env:{var}: {}; export {var} or give the value another way",
+                    match e {
+                        std::env::VarError::NotPresent => format!("{var} is not set"),
+                        std::env::VarError::NotUnicode(_) => format!("{var} is not valid UTF-8"),
+                    }
+                ))
+            })?
+        } else {
+            v.to_string()
+        };
+        m.insert(k.to_string(), value);
+    }
+    Ok(m)
+}
+
+/// Draws the copy's progress bar and prints its per-object lines.
+struct CopyProgress {
+    bar: Option<indicatif::ProgressBar>,
+    dry_run: bool,
+    check: bool,
+    json: bool,
+    quiet: bool,
+}
+
+impl coffer::progress::Monitor for CopyProgress {
+    fn event(&self, e: &coffer::progress::Event<'_>) {
+        use coffer::progress::Event;
+        let line = |s: String| match &self.bar {
+            Some(b) => b.println(s),
+            None => println_out(&s),
+        };
+        match e {
+            Event::Queued { bytes, .. } => {
+                if let Some(b) = &self.bar {
+                    b.inc_length(*bytes);
+                    b.set_message(format!("{} objects", b.position()));
+                }
+            }
+            Event::Copied { .. } | Event::Skipped { .. } => {
+                if let (Some(b), Event::Copied { bytes, .. }) = (&self.bar, e) {
+                    b.inc(*bytes);
+                }
+            }
+            Event::WouldCopy { key, bytes, why } if !self.json => {
+                line(format!("would copy {key} ({}; {why})", human_bytes(*bytes)))
+            }
+            Event::WouldDelete { key, bytes } if !self.json => {
+                line(format!("would delete {key} ({})", human_bytes(*bytes)))
+            }
+            Event::Differs { key, what } if !self.json && self.check => {
+                line(format!("differs: {key}: {what}"))
+            }
+            Event::Failed { key, error } => {
+                let s = format!("error: {key}: {error}");
+                match &self.bar {
+                    Some(b) => b.println(s),
+                    None => eprintln!("{s}"),
+                }
+            }
+            Event::Retrying {
+                key,
+                attempt,
+                error,
+            } if !self.quiet => {
+                tracing::warn!("{key}: attempt {attempt} failed ({error}); retrying");
+            }
+            _ => {}
+        }
+        let _ = self.dry_run;
+    }
+}
+
+pub async fn run(g: &Global, a: CopyArgs) -> Result<Outcome, Error> {
+    let opts = coffer::copy::CopyOptions {
+        src_options: store_options("--src-opt", &a.src_opt)?,
+        dst_options: store_options("--dst-opt", &a.dst_opt)?,
+        delete: a.delete,
+        max_delete: a.max_delete,
+        dry_run: a.dry_run,
+        check: a.check,
+        checksum: a.checksum,
+        concurrency: a.concurrency,
+        include: a.include,
+        exclude: a.exclude,
+    };
+    let bar =
+        (std::io::stderr().is_terminal() && !g.no_progress && !g.quiet && !a.check && !a.dry_run)
+            .then(|| {
+                let b = indicatif::ProgressBar::new(0);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+                    )
+                    .expect("valid template"),
+                );
+                b.enable_steady_tick(std::time::Duration::from_millis(200));
+                b
+            });
+    let progress = std::sync::Arc::new(CopyProgress {
+        bar: bar.clone(),
+        dry_run: a.dry_run,
+        check: a.check,
+        json: g.json,
+        quiet: g.quiet,
+    });
+    let rep = coffer::copy::copy(&a.src, &a.dst, &opts, progress).await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if g.json {
+        print_json(&serde_json::to_value(&rep).expect("report serialises"));
+    } else if !g.quiet || !rep.ok {
+        let secs = rep.duration_ms as f64 / 1000.0;
+        let c = &rep.compared;
+        let compared = format!(
+            "; compared {} by content, {} by stored hash{}",
+            c.content,
+            c.stored_hash,
+            if c.size_mtime > 0 {
+                format!(", {} by size+mtime", c.size_mtime)
+            } else {
+                String::new()
+            }
+        );
+        if a.check {
+            eprintln!(
+                "check {} -> {}: {} object(s) differ, {} identical ({}){compared}, in {secs:.1} s",
+                rep.src,
+                rep.dst,
+                rep.differences_count,
+                rep.skipped.objects,
+                human_bytes(rep.skipped.bytes)
+            );
+        } else {
+            eprintln!(
+                "{}copy {} -> {}: {} {} object(s) ({}), skipped {} ({}), {} {} ({}), failed {}{compared}, in {secs:.1} s{}",
+                if a.dry_run {
+                    "dry run, nothing written: "
+                } else {
+                    ""
+                },
+                rep.src,
+                rep.dst,
+                if a.dry_run { "would copy" } else { "copied" },
+                rep.copied.objects,
+                human_bytes(rep.copied.bytes),
+                rep.skipped.objects,
+                human_bytes(rep.skipped.bytes),
+                if a.dry_run { "would delete" } else { "deleted" },
+                rep.deleted.objects,
+                human_bytes(rep.deleted.bytes),
+                rep.failed_count,
+                if rep.server_side {
+                    " (server-side)"
+                } else {
+                    ""
+                },
+            );
+        }
+    }
+    if let Some(why) = &rep.delete_skipped {
+        eprintln!("error: {why}");
+    }
+    if rep.failed_count > 0 {
+        eprintln!(
+            "error: {} object(s) failed (named above); run the same command again to copy what is left",
+            rep.failed_count
+        );
+    }
+    Ok(if rep.ok {
+        Outcome::Ok
+    } else {
+        Outcome::Failed(ErrorKind::Operational)
+    })
+}

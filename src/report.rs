@@ -1,0 +1,401 @@
+//! What operations print: the JSON documents as `Serialize` types (the
+//! shapes docs/JSON.md describes) and their text forms, written into any
+//! `impl Write` so both are unit-tested without the binary.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::manifest::{Manifest, SnapshotStatus};
+use crate::repo::Damaged;
+
+/// RFC 3339, UTC, to the second: every `time` of a JSON document.
+pub fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+pub fn status_word(s: SnapshotStatus) -> &'static str {
+    match s {
+        SnapshotStatus::Ok => "ok",
+        SnapshotStatus::Partial => "partial",
+    }
+}
+
+/// Decimal units, one decimal place: `999 B`, `1.2 kB`, `3.4 GB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < UNITS.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+/// Writes a document as pretty JSON and a newline. Keys come out sorted
+/// (through `serde_json::Value`), as every document always had them.
+pub fn write_json(w: &mut impl Write, doc: &impl Serialize) -> io::Result<()> {
+    let v = serde_json::to_value(doc).map_err(io::Error::other)?;
+    serde_json::to_writer_pretty(&mut *w, &v).map_err(io::Error::other)?;
+    writeln!(w)
+}
+
+// ---------------------------------------------------------------- snapshots
+
+/// One entry of the `coffer snapshots` document.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ListedSnapshot<'a> {
+    Readable {
+        id: &'a str,
+        time: String,
+        host: &'a str,
+        tags: &'a [String],
+        labels: &'a BTreeMap<String, String>,
+        status: SnapshotStatus,
+        sources: Vec<&'a str>,
+        bytes_stored: u64,
+    },
+    /// Intact, but written by a newer coffer.
+    Newer {
+        id: &'a str,
+        object: &'a str,
+        error: &'a str,
+        newer_version: u32,
+    },
+    Damaged {
+        id: &'a str,
+        object: &'a str,
+        error: &'a str,
+        damaged: bool,
+    },
+}
+
+/// The `coffer snapshots` document: the listed snapshots, oldest first,
+/// then the unreadable ones (any of them may be the newest).
+pub fn snapshots_doc<'a>(list: &[&'a Manifest], damaged: &'a [Damaged]) -> Vec<ListedSnapshot<'a>> {
+    let mut v: Vec<ListedSnapshot> = list
+        .iter()
+        .map(|m| ListedSnapshot::Readable {
+            id: &m.id,
+            time: rfc3339(&m.time),
+            host: &m.host,
+            tags: &m.tags,
+            labels: &m.labels,
+            status: m.status,
+            sources: m.sources.iter().map(|s| s.name.as_str()).collect(),
+            bytes_stored: m.bytes_stored(),
+        })
+        .collect();
+    v.extend(damaged.iter().map(|d| match d.newer {
+        Some(version) => ListedSnapshot::Newer {
+            id: &d.id,
+            object: &d.object,
+            error: &d.reason,
+            newer_version: version,
+        },
+        None => ListedSnapshot::Damaged {
+            id: &d.id,
+            object: &d.object,
+            error: &d.reason,
+            damaged: true,
+        },
+    }));
+    v
+}
+
+/// The `coffer snapshots` table on `out`; on `err`, that there is none.
+pub fn snapshots_text(
+    out: &mut impl Write,
+    err: &mut impl Write,
+    list: &[&Manifest],
+    damaged: &[Damaged],
+) -> io::Result<()> {
+    if list.is_empty() {
+        let readable = if damaged.is_empty() { "" } else { "readable " };
+        return writeln!(err, "no {readable}snapshots");
+    }
+    // The columns of the rows below.
+    writeln!(
+        out,
+        "ID                TIME (UTC)            HOST              STATUS   TAGS                        SIZE  SOURCES"
+    )?;
+    for m in list {
+        writeln!(
+            out,
+            "{:<16}  {:<20}  {:<16}  {:<7}  {:<20}  {:>10}  {}",
+            m.id,
+            m.time.format("%Y-%m-%d %H:%M:%S"),
+            m.host,
+            status_word(m.status),
+            m.tags.join(","),
+            human_bytes(m.bytes_stored()),
+            m.sources
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        )?;
+    }
+    Ok(())
+}
+
+/// One error line per manifest a listing could not read, saying what to do.
+pub fn unreadable_manifests(err: &mut impl Write, damaged: &[Damaged]) -> io::Result<()> {
+    for d in damaged {
+        match d.newer {
+            Some(_) => writeln!(err, "error: {}; it is not listed above", d.reason)?,
+            None => writeln!(
+                err,
+                "error: snapshot {}: manifest {} is damaged ({}); it is not listed above and cannot be restored; \
+                 `restore latest` and `prune` refuse to run until it is repaired: \
+                 run `coffer verify --all`, then put back a good copy of {} (from a copy of the repository) or delete it",
+                d.id, d.object, d.reason, d.object
+            )?,
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------- verify
+
+/// `coffer verify` as text: one line per snapshot on `out`, what is wrong
+/// under each bad one; on `err`, the verdict when it is not ok.
+pub fn verify_text(
+    out: &mut impl Write,
+    err: &mut impl Write,
+    rep: &crate::verify::VerifyReport,
+) -> io::Result<()> {
+    use crate::{ErrorKind, Outcome};
+    for snap in &rep.snapshots {
+        if snap.ok {
+            let deep = if rep.deep { ", deep" } else { "" };
+            writeln!(
+                out,
+                "snapshot {}: ok ({} sources{deep})",
+                snap.id,
+                snap.sources.len()
+            )?;
+            continue;
+        }
+        let verdict = if snap.newer {
+            "NOT VERIFIED"
+        } else {
+            "DAMAGED"
+        };
+        writeln!(out, "snapshot {}: {verdict}", snap.id)?;
+        if let Some(e) = &snap.error {
+            writeln!(out, "  {e}")?;
+        }
+        for src in snap.sources.iter().filter(|s| !s.ok) {
+            for p in &src.problems {
+                writeln!(out, "  source {}: {p}", src.name)?;
+            }
+        }
+    }
+    if rep.snapshots.is_empty() {
+        writeln!(out, "no snapshots to verify")?;
+    }
+    match rep.outcome() {
+        Outcome::Ok | Outcome::Partial => Ok(()),
+        // Only manifests of a newer coffer: nothing is damaged.
+        Outcome::Failed(ErrorKind::Operational) => writeln!(
+            err,
+            "error: snapshot(s) written by a newer coffer were not verified; upgrade coffer to verify them"
+        ),
+        Outcome::Failed(_) => {
+            let bad: Vec<&str> = rep
+                .snapshots
+                .iter()
+                .filter(|s| !s.ok)
+                .map(|s| s.id.as_str())
+                .collect();
+            writeln!(
+                err,
+                "error: damaged snapshot(s): {}; restore from an older snapshot or another copy of the repository",
+                bad.join(", ")
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(id: &str) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "version": 1, "id": id, "time": "2026-03-01T12:30:05Z", "host": "web1",
+            "tool_version": "0.1.0", "tags": ["daily"], "labels": {"env": "prod"},
+            "status": "partial",
+            "sources": [{
+                "name": "db", "type": "postgres", "status": "ok", "error": null,
+                "files": 1, "bytes_read": 5000, "bytes_stored": 1500, "duration_ms": 10,
+                "archive": null, "index": null,
+            }],
+        }))
+        .unwrap()
+    }
+
+    fn damaged(newer: Option<u32>) -> Damaged {
+        Damaged {
+            id: "bad".into(),
+            object: "snapshots/bad".into(),
+            reason: "authentication failed".into(),
+            newer,
+        }
+    }
+
+    fn json_of(doc: &impl Serialize) -> String {
+        let mut b = Vec::new();
+        write_json(&mut b, doc).unwrap();
+        String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn human_bytes_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1500), "1.5 kB");
+        assert_eq!(human_bytes(3_400_000_000), "3.4 GB");
+    }
+
+    #[test]
+    fn snapshots_json_keys_as_documented() {
+        let m = manifest("a1");
+        let bad = [damaged(None), damaged(Some(9))];
+        let doc = snapshots_doc(&[&m], &bad);
+        let v: serde_json::Value = serde_json::from_str(&json_of(&doc)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"id": "a1", "time": "2026-03-01T12:30:05Z", "host": "web1", "tags": ["daily"],
+                 "labels": {"env": "prod"}, "status": "partial", "sources": ["db"], "bytes_stored": 1500},
+                {"id": "bad", "object": "snapshots/bad", "error": "authentication failed", "damaged": true},
+                {"id": "bad", "object": "snapshots/bad", "error": "authentication failed", "newer_version": 9},
+            ])
+        );
+        // Keys sorted, pretty-printed, one final newline.
+        let text = json_of(&snapshots_doc(&[], &bad[..1]));
+        assert!(
+            text.starts_with("[\n  {\n    \"damaged\": true,\n    \"error\""),
+            "{text}"
+        );
+        assert!(text.ends_with("]\n"), "{text}");
+    }
+
+    #[test]
+    fn snapshots_table() {
+        let m = manifest("a1");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        snapshots_text(&mut out, &mut err, &[&m], &[]).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].starts_with("ID                TIME (UTC)"),
+            "{out}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "a1                2026-03-01 12:30:05   web1              partial  daily"
+            ),
+            "{out}"
+        );
+        assert!(lines[1].ends_with("1.5 kB  db"), "{out}");
+        assert!(err.is_empty());
+    }
+
+    #[test]
+    fn empty_listing_and_unreadable_manifests_go_to_err() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        snapshots_text(&mut out, &mut err, &[], &[damaged(None)]).unwrap();
+        unreadable_manifests(&mut err, &[damaged(None), damaged(Some(2))]).unwrap();
+        let err = String::from_utf8(err).unwrap();
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(out.is_empty());
+        assert_eq!(lines[0], "no readable snapshots");
+        assert!(
+            lines[1].starts_with("error: snapshot bad: manifest snapshots/bad is damaged"),
+            "{err}"
+        );
+        assert_eq!(
+            lines[2],
+            "error: authentication failed; it is not listed above"
+        );
+    }
+
+    fn verify_report(snapshots: Vec<crate::verify::SnapshotCheck>) -> crate::verify::VerifyReport {
+        crate::verify::VerifyReport {
+            ok: snapshots.iter().all(|s| s.ok),
+            deep: true,
+            snapshots,
+        }
+    }
+
+    fn check(id: &str, ok: bool, newer: bool) -> crate::verify::SnapshotCheck {
+        crate::verify::SnapshotCheck {
+            id: id.into(),
+            ok,
+            sources: vec![crate::verify::SourceCheck {
+                name: "media".into(),
+                ok,
+                problems: if ok {
+                    vec![]
+                } else {
+                    vec!["a.jpg: hash mismatch".into()]
+                },
+            }],
+            error: None,
+            newer,
+        }
+    }
+
+    fn verify_lines(rep: &crate::verify::VerifyReport) -> (String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        verify_text(&mut out, &mut err, rep).unwrap();
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    #[test]
+    fn verify_text_ok_damaged_and_newer() {
+        let (out, err) = verify_lines(&verify_report(vec![check("a", true, false)]));
+        assert_eq!(out, "snapshot a: ok (1 sources, deep)\n");
+        assert_eq!(err, "");
+        let (out, err) = verify_lines(&verify_report(vec![
+            check("a", true, false),
+            check("b", false, false),
+        ]));
+        assert_eq!(
+            out,
+            "snapshot a: ok (1 sources, deep)\nsnapshot b: DAMAGED\n  source media: a.jpg: hash mismatch\n"
+        );
+        assert!(err.starts_with("error: damaged snapshot(s): b; "), "{err}");
+        let (out, err) = verify_lines(&verify_report(vec![check("c", false, true)]));
+        assert!(out.starts_with("snapshot c: NOT VERIFIED\n"), "{out}");
+        assert!(err.contains("written by a newer coffer"), "{err}");
+        let (out, _) = verify_lines(&verify_report(vec![]));
+        assert_eq!(out, "no snapshots to verify\n");
+    }
+
+    #[test]
+    fn verify_json_keys_as_documented() {
+        let mut c = check("b", false, false);
+        c.error = Some("manifest damaged".into());
+        let v: serde_json::Value = serde_json::from_str(&json_of(&verify_report(vec![c]))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ok": false, "deep": true, "snapshots": [{"id": "b", "ok": false,
+                "error": "manifest damaged",
+                "sources": [{"name": "media", "ok": false, "problems": ["a.jpg: hash mismatch"]}]}]})
+        );
+    }
+}

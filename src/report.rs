@@ -7,7 +7,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::manifest::{Manifest, SnapshotStatus};
+use crate::manifest::{Manifest, Problem, SnapshotStatus, SourceRecord, SourceStatus};
 use crate::repo::Damaged;
 
 /// RFC 3339, UTC, to the second: every `time` of a JSON document.
@@ -44,6 +44,181 @@ pub fn write_json(w: &mut impl Write, doc: &impl Serialize) -> io::Result<()> {
     let v = serde_json::to_value(doc).map_err(io::Error::other)?;
     serde_json::to_writer_pretty(&mut *w, &v).map_err(io::Error::other)?;
     writeln!(w)
+}
+
+// ----------------------------------------------------------------- snapshot
+
+/// A snapshot's fields as `coffer snapshot` and `coffer show` print them.
+#[derive(Debug, Serialize)]
+pub struct SnapshotFields<'a> {
+    pub id: &'a str,
+    pub time: String,
+    pub host: &'a str,
+    pub tags: &'a [String],
+    pub labels: &'a BTreeMap<String, String>,
+    pub status: SnapshotStatus,
+    pub sources: Vec<SnapshotSource<'a>>,
+}
+
+/// One source of [`SnapshotFields`].
+#[derive(Debug, Serialize)]
+pub struct SnapshotSource<'a> {
+    pub name: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub status: SourceStatus,
+    pub files: u64,
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+    pub duration_ms: u64,
+    pub error: Option<&'a str>,
+    pub problems: &'a [Problem],
+    pub skipped: &'a [Problem],
+    pub vanished: &'a [String],
+}
+
+impl<'a> SnapshotFields<'a> {
+    pub fn of(m: &'a Manifest) -> Self {
+        SnapshotFields {
+            id: &m.id,
+            time: rfc3339(&m.time),
+            host: &m.host,
+            tags: &m.tags,
+            labels: &m.labels,
+            status: m.status,
+            sources: m.sources.iter().map(SnapshotSource::of).collect(),
+        }
+    }
+}
+
+impl<'a> SnapshotSource<'a> {
+    pub fn of(s: &'a SourceRecord) -> Self {
+        SnapshotSource {
+            name: &s.name,
+            kind: &s.kind,
+            status: s.status,
+            files: s.files,
+            bytes_read: s.bytes_read,
+            bytes_stored: s.bytes_stored,
+            duration_ms: s.duration_ms,
+            error: s.error.as_deref(),
+            problems: &s.problems,
+            skipped: &s.skipped,
+            vanished: &s.vanished,
+        }
+    }
+}
+
+/// The `coffer snapshot` document.
+#[derive(Debug, Serialize)]
+pub struct SnapshotDoc<'a> {
+    pub ok: bool,
+    pub committed: bool,
+    pub dry_run: bool,
+    #[serde(flatten)]
+    pub snapshot: SnapshotFields<'a>,
+}
+
+impl<'a> SnapshotDoc<'a> {
+    pub fn new(m: &'a Manifest, committed: bool, dry_run: bool) -> Self {
+        SnapshotDoc {
+            ok: m.status == SnapshotStatus::Ok,
+            committed,
+            dry_run,
+            snapshot: SnapshotFields::of(m),
+        }
+    }
+}
+
+/// The `coffer snapshot` document when every source failed.
+#[derive(Debug, Serialize)]
+pub struct SnapshotFailed<'a> {
+    pub ok: bool,
+    pub status: &'static str,
+    pub error: &'a str,
+    pub exit_code: u8,
+}
+
+impl<'a> SnapshotFailed<'a> {
+    pub fn new(error: &'a str) -> Self {
+        SnapshotFailed {
+            ok: false,
+            status: "failed",
+            error,
+            exit_code: crate::Outcome::Failed(crate::ErrorKind::Operational).exit_code(),
+        }
+    }
+}
+
+/// `coffer snapshot` as text: the id alone on `out` when committed, for
+/// scripts; the report on `err` (with `quiet` only when something went
+/// wrong, so cron mails only then).
+pub fn snapshot_text(
+    out: &mut impl Write,
+    err: &mut impl Write,
+    m: &Manifest,
+    committed: bool,
+    dry_run: bool,
+    quiet: bool,
+) -> io::Result<()> {
+    if committed {
+        writeln!(out, "{}", m.id)?;
+    }
+    if quiet && m.status == SnapshotStatus::Ok {
+        return Ok(());
+    }
+    let verb = if dry_run {
+        "dry run, nothing written:"
+    } else {
+        "saved"
+    };
+    writeln!(
+        err,
+        "snapshot {} {} {} ({} sources, {} read, {} stored)",
+        m.id,
+        verb,
+        status_word(m.status),
+        m.sources.len(),
+        human_bytes(m.sources.iter().map(|s| s.bytes_read).sum()),
+        human_bytes(m.bytes_stored())
+    )?;
+    for s in &m.sources {
+        // Vanished files make a source partial only when the config
+        // says so, and then the snapshot is partial too.
+        let vanished_partial = !s.vanished.is_empty() && m.status == SnapshotStatus::Partial;
+        let status = match s.status {
+            SourceStatus::Ok if s.problems.is_empty() && !vanished_partial => "ok",
+            SourceStatus::Ok => "partial",
+            SourceStatus::Failed => "FAILED",
+        };
+        writeln!(
+            err,
+            "  {:<16} {:<10} {:<8} {:>7} files  {:>10} read  {:>10} stored  {:.1} s",
+            s.name,
+            s.kind,
+            status,
+            s.files,
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_stored),
+            s.duration_ms as f64 / 1000.0
+        )?;
+        if s.status == SourceStatus::Failed {
+            writeln!(err, "    error: {}", s.error.as_deref().unwrap_or("failed"))?;
+        }
+        for p in &s.problems {
+            writeln!(err, "    not stored whole: {}: {}", p.path, p.error)?;
+        }
+        for p in &s.skipped {
+            writeln!(err, "    skipped: {}: {}", p.path, p.error)?;
+        }
+        for p in &s.vanished {
+            writeln!(
+                err,
+                "    warning: vanished during the snapshot (deleted after the walk listed it), not stored: {p}"
+            )?;
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- snapshots
@@ -396,6 +571,67 @@ mod tests {
             serde_json::json!({"ok": false, "deep": true, "snapshots": [{"id": "b", "ok": false,
                 "error": "manifest damaged",
                 "sources": [{"name": "media", "ok": false, "problems": ["a.jpg: hash mismatch"]}]}]})
+        );
+    }
+
+    #[test]
+    fn snapshot_json_keys_as_documented() {
+        let m = manifest("a1");
+        let v: serde_json::Value =
+            serde_json::from_str(&json_of(&SnapshotDoc::new(&m, true, false))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ok": false, "committed": true, "dry_run": false,
+                "id": "a1", "time": "2026-03-01T12:30:05Z", "host": "web1", "tags": ["daily"],
+                "labels": {"env": "prod"}, "status": "partial",
+                "sources": [{"name": "db", "type": "postgres", "status": "ok", "files": 1,
+                    "bytes_read": 5000, "bytes_stored": 1500, "duration_ms": 10, "error": null,
+                    "problems": [], "skipped": [], "vanished": []}]})
+        );
+        let text = json_of(&SnapshotDoc::new(&m, true, false));
+        assert!(
+            text.starts_with("{\n  \"committed\": true,\n  \"dry_run\""),
+            "{text}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&json_of(&SnapshotFailed::new("boom"))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ok": false, "status": "failed", "error": "boom", "exit_code": 1})
+        );
+    }
+
+    #[test]
+    fn snapshot_text_id_on_out_report_on_err() {
+        let mut m = manifest("a1");
+        m.sources[0].problems.push(Problem {
+            path: "x".into(),
+            error: "shrank".into(),
+        });
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        snapshot_text(&mut out, &mut err, &m, true, false, true).unwrap();
+        let (out, err) = (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        );
+        assert_eq!(out, "a1\n");
+        assert_eq!(
+            err,
+            "snapshot a1 saved partial (1 sources, 5.0 kB read, 1.5 kB stored)\n\
+             \x20 db               postgres   partial        1 files      5.0 kB read      1.5 kB stored  0.0 s\n\
+             \x20   not stored whole: x: shrank\n"
+        );
+        // Dry run: nothing committed, no id; quiet and ok: nothing at all.
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        m.status = SnapshotStatus::Ok;
+        snapshot_text(&mut out, &mut err, &m, false, true, true).unwrap();
+        assert!(out.is_empty() && err.is_empty());
+        snapshot_text(&mut out, &mut err, &m, false, true, false).unwrap();
+        assert!(out.is_empty());
+        assert!(
+            String::from_utf8(err)
+                .unwrap()
+                .starts_with("snapshot a1 dry run, nothing written: ok (1 sources"),
         );
     }
 }

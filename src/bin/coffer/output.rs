@@ -43,23 +43,20 @@ pub fn print_json(v: &serde_json::Value) {
     let _ = writeln!(out);
 }
 
+/// Prints a `Serialize` document through [`print_json`], keys sorted.
+pub fn print_doc(doc: &impl serde::Serialize) {
+    print_json(&serde_json::to_value(doc).expect("report serialises"));
+}
+
 pub fn println_out(s: &str) {
     crate::bar::finish();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{s}");
 }
 
-pub use coffer::report::{human_bytes, rfc3339, status_word};
+pub use coffer::report::{human_bytes, status_word};
 
+/// A snapshot's fields as a JSON value (`coffer show` adds its own).
 pub fn snapshot_json(m: &Manifest) -> serde_json::Value {
-    json!({
-        "id": m.id, "time": rfc3339(&m.time), "host": m.host, "tags": m.tags, "labels": m.labels,
-        "status": m.status,
-        "sources": m.sources.iter().map(|s| json!({
-            "name": s.name, "type": s.kind, "status": s.status, "files": s.files,
-            "bytes_read": s.bytes_read, "bytes_stored": s.bytes_stored, "duration_ms": s.duration_ms,
-            "error": s.error, "problems": s.problems, "skipped": s.skipped,
-            "vanished": s.vanished,
-        })).collect::<Vec<_>>(),
-    })
+    serde_json::to_value(coffer::report::SnapshotFields::of(m)).expect("report serialises")
 }

@@ -3,15 +3,14 @@
 use std::collections::BTreeMap;
 
 use coffer::hooks::{self, Hooks};
-use coffer::manifest::{Manifest, SnapshotStatus, SourceStatus};
+use coffer::manifest::Manifest;
 use coffer::metrics::RunRecord;
 use coffer::snapshot::{self, SnapshotError, SnapshotOptions};
-use coffer::{Error, ErrorKind, Outcome};
-use serde_json::json;
+use coffer::{Error, ErrorKind, Outcome, report};
 
 use crate::cli::{Global, SnapshotArgs};
 use crate::monitor::finish_hooks;
-use crate::output::{human_bytes, print_json, println_out, snapshot_json, status_word};
+use crate::output::print_doc;
 use crate::settings::{load_settings, open_repo};
 
 pub async fn run(g: &Global, a: SnapshotArgs, rec: &mut RunRecord) -> Result<Outcome, Error> {
@@ -56,11 +55,12 @@ pub async fn run(g: &Global, a: SnapshotArgs, rec: &mut RunRecord) -> Result<Out
                 Ok(out.manifest.status.outcome())
             }
             Err(SnapshotError::AllFailed(why)) => {
-                rec.error = Some(format!("every source failed; nothing was committed:\n{why}"));
+                rec.error = Some(format!(
+                    "every source failed; nothing was committed:\n{why}"
+                ));
                 if g.json {
-                    print_json(
-                        &json!({"ok": false, "status": "failed", "error": format!("every source failed; nothing was committed:\n{why}"), "exit_code": Outcome::Failed(ErrorKind::Operational).exit_code()}),
-                    );
+                    let error = format!("every source failed; nothing was committed:\n{why}");
+                    print_doc(&report::SnapshotFailed::new(&error));
                 }
                 eprintln!("error: every source failed; nothing was committed:\n{why}");
                 Ok(Outcome::Failed(ErrorKind::Operational))
@@ -74,67 +74,18 @@ pub async fn run(g: &Global, a: SnapshotArgs, rec: &mut RunRecord) -> Result<Out
 
 fn report_snapshot(g: &Global, m: &Manifest, committed: bool, dry_run: bool) {
     if g.json {
-        let mut v = snapshot_json(m);
-        v["ok"] = json!(m.status == SnapshotStatus::Ok);
-        v["dry_run"] = json!(dry_run);
-        v["committed"] = json!(committed);
-        print_json(&v);
+        print_doc(&report::SnapshotDoc::new(m, committed, dry_run));
     } else {
-        // The id alone on stdout, for scripts; the report on stderr (with
-        // -q only when something went wrong, so cron mails only then).
         if committed {
-            println_out(&m.id);
+            crate::bar::finish();
         }
-        if g.quiet && m.status == SnapshotStatus::Ok {
-            return;
-        }
-        let verb = if dry_run {
-            "dry run, nothing written:"
-        } else {
-            "saved"
-        };
-        eprintln!(
-            "snapshot {} {} {} ({} sources, {} read, {} stored)",
-            m.id,
-            verb,
-            status_word(m.status),
-            m.sources.len(),
-            human_bytes(m.sources.iter().map(|s| s.bytes_read).sum()),
-            human_bytes(m.bytes_stored())
+        let _ = report::snapshot_text(
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+            m,
+            committed,
+            dry_run,
+            g.quiet,
         );
-        for s in &m.sources {
-            // Vanished files make a source partial only when the config
-            // says so, and then the snapshot is partial too.
-            let vanished_partial = !s.vanished.is_empty() && m.status == SnapshotStatus::Partial;
-            let status = match s.status {
-                SourceStatus::Ok if s.problems.is_empty() && !vanished_partial => "ok",
-                SourceStatus::Ok => "partial",
-                SourceStatus::Failed => "FAILED",
-            };
-            eprintln!(
-                "  {:<16} {:<10} {:<8} {:>7} files  {:>10} read  {:>10} stored  {:.1} s",
-                s.name,
-                s.kind,
-                status,
-                s.files,
-                human_bytes(s.bytes_read),
-                human_bytes(s.bytes_stored),
-                s.duration_ms as f64 / 1000.0
-            );
-            if s.status == SourceStatus::Failed {
-                eprintln!("    error: {}", s.error.as_deref().unwrap_or("failed"));
-            }
-            for p in &s.problems {
-                eprintln!("    not stored whole: {}: {}", p.path, p.error);
-            }
-            for p in &s.skipped {
-                eprintln!("    skipped: {}: {}", p.path, p.error);
-            }
-            for p in &s.vanished {
-                eprintln!(
-                    "    warning: vanished during the snapshot (deleted after the walk listed it), not stored: {p}"
-                );
-            }
-        }
     }
 }

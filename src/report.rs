@@ -221,6 +221,129 @@ pub fn snapshot_text(
     Ok(())
 }
 
+// ------------------------------------------------------------------ restore
+
+/// The `coffer restore` document: the library's report, with `"ok": true`.
+#[derive(Debug, Serialize)]
+pub struct RestoreDoc<'a> {
+    pub ok: bool,
+    #[serde(flatten)]
+    pub report: &'a crate::restore::RestoreReport,
+}
+
+impl<'a> RestoreDoc<'a> {
+    pub fn new(report: &'a crate::restore::RestoreReport) -> Self {
+        RestoreDoc { ok: true, report }
+    }
+}
+
+/// The first line of `coffer restore` as text, before anything changes:
+/// whose data is coming back.
+pub fn restore_header(out: &mut impl Write, m: &Manifest) -> io::Result<()> {
+    writeln!(
+        out,
+        "restoring snapshot {} taken on {} at {} UTC",
+        m.id,
+        m.host,
+        m.time.format("%Y-%m-%d %H:%M:%S")
+    )
+}
+
+/// `coffer restore` as text, after the restore: its warnings on `err`, one
+/// line per source on `out`, then on `err` the next steps and the files
+/// that are missing or possibly inconsistent, and the skipped sources.
+pub fn restore_text(
+    out: &mut impl Write,
+    err: &mut impl Write,
+    rep: &crate::restore::RestoreReport,
+) -> io::Result<()> {
+    for w in &rep.warnings {
+        writeln!(err, "warning: {w}")?;
+    }
+    for src in &rep.sources {
+        if rep.dry_run {
+            writeln!(
+                out,
+                "would restore source {} ({}) to {}: {} files, {} dirs, {} links, {}",
+                src.name,
+                src.kind,
+                src.destination,
+                src.files,
+                src.dirs,
+                src.links,
+                human_bytes(src.bytes)
+            )?;
+            for p in &src.planned {
+                writeln!(out, "  {p}")?;
+            }
+        } else if crate::read::is_dump_source(&src.kind) {
+            writeln!(
+                out,
+                "restored source {} ({}) from snapshot {} into {}: {} in {:.1} s",
+                src.name,
+                src.kind,
+                rep.snapshot,
+                src.destination,
+                human_bytes(src.bytes),
+                src.duration_ms as f64 / 1000.0
+            )?;
+        } else {
+            writeln!(
+                out,
+                "restored source {} ({}) from snapshot {} to {}: {} files, {} dirs, {} links, {} in {:.1} s",
+                src.name,
+                src.kind,
+                rep.snapshot,
+                src.destination,
+                src.files,
+                src.dirs,
+                src.links,
+                human_bytes(src.bytes),
+                src.duration_ms as f64 / 1000.0
+            )?;
+        }
+    }
+    for src in &rep.sources {
+        for step in &src.next_steps {
+            writeln!(err, "next step for source {}: {step}", src.name)?;
+        }
+        for p in &src.not_stored {
+            writeln!(
+                err,
+                "warning: source {}: {p} could not be read when snapshot {} was taken; it is not in the restored copy",
+                src.name, rep.snapshot
+            )?;
+        }
+        // Stored anyway, so restored: say so, and why it may not be what
+        // the application last wrote.
+        for (p, why) in src
+            .possibly_inconsistent
+            .iter()
+            .zip(&src.possibly_inconsistent_why)
+        {
+            writeln!(
+                err,
+                "warning: source {}: {p} {} but possibly inconsistent (snapshot {}: {why})",
+                src.name,
+                if rep.dry_run {
+                    "would be restored"
+                } else {
+                    "is restored"
+                },
+                rep.snapshot
+            )?;
+        }
+    }
+    for sk in &rep.skipped {
+        writeln!(
+            err,
+            "warning: source {sk} failed when snapshot {} was taken; nothing restored for it",
+            rep.snapshot
+        )?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- snapshots
 
 /// One entry of the `coffer snapshots` document.
@@ -632,6 +755,103 @@ mod tests {
             String::from_utf8(err)
                 .unwrap()
                 .starts_with("snapshot a1 dry run, nothing written: ok (1 sources"),
+        );
+    }
+
+    fn restore_report(dry_run: bool) -> crate::restore::RestoreReport {
+        let src = |name: &str, kind: &str| crate::restore::RestoredSource {
+            name: name.into(),
+            kind: kind.into(),
+            destination: "/srv/x".into(),
+            files: 2,
+            dirs: 1,
+            links: 0,
+            bytes: 1500,
+            duration_ms: 2500,
+            planned: vec![],
+            not_stored: vec![],
+            possibly_inconsistent: vec![],
+            possibly_inconsistent_why: vec![],
+            not_configured: vec![],
+            next_steps: vec![],
+        };
+        let mut media = src("media", "directory");
+        media.possibly_inconsistent = vec!["a.log".into()];
+        media.possibly_inconsistent_why = vec!["changed while read".into()];
+        media.not_stored = vec!["b.log".into()];
+        let mut cache = src("cache", "redis");
+        cache.next_steps = vec!["restart redis".into()];
+        crate::restore::RestoreReport {
+            snapshot: "a1".into(),
+            host: "web1".into(),
+            time: "2026-03-01T12:30:05Z".into(),
+            dry_run,
+            warnings: vec!["moved".into()],
+            sources: vec![media, cache],
+            skipped: vec!["db".into()],
+            cleaned: vec![],
+        }
+    }
+
+    #[test]
+    fn restore_text_lines() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        restore_header(&mut out, &manifest("a1")).unwrap();
+        restore_text(&mut out, &mut err, &restore_report(false)).unwrap();
+        let (out, err) = (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        );
+        assert_eq!(
+            out,
+            "restoring snapshot a1 taken on web1 at 2026-03-01 12:30:05 UTC\n\
+             restored source media (directory) from snapshot a1 to /srv/x: 2 files, 1 dirs, 0 links, 1.5 kB in 2.5 s\n\
+             restored source cache (redis) from snapshot a1 into /srv/x: 1.5 kB in 2.5 s\n"
+        );
+        assert_eq!(
+            err,
+            "warning: moved\n\
+             warning: source media: b.log could not be read when snapshot a1 was taken; it is not in the restored copy\n\
+             warning: source media: a.log is restored but possibly inconsistent (snapshot a1: changed while read)\n\
+             next step for source cache: restart redis\n\
+             warning: source db failed when snapshot a1 was taken; nothing restored for it\n"
+        );
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        restore_text(&mut out, &mut err, &restore_report(true)).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("would restore source media (directory) to /srv/x: 2 files, 1 dirs, 0 links, 1.5 kB\n"),
+            "{out}"
+        );
+        assert!(
+            String::from_utf8(err)
+                .unwrap()
+                .contains("a.log would be restored but")
+        );
+    }
+
+    #[test]
+    fn restore_json_keys_as_documented() {
+        let rep = restore_report(false);
+        let v: serde_json::Value = serde_json::from_str(&json_of(&RestoreDoc::new(&rep))).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "cleaned", "dry_run", "host", "ok", "skipped", "snapshot", "sources", "time",
+                "warnings"
+            ]
+        );
+        assert_eq!(v["ok"], true);
+        assert_eq!(
+            v["sources"][0],
+            serde_json::json!({"name": "media", "type": "directory", "destination": "/srv/x",
+                "files": 2, "dirs": 1, "links": 0, "bytes": 1500, "duration_ms": 2500,
+                "not_stored": ["b.log"], "possibly_inconsistent": ["a.log"]})
+        );
+        assert_eq!(
+            v["sources"][1]["next_steps"],
+            serde_json::json!(["restart redis"])
         );
     }
 }

@@ -344,6 +344,81 @@ pub fn restore_text(
     Ok(())
 }
 
+// -------------------------------------------------------------------- prune
+
+/// `coffer prune` as text (its document is [`crate::prune::PruneReport`]):
+/// one line per snapshot with the rules that keep it, the left-overs, and
+/// what was removed (or, in a dry run, would be).
+pub fn prune_text(out: &mut impl Write, rep: &crate::prune::PruneReport) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:<16}  {:<20}  {:<6}  KEPT BY",
+        "ID", "TIME (UTC)", "ACTION"
+    )?;
+    for v in &rep.snapshots {
+        writeln!(
+            out,
+            "{:<16}  {:<20}  {:<6}  {}",
+            v.id,
+            v.time.replace('T', " ").trim_end_matches('Z'),
+            v.action,
+            v.reasons.join(", ")
+        )?;
+    }
+    for l in &rep.leftovers {
+        writeln!(
+            out,
+            "left-over data/{}/ ({} objects, {}, newest {}): {}: {}",
+            l.id,
+            l.objects,
+            human_bytes(l.bytes),
+            l.newest,
+            l.action,
+            l.why
+        )?;
+    }
+    let verb = if rep.dry_run {
+        "dry run, nothing deleted: would remove"
+    } else {
+        "removed"
+    };
+    let t = &rep.temp_files;
+    if t.removed + t.kept > 0 {
+        writeln!(
+            out,
+            "{verb} {} upload temp files of interrupted writes ({}); kept {} ({}) younger than the grace period",
+            t.removed,
+            human_bytes(t.removed_bytes),
+            t.kept,
+            human_bytes(t.kept_bytes)
+        )?;
+    }
+    if let Some(m) = &rep.multipart_uploads
+        && m.aborted + m.kept > 0
+    {
+        let verb = if rep.dry_run {
+            "dry run, nothing deleted: would abort"
+        } else {
+            "aborted"
+        };
+        writeln!(
+            out,
+            "{verb} {} multipart uploads of interrupted writes; kept {} younger than the grace period",
+            m.aborted, m.kept
+        )?;
+    }
+    writeln!(
+        out,
+        "{verb} {} of {} snapshots ({} objects) and {} left-over objects; kept {} ({})",
+        rep.removed,
+        rep.snapshots.len(),
+        rep.removed_objects,
+        rep.leftovers_removed,
+        rep.kept,
+        rep.policy
+    )
+}
+
 // ---------------------------------------------------------------- snapshots
 
 /// One entry of the `coffer snapshots` document.
@@ -852,6 +927,109 @@ mod tests {
         assert_eq!(
             v["sources"][1]["next_steps"],
             serde_json::json!(["restart redis"])
+        );
+    }
+
+    fn prune_report(dry_run: bool) -> crate::prune::PruneReport {
+        let verdict =
+            |id: &str, action: &'static str, reasons: &[&str]| crate::prune::SnapshotVerdict {
+                id: id.into(),
+                time: "2026-03-01T12:30:05Z".into(),
+                host: "web1".into(),
+                tags: vec![],
+                action,
+                reasons: reasons.iter().map(|r| r.to_string()).collect(),
+                objects: 3,
+            };
+        crate::prune::PruneReport {
+            ok: true,
+            dry_run,
+            policy: "keep-last 1".into(),
+            grace_secs: 3600,
+            snapshots: vec![
+                verdict("a1", "remove", &[]),
+                verdict("b2", "keep", &["keep-last"]),
+            ],
+            kept: 1,
+            removed: 1,
+            removed_objects: 3,
+            leftovers: vec![crate::prune::Leftover {
+                id: "c3".into(),
+                objects: 2,
+                bytes: 2000,
+                newest: "2026-03-01T00:00:00Z".into(),
+                action: "remove",
+                why: "no manifest".into(),
+            }],
+            leftovers_removed: 2,
+            temp_files: crate::prune::TempFiles {
+                removed: 1,
+                removed_bytes: 10,
+                kept: 0,
+                kept_bytes: 0,
+            },
+            multipart_uploads: Some(crate::prune::MultipartUploads {
+                aborted: 0,
+                kept: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn prune_text_lines() {
+        let mut out = Vec::new();
+        prune_text(&mut out, &prune_report(true)).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ID                TIME (UTC)            ACTION  KEPT BY\n\
+             a1                2026-03-01 12:30:05   remove  \n\
+             b2                2026-03-01 12:30:05   keep    keep-last\n\
+             left-over data/c3/ (2 objects, 2.0 kB, newest 2026-03-01T00:00:00Z): remove: no manifest\n\
+             dry run, nothing deleted: would remove 1 upload temp files of interrupted writes (10 B); kept 0 (0 B) younger than the grace period\n\
+             dry run, nothing deleted: would remove 1 of 2 snapshots (3 objects) and 2 left-over objects; kept 1 (keep-last 1)\n"
+        );
+        let mut out = Vec::new();
+        prune_text(&mut out, &prune_report(false)).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.ends_with("\nremoved 1 of 2 snapshots (3 objects) and 2 left-over objects; kept 1 (keep-last 1)\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn prune_json_keys_as_documented() {
+        let v: serde_json::Value = serde_json::from_str(&json_of(&prune_report(false))).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "dry_run",
+                "grace_secs",
+                "kept",
+                "leftovers",
+                "leftovers_removed",
+                "multipart_uploads",
+                "ok",
+                "policy",
+                "removed",
+                "removed_objects",
+                "snapshots",
+                "temp_files"
+            ]
+        );
+        assert_eq!(
+            v["snapshots"][1],
+            serde_json::json!({"id": "b2", "time": "2026-03-01T12:30:05Z", "host": "web1", "tags": [],
+                "action": "keep", "reasons": ["keep-last"], "objects": 3})
+        );
+        assert_eq!(
+            v["temp_files"],
+            serde_json::json!({"removed": 1, "removed_bytes": 10, "kept": 0, "kept_bytes": 0})
+        );
+        assert_eq!(
+            v["multipart_uploads"],
+            serde_json::json!({"aborted": 0, "kept": 0})
         );
     }
 }

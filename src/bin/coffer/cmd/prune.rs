@@ -3,7 +3,7 @@
 use coffer::{Error, Outcome};
 
 use crate::cli::{Global, PruneArgs};
-use crate::output::{human_bytes, print_json};
+use crate::output::print_doc;
 use crate::settings::{load_settings, open_repo};
 
 fn prune_policy(
@@ -60,70 +60,9 @@ pub async fn run(g: &Global, a: PruneArgs) -> Result<Outcome, Error> {
     };
     let rep = prune::prune(&r, &opts).await?;
     if g.json {
-        print_json(&serde_json::to_value(&rep).expect("report serialises"));
+        print_doc(&rep);
         return Ok(Outcome::Ok);
     }
-    let mut out = format!(
-        "{:<16}  {:<20}  {:<6}  {}\n",
-        "ID", "TIME (UTC)", "ACTION", "KEPT BY"
-    );
-    for v in &rep.snapshots {
-        out.push_str(&format!(
-            "{:<16}  {:<20}  {:<6}  {}\n",
-            v.id,
-            v.time.replace('T', " ").trim_end_matches('Z'),
-            v.action,
-            v.reasons.join(", ")
-        ));
-    }
-    for l in &rep.leftovers {
-        out.push_str(&format!(
-            "left-over data/{}/ ({} objects, {}, newest {}): {}: {}\n",
-            l.id,
-            l.objects,
-            human_bytes(l.bytes),
-            l.newest,
-            l.action,
-            l.why
-        ));
-    }
-    let verb = if rep.dry_run {
-        "dry run, nothing deleted: would remove"
-    } else {
-        "removed"
-    };
-    let t = &rep.temp_files;
-    if t.removed + t.kept > 0 {
-        out.push_str(&format!(
-            "{verb} {} upload temp files of interrupted writes ({}); kept {} ({}) younger than the grace period\n",
-            t.removed,
-            human_bytes(t.removed_bytes),
-            t.kept,
-            human_bytes(t.kept_bytes)
-        ));
-    }
-    if let Some(m) = &rep.multipart_uploads
-        && m.aborted + m.kept > 0
-    {
-        let verb = if rep.dry_run {
-            "dry run, nothing deleted: would abort"
-        } else {
-            "aborted"
-        };
-        out.push_str(&format!(
-            "{verb} {} multipart uploads of interrupted writes; kept {} younger than the grace period\n",
-            m.aborted, m.kept
-        ));
-    }
-    out.push_str(&format!(
-        "{verb} {} of {} snapshots ({} objects) and {} left-over objects; kept {} ({})\n",
-        rep.removed,
-        rep.snapshots.len(),
-        rep.removed_objects,
-        rep.leftovers_removed,
-        rep.kept,
-        rep.policy
-    ));
-    print!("{out}");
+    let _ = coffer::report::prune_text(&mut std::io::stdout().lock(), &rep);
     Ok(Outcome::Ok)
 }

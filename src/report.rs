@@ -419,6 +419,43 @@ pub fn prune_text(out: &mut impl Write, rep: &crate::prune::PruneReport) -> io::
     )
 }
 
+// -------------------------------------------------------------------- check
+
+/// `coffer check` as text (its document is [`crate::check::CheckReport`]):
+/// one `ok`, `warn` or `FAIL` line per check.
+pub fn check_text(out: &mut impl Write, rep: &crate::check::CheckReport) -> io::Result<()> {
+    for c in &rep.checks {
+        writeln!(
+            out,
+            "{:<4} {}: {}",
+            match (c.ok, c.warning) {
+                (false, _) => "FAIL",
+                (true, true) => "warn",
+                (true, false) => "ok",
+            },
+            c.name,
+            c.detail
+        )?;
+    }
+    Ok(())
+}
+
+/// The verdict of a `coffer check` that failed: which checks.
+pub fn check_failed(err: &mut impl Write, rep: &crate::check::CheckReport) -> io::Result<()> {
+    let failed: Vec<&str> = rep
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
+    writeln!(
+        err,
+        "error: {} check(s) failed: {}",
+        failed.len(),
+        failed.join("; ")
+    )
+}
+
 // ---------------------------------------------------------------- snapshots
 
 /// One entry of the `coffer snapshots` document.
@@ -1031,5 +1068,52 @@ mod tests {
             v["multipart_uploads"],
             serde_json::json!({"aborted": 0, "kept": 0})
         );
+    }
+
+    fn check_report() -> crate::check::CheckReport {
+        let item = |name: &str, ok: bool, warning: bool| crate::check::CheckItem {
+            name: name.into(),
+            ok,
+            detail: format!("{name} detail"),
+            warning,
+        };
+        crate::check::CheckReport {
+            ok: false,
+            checks: vec![
+                item("config valid", true, false),
+                item("restore left-overs", true, true),
+                item("repository reachable", false, false),
+                item("key", false, false),
+            ],
+        }
+    }
+
+    #[test]
+    fn check_text_lines_and_verdict() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        check_text(&mut out, &check_report()).unwrap();
+        check_failed(&mut err, &check_report()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ok   config valid: config valid detail\n\
+             warn restore left-overs: restore left-overs detail\n\
+             FAIL repository reachable: repository reachable detail\n\
+             FAIL key: key detail\n"
+        );
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "error: 2 check(s) failed: repository reachable; key\n"
+        );
+    }
+
+    #[test]
+    fn check_json_keys_as_documented() {
+        let v: serde_json::Value = serde_json::from_str(&json_of(&check_report())).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(
+            v["checks"][0],
+            serde_json::json!({"name": "config valid", "ok": true, "detail": "config valid detail"})
+        );
+        assert_eq!(v["checks"][1]["warning"], true);
     }
 }

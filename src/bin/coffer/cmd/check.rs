@@ -3,7 +3,7 @@
 use coffer::{Error, Outcome};
 
 use crate::cli::{CheckArgs, Global};
-use crate::output::print_json;
+use crate::output::print_doc;
 use crate::settings::{credential, load_settings, open_store};
 
 /// `coffer check`. A config file that cannot be parsed is still exit 2, as
@@ -13,22 +13,9 @@ pub async fn run(g: &Global, a: CheckArgs) -> Result<Outcome, Error> {
     use coffer::check::{self, CheckInputs, CheckItem, CheckReport};
     let print = |rep: &CheckReport| {
         if g.json {
-            print_json(&serde_json::to_value(rep).expect("report serialises"));
+            print_doc(rep);
         } else {
-            let mut out = String::new();
-            for c in &rep.checks {
-                out.push_str(&format!(
-                    "{:<4} {}: {}\n",
-                    match (c.ok, c.warning) {
-                        (false, _) => "FAIL",
-                        (true, true) => "warn",
-                        (true, false) => "ok",
-                    },
-                    c.name,
-                    c.detail
-                ));
-            }
-            print!("{out}");
+            let _ = coffer::report::check_text(&mut std::io::stdout().lock(), rep);
         }
     };
     let max_age = match max_age {
@@ -72,17 +59,7 @@ pub async fn run(g: &Global, a: CheckArgs) -> Result<Outcome, Error> {
     .await;
     print(&rep);
     if !rep.ok && !g.json {
-        let failed: Vec<&str> = rep
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| c.name.as_str())
-            .collect();
-        eprintln!(
-            "error: {} check(s) failed: {}",
-            failed.len(),
-            failed.join("; ")
-        );
+        let _ = coffer::report::check_failed(&mut std::io::stderr().lock(), &rep);
     }
     Ok(rep.outcome())
 }

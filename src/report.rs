@@ -456,6 +456,58 @@ pub fn check_failed(err: &mut impl Write, rep: &crate::check::CheckReport) -> io
     )
 }
 
+// -------------------------------------------------------------------- drill
+
+/// `coffer drill` as text (its document is [`crate::restore::DrillReport`]):
+/// per source its verdict and restore time, then its checks, failures and
+/// error; the sources without a drill.
+pub fn drill_text(out: &mut impl Write, rep: &crate::restore::DrillReport) -> io::Result<()> {
+    for d in &rep.sources {
+        writeln!(
+            out,
+            "source {} ({}): {} — restore into {} took {:.1} s",
+            d.name,
+            d.kind,
+            if d.ok { "ok" } else { "FAILED" },
+            if d.scratch.is_empty() {
+                "scratch"
+            } else {
+                &d.scratch
+            },
+            d.restore_ms as f64 / 1000.0
+        )?;
+        for c in &d.checks {
+            writeln!(out, "  {c}")?;
+        }
+        for f in &d.failures {
+            writeln!(out, "  FAILED: {f}")?;
+        }
+        if let Some(e) = &d.error {
+            writeln!(out, "  error: {e}")?;
+        }
+    }
+    for sk in &rep.skipped {
+        writeln!(out, "source {sk}: no drill for this type (skipped)")?;
+    }
+    if rep.sources.is_empty() {
+        writeln!(
+            out,
+            "snapshot {} has no database source to drill",
+            rep.snapshot
+        )?;
+    }
+    Ok(())
+}
+
+/// The verdict of a drill that failed (with or without `--json`).
+pub fn drill_failed(err: &mut impl Write, rep: &crate::restore::DrillReport) -> io::Result<()> {
+    writeln!(
+        err,
+        "error: restore drill of snapshot {} failed; see above",
+        rep.snapshot
+    )
+}
+
 // ---------------------------------------------------------------- snapshots
 
 /// One entry of the `coffer snapshots` document.
@@ -1115,5 +1167,67 @@ mod tests {
             serde_json::json!({"name": "config valid", "ok": true, "detail": "config valid detail"})
         );
         assert_eq!(v["checks"][1]["warning"], true);
+    }
+
+    fn drill_report() -> crate::restore::DrillReport {
+        crate::restore::DrillReport {
+            ok: false,
+            snapshot: "a1".into(),
+            sources: vec![crate::source::DrillResult {
+                name: "db".into(),
+                kind: "postgres".into(),
+                ok: false,
+                scratch: String::new(),
+                restore_ms: 1500,
+                checks: vec!["public.t: 3 rows (expected 3)".into()],
+                failures: vec!["public.u: 1 rows (expected 2)".into()],
+                error: Some("boom".into()),
+            }],
+            skipped: vec!["media".into()],
+        }
+    }
+
+    #[test]
+    fn drill_text_lines_and_verdict() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let rep = drill_report();
+        drill_text(&mut out, &rep).unwrap();
+        drill_failed(&mut err, &rep).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "source db (postgres): FAILED — restore into scratch took 1.5 s\n\
+             \x20 public.t: 3 rows (expected 3)\n\
+             \x20 FAILED: public.u: 1 rows (expected 2)\n\
+             \x20 error: boom\n\
+             source media: no drill for this type (skipped)\n"
+        );
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "error: restore drill of snapshot a1 failed; see above\n"
+        );
+        let mut out = Vec::new();
+        let empty = crate::restore::DrillReport {
+            ok: true,
+            snapshot: "a1".into(),
+            sources: vec![],
+            skipped: vec![],
+        };
+        drill_text(&mut out, &empty).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "snapshot a1 has no database source to drill\n"
+        );
+    }
+
+    #[test]
+    fn drill_json_keys_as_documented() {
+        let v: serde_json::Value = serde_json::from_str(&json_of(&drill_report())).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ok": false, "snapshot": "a1", "skipped": ["media"],
+                "sources": [{"name": "db", "type": "postgres", "ok": false, "scratch": "",
+                    "restore_ms": 1500, "checks": ["public.t: 3 rows (expected 3)"],
+                    "failures": ["public.u: 1 rows (expected 2)"], "error": "boom"}]})
+        );
     }
 }

@@ -7,7 +7,9 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::manifest::{Manifest, Problem, SnapshotStatus, SourceRecord, SourceStatus};
+use crate::manifest::{
+    EntryKind, IndexEntry, Manifest, ObjectRef, Problem, SnapshotStatus, SourceRecord, SourceStatus,
+};
 use crate::repo::Damaged;
 
 /// RFC 3339, UTC, to the second: every `time` of a JSON document.
@@ -506,6 +508,196 @@ pub fn drill_failed(err: &mut impl Write, rep: &crate::restore::DrillReport) -> 
         "error: restore drill of snapshot {} failed; see above",
         rep.snapshot
     )
+}
+
+// --------------------------------------------------------------------- show
+
+/// The `coffer show` document: the snapshot's fields as `coffer snapshot`
+/// prints them, and what only the manifest says.
+#[derive(Debug, Serialize)]
+pub struct ShowDoc<'a> {
+    pub id: &'a str,
+    pub time: String,
+    pub host: &'a str,
+    pub tags: &'a [String],
+    pub labels: &'a BTreeMap<String, String>,
+    pub status: SnapshotStatus,
+    pub tool_version: &'a str,
+    pub parent: Option<&'a str>,
+    pub sources: Vec<ShowSource<'a>>,
+}
+
+/// One source of [`ShowDoc`]; with `--files`, its files.
+#[derive(Debug, Serialize)]
+pub struct ShowSource<'a> {
+    #[serde(flatten)]
+    pub source: SnapshotSource<'a>,
+    pub origin: Option<&'a str>,
+    pub archive: Option<&'a ObjectRef>,
+    pub index: Option<&'a ObjectRef>,
+    pub details: &'a serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<ShowFile<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_count: Option<u64>,
+}
+
+/// One file of a [`ShowSource`]: its index entry, `mtime` as RFC 3339 UTC
+/// with the stored nanoseconds.
+#[derive(Debug, Serialize)]
+pub struct ShowFile<'a> {
+    pub path: &'a str,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: Option<String>,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<&'a str>,
+    pub stored: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<&'a str>,
+}
+
+impl<'a> ShowFile<'a> {
+    pub fn of(e: &'a IndexEntry) -> Self {
+        ShowFile {
+            path: &e.path,
+            kind: e.kind,
+            size: e.size,
+            mode: e.mode,
+            mtime: chrono::DateTime::from_timestamp(e.mtime, e.mtime_nsec)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),
+            uid: e.uid,
+            gid: e.gid,
+            target: e.target.as_deref(),
+            sha256: e.sha256.as_deref(),
+            stored: e.stored,
+            error: e.error.as_deref(),
+            object: e.object.as_deref(),
+        }
+    }
+}
+
+impl<'a> ShowDoc<'a> {
+    /// `files`: with `--files`, each source's index, in the manifest's order.
+    pub fn new(m: &'a Manifest, files: Option<&'a [Vec<IndexEntry>]>) -> Self {
+        ShowDoc {
+            id: &m.id,
+            time: rfc3339(&m.time),
+            host: &m.host,
+            tags: &m.tags,
+            labels: &m.labels,
+            status: m.status,
+            tool_version: &m.tool_version,
+            parent: m.parent.as_deref(),
+            sources: m
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ShowSource {
+                    source: SnapshotSource::of(s),
+                    origin: s.origin.as_deref(),
+                    archive: s.archive.as_ref(),
+                    index: s.index.as_ref(),
+                    details: &s.details,
+                    files: files.map(|f| f[i].iter().map(ShowFile::of).collect()),
+                    file_count: files.map(|_| s.files),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `coffer show` as text: the snapshot, then each source (with `files`,
+/// one line per file).
+pub fn show_text(
+    out: &mut impl Write,
+    m: &Manifest,
+    files: Option<&[Vec<IndexEntry>]>,
+) -> io::Result<()> {
+    writeln!(out, "snapshot   {}", m.id)?;
+    writeln!(out, "time       {} UTC", m.time.format("%Y-%m-%d %H:%M:%S"))?;
+    writeln!(out, "host       {}", m.host)?;
+    writeln!(out, "status     {}", status_word(m.status))?;
+    writeln!(out, "tags       {}", m.tags.join(", "))?;
+    for (k, v) in &m.labels {
+        writeln!(out, "label      {k}={v}")?;
+    }
+    writeln!(out, "coffer     {}", m.tool_version)?;
+    writeln!(out, "stored     {}", human_bytes(m.bytes_stored()))?;
+    for (i, s) in m.sources.iter().enumerate() {
+        writeln!(
+            out,
+            "\nsource {} ({}), {}",
+            s.name,
+            s.kind,
+            match s.status {
+                SourceStatus::Ok => "ok",
+                SourceStatus::Failed => "FAILED",
+            }
+        )?;
+        if let Some(o) = &s.origin {
+            writeln!(out, "  from      {o}")?;
+        }
+        writeln!(
+            out,
+            "  files     {}\n  read      {}\n  stored    {}\n  took      {:.1} s",
+            s.files,
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_stored),
+            s.duration_ms as f64 / 1000.0
+        )?;
+        if let Some(a) = &s.archive {
+            writeln!(out, "  archive   {} sha256:{}", a.object, a.sha256)?;
+        }
+        if let Some(e) = &s.error {
+            writeln!(out, "  error     {e}")?;
+        }
+        for v in &s.vanished {
+            writeln!(
+                out,
+                "  vanished  {v} (deleted during the snapshot, not stored)"
+            )?;
+        }
+        for (k, v) in &s.details {
+            writeln!(out, "  {k:<9} {v}")?;
+        }
+        for e in files.map(|f| f[i].as_slice()).unwrap_or_default() {
+            let t = chrono::DateTime::from_timestamp(e.mtime, e.mtime_nsec)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default();
+            let kind = match e.kind {
+                EntryKind::File => "-",
+                EntryKind::Dir => "d",
+                EntryKind::Symlink => "l",
+                EntryKind::Hardlink => "h",
+            };
+            write!(
+                out,
+                "  {kind} {:04o} {:>12} {} {} {}",
+                e.mode,
+                e.size,
+                t,
+                e.sha256.as_deref().unwrap_or("-"),
+                e.path
+            )?;
+            if let Some(tg) = &e.target {
+                write!(out, " -> {tg}")?;
+            }
+            if let Some(err) = &e.error {
+                write!(out, "  [{err}]")?;
+            }
+            writeln!(out)?;
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- snapshots
@@ -1228,6 +1420,109 @@ mod tests {
                 "sources": [{"name": "db", "type": "postgres", "ok": false, "scratch": "",
                     "restore_ms": 1500, "checks": ["public.t: 3 rows (expected 3)"],
                     "failures": ["public.u: 1 rows (expected 2)"], "error": "boom"}]})
+        );
+    }
+
+    fn entry(path: &str, kind: EntryKind, target: Option<&str>) -> IndexEntry {
+        IndexEntry {
+            path: path.into(),
+            kind,
+            size: 8,
+            mode: 0o644,
+            mtime: 1_772_368_205,
+            mtime_nsec: 5,
+            uid: 0,
+            gid: 0,
+            target: target.map(str::to_string),
+            sha256: (kind == EntryKind::File).then(|| "ab".into()),
+            stored: true,
+            error: None,
+            object: None,
+        }
+    }
+
+    #[test]
+    fn show_json_keys_as_documented() {
+        let m = manifest("a1");
+        let v: serde_json::Value = serde_json::from_str(&json_of(&ShowDoc::new(&m, None))).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "host",
+                "id",
+                "labels",
+                "parent",
+                "sources",
+                "status",
+                "tags",
+                "time",
+                "tool_version"
+            ]
+        );
+        let src = v["sources"][0].as_object().unwrap();
+        let keys: Vec<&String> = src.keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "archive",
+                "bytes_read",
+                "bytes_stored",
+                "details",
+                "duration_ms",
+                "error",
+                "files",
+                "index",
+                "name",
+                "origin",
+                "problems",
+                "skipped",
+                "status",
+                "type",
+                "vanished"
+            ]
+        );
+        let files = [vec![
+            entry("a", EntryKind::File, None),
+            entry("l", EntryKind::Symlink, Some("a")),
+        ]];
+        let v: serde_json::Value =
+            serde_json::from_str(&json_of(&ShowDoc::new(&m, Some(&files)))).unwrap();
+        assert_eq!(v["sources"][0]["file_count"], 1);
+        assert_eq!(
+            v["sources"][0]["files"],
+            serde_json::json!([
+                {"path": "a", "type": "file", "size": 8, "mode": 420, "mtime": "2026-03-01T12:30:05.000000005Z",
+                 "uid": 0, "gid": 0, "sha256": "ab", "stored": true},
+                {"path": "l", "type": "symlink", "size": 8, "mode": 420, "mtime": "2026-03-01T12:30:05.000000005Z",
+                 "uid": 0, "gid": 0, "target": "a", "stored": true},
+            ])
+        );
+    }
+
+    #[test]
+    fn show_text_lines() {
+        let m = manifest("a1");
+        let files = [vec![entry("l", EntryKind::Symlink, Some("a"))]];
+        let mut out = Vec::new();
+        show_text(&mut out, &m, Some(&files)).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "snapshot   a1\n\
+             time       2026-03-01 12:30:05 UTC\n\
+             host       web1\n\
+             status     partial\n\
+             tags       daily\n\
+             label      env=prod\n\
+             coffer     0.1.0\n\
+             stored     1.5 kB\n\
+             \n\
+             source db (postgres), ok\n\
+             \x20 files     1\n\
+             \x20 read      5.0 kB\n\
+             \x20 stored    1.5 kB\n\
+             \x20 took      0.0 s\n\
+             \x20 l 0644            8 2026-03-01 12:30:05 - l -> a\n"
         );
     }
 }

@@ -3,7 +3,6 @@
 
 use std::io::Write;
 
-use coffer::manifest::Manifest;
 use coffer::{Error, Outcome};
 use serde_json::json;
 
@@ -54,9 +53,4 @@ pub fn println_out(s: &str) {
     let _ = writeln!(out, "{s}");
 }
 
-pub use coffer::report::{human_bytes, status_word};
-
-/// A snapshot's fields as a JSON value (`coffer show` adds its own).
-pub fn snapshot_json(m: &Manifest) -> serde_json::Value {
-    serde_json::to_value(coffer::report::SnapshotFields::of(m)).expect("report serialises")
-}
+pub use coffer::report::human_bytes;

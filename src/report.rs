@@ -700,6 +700,82 @@ pub fn show_text(
     Ok(())
 }
 
+// --------------------------------------------------------------------- copy
+
+/// `coffer copy` as text (its document is [`crate::copy::CopyReport`]): the
+/// summary line on `err`.
+pub fn copy_text(err: &mut impl Write, rep: &crate::copy::CopyReport) -> io::Result<()> {
+    let secs = rep.duration_ms as f64 / 1000.0;
+    let c = &rep.compared;
+    let compared = format!(
+        "; compared {} by content, {} by stored hash{}",
+        c.content,
+        c.stored_hash,
+        if c.size_mtime > 0 {
+            format!(", {} by size+mtime", c.size_mtime)
+        } else {
+            String::new()
+        }
+    );
+    if rep.check {
+        writeln!(
+            err,
+            "check {} -> {}: {} object(s) differ, {} identical ({}){compared}, in {secs:.1} s",
+            rep.src,
+            rep.dst,
+            rep.differences_count,
+            rep.skipped.objects,
+            human_bytes(rep.skipped.bytes)
+        )
+    } else {
+        writeln!(
+            err,
+            "{}copy {} -> {}: {} {} object(s) ({}), skipped {} ({}), {} {} ({}), failed {}{compared}, in {secs:.1} s{}",
+            if rep.dry_run {
+                "dry run, nothing written: "
+            } else {
+                ""
+            },
+            rep.src,
+            rep.dst,
+            if rep.dry_run { "would copy" } else { "copied" },
+            rep.copied.objects,
+            human_bytes(rep.copied.bytes),
+            rep.skipped.objects,
+            human_bytes(rep.skipped.bytes),
+            if rep.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            },
+            rep.deleted.objects,
+            human_bytes(rep.deleted.bytes),
+            rep.failed_count,
+            if rep.server_side {
+                " (server-side)"
+            } else {
+                ""
+            },
+        )
+    }
+}
+
+/// What went wrong in a `coffer copy` (with or without `--json`): a refused
+/// delete, failed objects.
+pub fn copy_errors(err: &mut impl Write, rep: &crate::copy::CopyReport) -> io::Result<()> {
+    if let Some(why) = &rep.delete_skipped {
+        writeln!(err, "error: {why}")?;
+    }
+    if rep.failed_count > 0 {
+        writeln!(
+            err,
+            "error: {} object(s) failed (named above); run the same command again to copy what is left",
+            rep.failed_count
+        )?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- snapshots
 
 /// One entry of the `coffer snapshots` document.
@@ -1523,6 +1599,101 @@ mod tests {
              \x20 stored    1.5 kB\n\
              \x20 took      0.0 s\n\
              \x20 l 0644            8 2026-03-01 12:30:05 - l -> a\n"
+        );
+    }
+
+    fn copy_report(check: bool) -> crate::copy::CopyReport {
+        crate::copy::CopyReport {
+            ok: false,
+            src: "/a".into(),
+            dst: "s3://b/x".into(),
+            dry_run: false,
+            check,
+            server_side: true,
+            copied: crate::copy::Count {
+                objects: 2,
+                bytes: 2000,
+            },
+            skipped: crate::copy::Count {
+                objects: 1,
+                bytes: 10,
+            },
+            deleted: crate::copy::Count::default(),
+            failed: vec![crate::copy::Failed {
+                key: "k".into(),
+                error: "boom".into(),
+            }],
+            failed_count: 1,
+            differences: vec![],
+            differences_count: 0,
+            compared: crate::copy::Compared {
+                content: 1,
+                stored_hash: 0,
+                size_mtime: 3,
+            },
+            delete_skipped: Some("too many deletes".into()),
+            duration_ms: 1500,
+        }
+    }
+
+    #[test]
+    fn copy_text_lines() {
+        let mut err = Vec::new();
+        copy_text(&mut err, &copy_report(false)).unwrap();
+        copy_text(&mut err, &copy_report(true)).unwrap();
+        copy_errors(&mut err, &copy_report(false)).unwrap();
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "copy /a -> s3://b/x: copied 2 object(s) (2.0 kB), skipped 1 (10 B), deleted 0 (0 B), failed 1; \
+             compared 1 by content, 0 by stored hash, 3 by size+mtime, in 1.5 s (server-side)\n\
+             check /a -> s3://b/x: 0 object(s) differ, 1 identical (10 B); compared 1 by content, 0 by stored hash, \
+             3 by size+mtime, in 1.5 s\n\
+             error: too many deletes\n\
+             error: 1 object(s) failed (named above); run the same command again to copy what is left\n"
+        );
+    }
+
+    #[test]
+    fn copy_json_keys_as_documented() {
+        let v: serde_json::Value = serde_json::from_str(&json_of(&copy_report(false))).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "check",
+                "compared",
+                "copied",
+                "delete_skipped",
+                "deleted",
+                "differences",
+                "differences_count",
+                "dry_run",
+                "duration_ms",
+                "failed",
+                "failed_count",
+                "ok",
+                "server_side",
+                "skipped",
+                "src",
+                "dst"
+            ]
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            v["copied"],
+            serde_json::json!({"objects": 2, "bytes": 2000})
+        );
+        assert_eq!(
+            v["compared"],
+            serde_json::json!({"content": 1, "stored_hash": 0, "size_mtime": 3})
+        );
+        assert_eq!(
+            v["failed"],
+            serde_json::json!([{"key": "k", "error": "boom"}])
         );
     }
 }

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use coffer::{Error, ErrorKind, Outcome};
 
 use crate::cli::{CopyArgs, Global};
-use crate::output::{human_bytes, print_json, println_out};
+use crate::output::{human_bytes, print_doc, println_out};
 
 /// `--src-opt`/`--dst-opt` values: `KEY=VALUE`, or, so that a secret stays
 /// out of argv (`ps`, shell history), `KEY=@FILE` (the file's content, one
@@ -145,65 +145,11 @@ pub async fn run(g: &Global, a: CopyArgs) -> Result<Outcome, Error> {
         b.finish_and_clear();
     }
     if g.json {
-        print_json(&serde_json::to_value(&rep).expect("report serialises"));
+        print_doc(&rep);
     } else if !g.quiet || !rep.ok {
-        let secs = rep.duration_ms as f64 / 1000.0;
-        let c = &rep.compared;
-        let compared = format!(
-            "; compared {} by content, {} by stored hash{}",
-            c.content,
-            c.stored_hash,
-            if c.size_mtime > 0 {
-                format!(", {} by size+mtime", c.size_mtime)
-            } else {
-                String::new()
-            }
-        );
-        if a.check {
-            eprintln!(
-                "check {} -> {}: {} object(s) differ, {} identical ({}){compared}, in {secs:.1} s",
-                rep.src,
-                rep.dst,
-                rep.differences_count,
-                rep.skipped.objects,
-                human_bytes(rep.skipped.bytes)
-            );
-        } else {
-            eprintln!(
-                "{}copy {} -> {}: {} {} object(s) ({}), skipped {} ({}), {} {} ({}), failed {}{compared}, in {secs:.1} s{}",
-                if a.dry_run {
-                    "dry run, nothing written: "
-                } else {
-                    ""
-                },
-                rep.src,
-                rep.dst,
-                if a.dry_run { "would copy" } else { "copied" },
-                rep.copied.objects,
-                human_bytes(rep.copied.bytes),
-                rep.skipped.objects,
-                human_bytes(rep.skipped.bytes),
-                if a.dry_run { "would delete" } else { "deleted" },
-                rep.deleted.objects,
-                human_bytes(rep.deleted.bytes),
-                rep.failed_count,
-                if rep.server_side {
-                    " (server-side)"
-                } else {
-                    ""
-                },
-            );
-        }
+        let _ = coffer::report::copy_text(&mut std::io::stderr().lock(), &rep);
     }
-    if let Some(why) = &rep.delete_skipped {
-        eprintln!("error: {why}");
-    }
-    if rep.failed_count > 0 {
-        eprintln!(
-            "error: {} object(s) failed (named above); run the same command again to copy what is left",
-            rep.failed_count
-        );
-    }
+    let _ = coffer::report::copy_errors(&mut std::io::stderr().lock(), &rep);
     Ok(if rep.ok {
         Outcome::Ok
     } else {

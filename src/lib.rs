@@ -65,6 +65,8 @@ pub enum Error {
     Prune(#[from] PruneError),
     #[error(transparent)]
     Copy(#[from] CopyError),
+    #[error(transparent)]
+    Credential(#[from] credential::CredentialError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -86,6 +88,7 @@ impl Error {
             Error::Prune(p) => p.kind(),
             Error::Copy(t) => t.kind(),
             Error::Hook(h) => h.kind(),
+            Error::Credential(c) => c.kind(),
             Error::Usage(_) => ErrorKind::Usage,
             Error::Failure(_) => ErrorKind::Operational,
             Error::Integrity(_) => ErrorKind::Integrity,

@@ -67,6 +67,8 @@ pub enum Error {
     Copy(#[from] CopyError),
     #[error(transparent)]
     Credential(#[from] credential::CredentialError),
+    #[error(transparent)]
+    Retention(#[from] retention::RetentionError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -89,6 +91,7 @@ impl Error {
             Error::Copy(t) => t.kind(),
             Error::Hook(h) => h.kind(),
             Error::Credential(c) => c.kind(),
+            Error::Retention(_) => ErrorKind::Usage,
             Error::Usage(_) => ErrorKind::Usage,
             Error::Failure(_) => ErrorKind::Operational,
             Error::Integrity(_) => ErrorKind::Integrity,

@@ -46,6 +46,11 @@ pub enum CredentialError {
     CommandSilent { program: String },
     #[error("{path} already exists; refusing to overwrite a key file")]
     KeyFileExists { path: String },
+    /// `coffer key add` given no new key or passphrase.
+    #[error(
+        "say what to add: --new-key-file PATH, --new-passphrase-file PATH, or COFFER_NEW_PASSPHRASE"
+    )]
+    NothingToAdd,
     #[error("cannot write key file {path}: {source}")]
     WriteKeyFile {
         path: String,
@@ -64,7 +69,8 @@ impl CredentialError {
             | CredentialError::ReadKeyFile { .. }
             | CredentialError::ReadSecret { .. }
             | CredentialError::EmptySecret { .. }
-            | CredentialError::KeyFileExists { .. } => ErrorKind::Usage,
+            | CredentialError::KeyFileExists { .. }
+            | CredentialError::NothingToAdd => ErrorKind::Usage,
             CredentialError::CommandNotRun { .. }
             | CredentialError::CommandFailed { .. }
             | CredentialError::CommandSilent { .. }

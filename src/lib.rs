@@ -70,8 +70,6 @@ pub enum Error {
     #[error(transparent)]
     Retention(#[from] retention::RetentionError),
     #[error("{0}")]
-    Usage(String),
-    #[error("{0}")]
     Failure(String),
     #[error("{0}")]
     Integrity(String),
@@ -92,7 +90,6 @@ impl Error {
             Error::Hook(h) => h.kind(),
             Error::Credential(c) => c.kind(),
             Error::Retention(_) => ErrorKind::Usage,
-            Error::Usage(_) => ErrorKind::Usage,
             Error::Failure(_) => ErrorKind::Operational,
             Error::Integrity(_) => ErrorKind::Integrity,
         }

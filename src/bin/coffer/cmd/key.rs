@@ -44,9 +44,7 @@ pub async fn run(g: &Global, cmd: KeyCommand) -> Result<Outcome, Error> {
             {
                 Credential::Passphrase(p.into())
             } else {
-                return Err(Error::Usage(
-                    "say what to add: --new-key-file PATH, --new-passphrase-file PATH, or COFFER_NEW_PASSPHRASE".into(),
-                ));
+                return Err(credential::CredentialError::NothingToAdd.into());
             };
             let info = r.key_add(&cred).await?;
             if g.json {

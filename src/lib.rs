@@ -69,10 +69,15 @@ pub enum Error {
     Credential(#[from] credential::CredentialError),
     #[error(transparent)]
     Retention(#[from] retention::RetentionError),
-    #[error("{0}")]
-    Failure(String),
-    #[error("{0}")]
-    Integrity(String),
+    /// The binary's own output failing (`coffer man`, `coffer
+    /// completions`): it has no error type of its own, so its one
+    /// operational failure lives here, typed.
+    #[error("cannot {doing}: {source}")]
+    Output {
+        doing: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -90,8 +95,7 @@ impl Error {
             Error::Hook(h) => h.kind(),
             Error::Credential(c) => c.kind(),
             Error::Retention(_) => ErrorKind::Usage,
-            Error::Failure(_) => ErrorKind::Operational,
-            Error::Integrity(_) => ErrorKind::Integrity,
+            Error::Output { .. } => ErrorKind::Operational,
         }
     }
 }

@@ -42,6 +42,9 @@ pub enum ConfigError {
         line: usize,
         message: String,
     },
+    /// Neither the config, `--repo` nor `COFFER_REPO` names a repository.
+    #[error("no repository given: set [repository].url in the config, --repo or COFFER_REPO")]
+    NoRepository,
 }
 
 impl ConfigError {

@@ -3,13 +3,81 @@
 //! (docs/CONFIG.md).
 
 use std::path::Path;
+use std::process::ExitStatus;
 
 use zeroize::Zeroizing;
 
-use crate::Error;
 use crate::config::RepositoryConfig;
-use crate::crypto::{self, Credential};
+use crate::crypto::{self, Credential, CryptoError};
 use crate::repo::RepoError;
+use crate::{Error, ErrorKind};
+
+/// Why a key file, passphrase file or passphrase command gives no
+/// credential.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The key file is there but is not a key file.
+    #[error(transparent)]
+    KeyFile(CryptoError),
+    #[error("cannot read key file {path}: {source}")]
+    ReadKeyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {what} {path}: {source}")]
+    ReadSecret {
+        what: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {path} is empty")]
+    EmptySecret { what: String, path: String },
+    #[error("passphrase_command {program:?} could not run: {source}")]
+    CommandNotRun {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("passphrase_command {program:?} failed ({status})")]
+    CommandFailed { program: String, status: ExitStatus },
+    #[error("passphrase_command {program:?} printed nothing")]
+    CommandSilent { program: String },
+    #[error("{path} already exists; refusing to overwrite a key file")]
+    KeyFileExists { path: String },
+    /// `coffer key add` given no new key or passphrase.
+    #[error(
+        "say what to add: --new-key-file PATH, --new-passphrase-file PATH, or COFFER_NEW_PASSPHRASE"
+    )]
+    NothingToAdd,
+    #[error("cannot write key file {path}: {source}")]
+    WriteKeyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CredentialError {
+    /// A key or passphrase file that cannot be used is the user's to fix; a
+    /// passphrase command that fails, or a key file that cannot be
+    /// written, is the world failing.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CredentialError::KeyFile(_)
+            | CredentialError::ReadKeyFile { .. }
+            | CredentialError::ReadSecret { .. }
+            | CredentialError::EmptySecret { .. }
+            | CredentialError::KeyFileExists { .. }
+            | CredentialError::NothingToAdd => ErrorKind::Usage,
+            CredentialError::CommandNotRun { .. }
+            | CredentialError::CommandFailed { .. }
+            | CredentialError::CommandSilent { .. }
+            | CredentialError::WriteKeyFile { .. } => ErrorKind::Operational,
+        }
+    }
+}
 
 /// The credential, by precedence: `key_file` (`--key-file` /
 /// `COFFER_KEY_FILE`), then `env_passphrase` (`COFFER_PASSPHRASE`, ignored
@@ -21,7 +89,7 @@ pub fn resolve(
     repo: &RepositoryConfig,
 ) -> Result<Credential, Error> {
     if let Some(p) = key_file {
-        return from_key_file(p);
+        return Ok(from_key_file(p)?);
     }
     if let Some(p) = env_passphrase
         && !p.is_empty()
@@ -29,7 +97,7 @@ pub fn resolve(
         return Ok(Credential::Passphrase(p.into()));
     }
     if let Some(p) = &repo.key_file {
-        return from_key_file(p);
+        return Ok(from_key_file(p)?);
     }
     if let Some(p) = &repo.passphrase_file {
         return Ok(Credential::Passphrase(read_secret_file(
@@ -38,16 +106,32 @@ pub fn resolve(
         )?));
     }
     if let Some(cmd) = &repo.passphrase_command {
-        return passphrase_command(cmd);
+        return Ok(passphrase_command(cmd)?);
     }
     Err(RepoError::NoCredential.into())
 }
 
+/// Writes a new key file (mode 0600); an existing file is never
+/// overwritten.
+pub fn generate_key_file(p: &Path) -> Result<(), CredentialError> {
+    crypto::generate_key_file(p).map_err(|e| {
+        let path = p.display().to_string();
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            CredentialError::KeyFileExists { path }
+        } else {
+            CredentialError::WriteKeyFile { path, source: e }
+        }
+    })
+}
+
 /// A key file's credential; a malformed file says what is wrong with it.
-pub fn from_key_file(p: &Path) -> Result<Credential, Error> {
+pub fn from_key_file(p: &Path) -> Result<Credential, CredentialError> {
     let key = crypto::read_key_file(p).map_err(|e| match crypto::integrity_error(&e) {
-        Some(c) => Error::Usage(c.to_string()),
-        None => Error::Usage(format!("cannot read key file {}: {e}", p.display())),
+        Some(c) => CredentialError::KeyFile(c.clone()),
+        None => CredentialError::ReadKeyFile {
+            path: p.display().to_string(),
+            source: e,
+        },
     })?;
     Ok(Credential::KeyFile {
         path: p.display().to_string(),
@@ -57,49 +141,52 @@ pub fn from_key_file(p: &Path) -> Result<Credential, Error> {
 
 /// Reads a passphrase file without its final line ending; the passphrase
 /// is wiped from memory when dropped.
-pub fn read_secret_file(p: &Path, what: &str) -> Result<Zeroizing<String>, Error> {
-    let mut s = Zeroizing::new(
-        std::fs::read_to_string(p)
-            .map_err(|e| Error::Usage(format!("cannot read {what} {}: {e}", p.display())))?,
-    );
+pub fn read_secret_file(p: &Path, what: &str) -> Result<Zeroizing<String>, CredentialError> {
+    let mut s =
+        Zeroizing::new(
+            std::fs::read_to_string(p).map_err(|e| CredentialError::ReadSecret {
+                what: what.to_string(),
+                path: p.display().to_string(),
+                source: e,
+            })?,
+        );
     // In place: a trimmed copy would leave the original behind unwiped.
     let len = s.trim_end_matches(['\n', '\r']).len();
     s.truncate(len);
     if s.is_empty() {
-        return Err(Error::Usage(format!("{what} {} is empty", p.display())));
+        return Err(CredentialError::EmptySecret {
+            what: what.to_string(),
+            path: p.display().to_string(),
+        });
     }
     Ok(s)
 }
 
 /// Runs `passphrase_command` (program and arguments) and takes its stdout.
-fn passphrase_command(cmd: &[String]) -> Result<Credential, Error> {
+fn passphrase_command(cmd: &[String]) -> Result<Credential, CredentialError> {
+    let program = || cmd[0].clone();
     // Without coffer's secrets in its environment, like every child.
     let out = crate::childenv::command(&cmd[0], &[] as &[&str])
         .args(&cmd[1..])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .output()
-        .map_err(|e| {
-            Error::Failure(format!(
-                "passphrase_command {:?} could not run: {e}",
-                cmd[0]
-            ))
+        .map_err(|e| CredentialError::CommandNotRun {
+            program: program(),
+            source: e,
         })?;
     if !out.status.success() {
-        return Err(Error::Failure(format!(
-            "passphrase_command {:?} failed ({})",
-            cmd[0], out.status
-        )));
+        return Err(CredentialError::CommandFailed {
+            program: program(),
+            status: out.status,
+        });
     }
     let stdout = Zeroizing::new(out.stdout);
     let p = String::from_utf8_lossy(&stdout)
         .trim_end_matches(['\n', '\r'])
         .to_string();
     if p.is_empty() {
-        return Err(Error::Failure(format!(
-            "passphrase_command {:?} printed nothing",
-            cmd[0]
-        )));
+        return Err(CredentialError::CommandSilent { program: program() });
     }
     Ok(Credential::Passphrase(p.into()))
 }
@@ -107,7 +194,6 @@ fn passphrase_command(cmd: &[String]) -> Result<Credential, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
 
     fn repo_with(f: impl FnOnce(&mut RepositoryConfig)) -> RepositoryConfig {
         let mut r = RepositoryConfig::default();

@@ -65,12 +65,19 @@ pub enum Error {
     Prune(#[from] PruneError),
     #[error(transparent)]
     Copy(#[from] CopyError),
-    #[error("{0}")]
-    Usage(String),
-    #[error("{0}")]
-    Failure(String),
-    #[error("{0}")]
-    Integrity(String),
+    #[error(transparent)]
+    Credential(#[from] credential::CredentialError),
+    #[error(transparent)]
+    Retention(#[from] retention::RetentionError),
+    /// The binary's own output failing (`coffer man`, `coffer
+    /// completions`): it has no error type of its own, so its one
+    /// operational failure lives here, typed.
+    #[error("cannot {doing}: {source}")]
+    Output {
+        doing: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -86,9 +93,9 @@ impl Error {
             Error::Prune(p) => p.kind(),
             Error::Copy(t) => t.kind(),
             Error::Hook(h) => h.kind(),
-            Error::Usage(_) => ErrorKind::Usage,
-            Error::Failure(_) => ErrorKind::Operational,
-            Error::Integrity(_) => ErrorKind::Integrity,
+            Error::Credential(c) => c.kind(),
+            Error::Retention(_) => ErrorKind::Usage,
+            Error::Output { .. } => ErrorKind::Operational,
         }
     }
 }

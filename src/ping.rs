@@ -42,15 +42,42 @@ pub enum Kind {
     Fail,
 }
 
+/// Why a `--ping` value gives no ping URL; always a usage error.
+#[derive(Debug, thiserror::Error)]
+pub enum PingUrlError {
+    #[error("not a URL ({0}); give e.g. https://hc-ping.com/<uuid>")]
+    NotAUrl(#[source] url::ParseError),
+    #[error("scheme {0}: is not supported; give an http:// or https:// URL")]
+    Scheme(String),
+    #[error("cannot read the ping URL from {file}: {source}")]
+    ReadFile {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file} is longer than {MAX_PING_FILE} bytes; it must hold only the ping URL")]
+    FileTooLong { file: String },
+    /// A `--ping @FILE` whose content is not a usable URL.
+    #[error("{file}: {why}")]
+    InFile {
+        file: String,
+        #[source]
+        why: Box<PingUrlError>,
+    },
+}
+
+impl PingUrlError {
+    pub fn kind(&self) -> crate::ErrorKind {
+        crate::ErrorKind::Usage
+    }
+}
+
 /// Parses a `--ping` value: an absolute http(s) URL.
-pub fn parse_url(s: &str) -> Result<Url, String> {
-    let u = Url::parse(s)
-        .map_err(|e| format!("not a URL ({e}); give e.g. https://hc-ping.com/<uuid>"))?;
+pub fn parse_url(s: &str) -> Result<Url, PingUrlError> {
+    let u = Url::parse(s).map_err(PingUrlError::NotAUrl)?;
     match u.scheme() {
         "http" | "https" => Ok(u),
-        other => Err(format!(
-            "scheme {other}: is not supported; give an http:// or https:// URL"
-        )),
+        other => Err(PingUrlError::Scheme(other.to_string())),
     }
 }
 
@@ -61,7 +88,7 @@ const MAX_PING_FILE: u64 = 4096;
 /// `@FILE`, a file holding it, so that the check's secret stays out of argv
 /// (`ps`, shell history, `systemctl show`). Returns the URL and, for a file
 /// its group or others can read, the warning to print.
-pub fn resolve(arg: &str) -> Result<(Url, Option<crate::secret_files::Exposed>), String> {
+pub fn resolve(arg: &str) -> Result<(Url, Option<crate::secret_files::Exposed>), PingUrlError> {
     let Some(file) = arg.strip_prefix('@') else {
         return Ok((parse_url(arg)?, None));
     };
@@ -73,13 +100,19 @@ pub fn resolve(arg: &str) -> Result<(Url, Option<crate::secret_files::Exposed>),
             f.take(MAX_PING_FILE + 1).read_to_string(&mut s)?;
             Ok(s)
         })
-        .map_err(|e| format!("cannot read the ping URL from {file}: {e}"))?;
+        .map_err(|e| PingUrlError::ReadFile {
+            file: file.to_string(),
+            source: e,
+        })?;
     if text.len() as u64 > MAX_PING_FILE {
-        return Err(format!(
-            "{file} is longer than {MAX_PING_FILE} bytes; it must hold only the ping URL"
-        ));
+        return Err(PingUrlError::FileTooLong {
+            file: file.to_string(),
+        });
     }
-    let url = parse_url(text.trim()).map_err(|why| format!("{file}: {why}"))?;
+    let url = parse_url(text.trim()).map_err(|why| PingUrlError::InFile {
+        file: file.to_string(),
+        why: Box::new(why),
+    })?;
     Ok((url, crate::secret_files::exposed("ping URL file", path)))
 }
 
@@ -224,9 +257,15 @@ mod tests {
         assert!(
             parse_url("hc-ping.com/abc")
                 .unwrap_err()
+                .to_string()
                 .contains("not a URL")
         );
-        assert!(parse_url("ftp://x/y").unwrap_err().contains("http://"));
+        assert!(
+            parse_url("ftp://x/y")
+                .unwrap_err()
+                .to_string()
+                .contains("http://")
+        );
     }
 
     #[test]

@@ -119,6 +119,33 @@ const TMP_MARK: &str = ".coffer-partial-";
 pub enum CopyError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A `--src-opt`/`--dst-opt` that is not `KEY=...`; only the key is
+    /// kept: the value may be a secret given by mistake.
+    #[error(
+        "{flag} {shown:?}...: expected KEY=VALUE, KEY=@FILE or KEY=env:VAR, e.g. {flag} aws_region=eu-west-1"
+    )]
+    StoreOptionSyntax { flag: String, shown: String },
+    #[error(
+        "{flag} {key}=@{file}: cannot read {file}: {source}; give a readable file holding the value"
+    )]
+    StoreOptionFile {
+        flag: String,
+        key: String,
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{flag} {key}=env:{var}: {}; export {var} or give the value another way", match .source {
+        std::env::VarError::NotPresent => format!("{var} is not set"),
+        std::env::VarError::NotUnicode(_) => format!("{var} is not valid UTF-8"),
+    })]
+    StoreOptionEnv {
+        flag: String,
+        key: String,
+        var: String,
+        #[source]
+        source: std::env::VarError,
+    },
     #[error("source {0} does not exist; check the path, bucket or container name")]
     SourceMissing(String),
     #[error("listing {url} failed: {reason}")]
@@ -151,7 +178,11 @@ impl CopyError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             CopyError::Store(s) => s.kind(),
-            CopyError::BadGlob { .. } | CopyError::Usage(_) => ErrorKind::Usage,
+            CopyError::BadGlob { .. }
+            | CopyError::Usage(_)
+            | CopyError::StoreOptionSyntax { .. }
+            | CopyError::StoreOptionFile { .. }
+            | CopyError::StoreOptionEnv { .. } => ErrorKind::Usage,
             _ => ErrorKind::Operational,
         }
     }

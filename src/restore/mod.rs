@@ -47,6 +47,11 @@ use rustix::fs::RenameFlags;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// `coffer dump` of a whole source with stdout on a terminal.
+    #[error(
+        "coffer dump writes a binary stream; pipe it, e.g. `coffer dump SNAPSHOT SOURCE | tar -tvf -`"
+    )]
+    DumpToTerminal,
     #[error("snapshot {snapshot} has no source {name:?}; it holds: {have}")]
     UnknownSource {
         snapshot: String,
@@ -176,6 +181,7 @@ impl RestoreError {
             | RestoreError::NeedsForce { .. }
             | RestoreError::BadInclude(..)
             | RestoreError::NoSuchFile { .. }
+            | RestoreError::DumpToTerminal
             | RestoreError::Usage(_) => ErrorKind::Usage,
             RestoreError::Internal(_) => ErrorKind::Operational,
             RestoreError::Store(s) => s.kind(),

@@ -13,9 +13,10 @@ pub fn write_generated(out: &[u8], what: &str) -> Result<Outcome, Error> {
     match stdout.write_all(out).and_then(|()| stdout.flush()) {
         Ok(()) => Ok(Outcome::Ok),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Outcome::Ok),
-        Err(e) => Err(Error::Failure(format!(
-            "cannot write {what} to stdout: {e}"
-        ))),
+        Err(e) => Err(Error::Output {
+            doing: format!("write {what} to stdout"),
+            source: e,
+        }),
     }
 }
 

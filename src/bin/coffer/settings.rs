@@ -54,11 +54,10 @@ pub fn credential(g: &Global, s: &Settings) -> Result<Credential, Error> {
 }
 
 pub fn open_store(s: &Settings, create: bool) -> Result<Store, Error> {
-    let url = s.repo_url.as_deref().ok_or_else(|| {
-        Error::Usage(
-            "no repository given: set [repository].url in the config, --repo or COFFER_REPO".into(),
-        )
-    })?;
+    let url = s
+        .repo_url
+        .as_deref()
+        .ok_or(coffer::config::ConfigError::NoRepository)?;
     Ok(Store::open_with(
         url,
         s.config.repository.options_for(url),

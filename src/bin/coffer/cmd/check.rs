@@ -20,8 +20,7 @@ pub async fn run(g: &Global, a: CheckArgs) -> Result<Outcome, Error> {
     };
     let max_age = match max_age {
         Some(t) => Some((
-            coffer::retention::parse_duration("--max-age", &t)
-                .map_err(|e| Error::Usage(e.to_string()))?,
+            coffer::retention::parse_duration("--max-age", &t)?,
             t.trim().to_string(),
         )),
         None => None,

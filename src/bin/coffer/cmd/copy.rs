@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
+use coffer::copy::CopyError;
 use coffer::{Error, ErrorKind, Outcome};
 
 use crate::cli::{CopyArgs, Global};
@@ -20,27 +21,26 @@ fn store_options(flag: &str, kvs: &[String]) -> Result<BTreeMap<String, String>,
             .ok_or_else(|| {
                 // Only the key: the value may be a secret given by mistake.
                 let shown = kv.split_once('=').map_or("", |(k, _)| k);
-                Error::Usage(format!(
-                    "{flag} {shown:?}...: expected KEY=VALUE, KEY=@FILE or KEY=env:VAR, e.g. {flag} aws_region=eu-west-1"
-                ))
+                CopyError::StoreOptionSyntax {
+                    flag: flag.to_string(),
+                    shown: shown.to_string(),
+                }
             })?;
         let value = if let Some(file) = v.strip_prefix('@') {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                Error::Usage(format!(
-                    "{flag} {k}=@{file}: cannot read {file}: {e}; give a readable file holding the value"
-                ))
+            let text = std::fs::read_to_string(file).map_err(|e| CopyError::StoreOptionFile {
+                flag: flag.to_string(),
+                key: k.to_string(),
+                file: file.to_string(),
+                source: e,
             })?;
             let text = text.strip_suffix('\n').unwrap_or(&text);
             text.strip_suffix('\r').unwrap_or(text).to_string()
         } else if let Some(var) = v.strip_prefix("env:") {
-            std::env::var(var).map_err(|e| {
-                Error::Usage(format!(
-                    "{flag} {k}=env:{var}: {}; export {var} or give the value another way",
-                    match e {
-                        std::env::VarError::NotPresent => format!("{var} is not set"),
-                        std::env::VarError::NotUnicode(_) => format!("{var} is not valid UTF-8"),
-                    }
-                ))
+            std::env::var(var).map_err(|e| CopyError::StoreOptionEnv {
+                flag: flag.to_string(),
+                key: k.to_string(),
+                var: var.to_string(),
+                source: e,
             })?
         } else {
             v.to_string()

@@ -14,10 +14,7 @@ pub async fn run(g: &Global, a: DumpArgs) -> Result<Outcome, Error> {
         path,
     } = a;
     if path.is_none() && std::io::stdout().is_terminal() {
-        return Err(Error::Usage(
-            "coffer dump writes a binary stream; pipe it, e.g. `coffer dump SNAPSHOT SOURCE | tar -tvf -`"
-                .into(),
-        ));
+        return Err(restore::RestoreError::DumpToTerminal.into());
     }
     let s = load_settings(g)?;
     let r = open_repo(g, &s).await?;

@@ -17,6 +17,9 @@ pub fn man() -> Result<Outcome, Error> {
     let mut out = Vec::new();
     clap_mangen::Man::new(Cli::command())
         .render(&mut out)
-        .map_err(|e| Error::Failure(format!("cannot render the man page: {e}")))?;
+        .map_err(|e| Error::Output {
+            doing: "render the man page".into(),
+            source: e,
+        })?;
     write_generated(&out, "the man page")
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use coffer::credential;
-use coffer::crypto::{self, Credential};
+use coffer::crypto::Credential;
 use coffer::{Error, Outcome};
 use serde_json::json;
 
@@ -12,16 +12,7 @@ use crate::output::{print_json, println_out};
 use crate::settings::{load_settings, open_repo, warn_if_exposed};
 
 pub fn generate(g: &Global, path: &Path) -> Result<Outcome, Error> {
-    crypto::generate_key_file(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::Usage(format!(
-                "{} already exists; refusing to overwrite a key file",
-                path.display()
-            ))
-        } else {
-            Error::Failure(format!("cannot write key file {}: {e}", path.display()))
-        }
-    })?;
+    credential::generate_key_file(path)?;
     if g.json {
         print_json(&json!({"ok": true, "path": path}));
     } else {
@@ -53,9 +44,7 @@ pub async fn run(g: &Global, cmd: KeyCommand) -> Result<Outcome, Error> {
             {
                 Credential::Passphrase(p.into())
             } else {
-                return Err(Error::Usage(
-                    "say what to add: --new-key-file PATH, --new-passphrase-file PATH, or COFFER_NEW_PASSPHRASE".into(),
-                ));
+                return Err(credential::CredentialError::NothingToAdd.into());
             };
             let info = r.key_add(&cred).await?;
             if g.json {

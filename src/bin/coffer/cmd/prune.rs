@@ -11,8 +11,7 @@ fn prune_policy(
     a: &PruneArgs,
 ) -> Result<coffer::retention::Policy, Error> {
     use coffer::retention::{Period, Policy, RetentionError, parse_duration};
-    let usage = |e: RetentionError| Error::Usage(e.to_string());
-    let mut p = Policy::from_config(cfg).map_err(usage)?;
+    let mut p = Policy::from_config(cfg)?;
     if let Some(n) = a.keep_last {
         p.last = n;
     }
@@ -28,10 +27,7 @@ fn prune_policy(
         }
     }
     if let Some(w) = &a.keep_within {
-        p.within = Some((
-            parse_duration("--keep-within", w).map_err(usage)?,
-            w.trim().to_string(),
-        ));
+        p.within = Some((parse_duration("--keep-within", w)?, w.trim().to_string()));
     }
     if !a.keep_tag.is_empty() {
         p.tags = a.keep_tag.clone();
@@ -47,8 +43,7 @@ pub async fn run(g: &Global, a: PruneArgs) -> Result<Outcome, Error> {
     let s = load_settings(g)?;
     let policy = prune_policy(&s.config.retention, &a)?;
     let grace = match &a.grace {
-        Some(t) => coffer::retention::parse_duration("--grace", t)
-            .map_err(|e| Error::Usage(e.to_string()))?,
+        Some(t) => coffer::retention::parse_duration("--grace", t)?,
         None => prune::DEFAULT_GRACE,
     };
     let r = open_repo(g, &s).await?;

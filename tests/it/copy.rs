@@ -406,9 +406,22 @@ fn s3_server_killed_mid_copy_then_rerun_completes() {
     let src: Loc = (src_root.display().to_string(), BTreeMap::new());
     let port = free_port();
     let mut moto = PrivateMoto::start(port);
-    let dst = moto.loc("killed");
-    let child = spawn_copy(&src, &dst);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Through a (fault-free) proxy, which shows when the first part of the
+    // first big object has gone out: the server dies mid-copy then (a wait
+    // of a fixed time lost the race on an idle machine).
+    let proxy = crate::common::faultproxy::FaultProxy::start(&format!("127.0.0.1:{port}"));
+    let mut dst = moto.loc("killed");
+    dst.1.insert("aws_endpoint".into(), proxy.endpoint());
+    let mut child = spawn_copy(&src, &dst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.count("PUT", "partNumber=") == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the copy ended before its first part upload"
+        );
+        assert!(std::time::Instant::now() < deadline, "no part upload seen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     moto.kill();
     let out = child.wait_with_output().expect("wait");
     assert_eq!(

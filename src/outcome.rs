@@ -59,32 +59,6 @@ impl Outcome {
     pub fn is_ok(self) -> bool {
         self == Outcome::Ok
     }
-
-    /// The worse of two outcomes of parts of one run: any failure beats a
-    /// partial success, which beats success; of two failures, integrity
-    /// beats the others (it is the one no rerun fixes).
-    pub fn worst(self, other: Outcome) -> Outcome {
-        fn rank(o: Outcome) -> u8 {
-            match o {
-                Outcome::Ok => 0,
-                Outcome::Partial => 1,
-                Outcome::Failed(ErrorKind::Usage) => 2,
-                Outcome::Failed(ErrorKind::Operational) => 3,
-                Outcome::Failed(ErrorKind::Integrity) => 4,
-            }
-        }
-        if rank(other) > rank(self) {
-            other
-        } else {
-            self
-        }
-    }
-}
-
-impl From<ErrorKind> for Outcome {
-    fn from(k: ErrorKind) -> Outcome {
-        Outcome::Failed(k)
-    }
 }
 
 #[cfg(test)]
@@ -98,15 +72,5 @@ mod tests {
         assert_eq!(Outcome::Failed(ErrorKind::Usage).exit_code(), 2);
         assert_eq!(Outcome::Failed(ErrorKind::Integrity).exit_code(), 3);
         assert_eq!(Outcome::Partial.exit_code(), 4);
-    }
-
-    #[test]
-    fn the_worst_outcome_wins() {
-        use ErrorKind::*;
-        let i = Outcome::Failed(Integrity);
-        assert_eq!(Outcome::Ok.worst(Outcome::Partial), Outcome::Partial);
-        assert_eq!(Outcome::Partial.worst(Outcome::Ok), Outcome::Partial);
-        assert_eq!(Outcome::Failed(Operational).worst(i), i);
-        assert_eq!(i.worst(Outcome::Failed(Operational)), i);
     }
 }

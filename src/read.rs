@@ -113,10 +113,6 @@ impl ReadError {
             _ => crate::ErrorKind::Operational,
         }
     }
-
-    pub fn is_integrity(&self) -> bool {
-        self.kind() == crate::ErrorKind::Integrity
-    }
 }
 
 /// Context that every integrity error of one source carries.

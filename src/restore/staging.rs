@@ -182,14 +182,13 @@ impl TreeDest {
         if available >= needed {
             return Ok(());
         }
-        let shown = megabytes;
         Err(RestoreError::NoSpace {
             snapshot: m.id.clone(),
             source_name: src.name.clone(),
             dest: self.path().display().to_string(),
             staging_dir: dir.display().to_string(),
-            needed: shown(needed),
-            available: shown(available),
+            needed: megabytes(needed),
+            available: megabytes(available),
         })
     }
 

@@ -7,7 +7,7 @@ use super::*;
 pub(super) async fn head_meta(
     loc: &Location,
     key: &str,
-) -> Result<(Option<String>, Option<DateTime<Utc>>), String> {
+) -> Result<(Option<String>, Option<DateTime<Utc>>), ObjectError> {
     let Kind::Remote { store, .. } = &loc.kind else {
         return Ok((None, None));
     };
@@ -20,7 +20,7 @@ pub(super) async fn head_meta(
             },
         )
         .await
-        .map_err(|e| format!("stat {key} in {}: {e}", loc.url))?;
+        .map_err(|e| os_fail(&format!("stat {key} in {}", loc.url), e))?;
     Ok(stored_meta(&r.attributes))
 }
 
@@ -70,7 +70,7 @@ pub(super) struct Verdict {
 pub(super) const HASH_COST_MIB: u32 = 2;
 
 /// Equal-size objects: unchanged? (See the module doc for the rules.)
-pub(super) async fn compare(ctx: &Ctx, src: &Entry, dst: &Entry) -> Result<Verdict, String> {
+pub(super) async fn compare(ctx: &Ctx, src: &Entry, dst: &Entry) -> Result<Verdict, ObjectError> {
     let (s, d) = futures::join!(head_meta(&ctx.src, &src.key), head_meta(&ctx.dst, &dst.key));
     let ((s_sha, _), (d_sha, d_mtime)) = (s?, d?);
     // The mtime that coffer set at DST (a local file's own, or the `mtime`
@@ -148,8 +148,13 @@ pub(super) fn hash_verdict(ctx: &Ctx, a: &str, b: &str, how: How, copy_skips: bo
 
 /// SHA-256 of an object's bytes, read in parts of [`LOCAL_BLOCK`] (the
 /// caller holds [`HASH_COST_MIB`] of the budget for it).
-pub(super) async fn hash_object(loc: &Location, key: &str) -> Result<String, String> {
-    let what = |f: Fail| format!("hashing {key} at {} ({}): {}", loc.side, loc.url, f.msg);
+pub(super) async fn hash_object(loc: &Location, key: &str) -> Result<String, ObjectError> {
+    let what = |f: ObjectError| ObjectError::Hashing {
+        key: key.to_string(),
+        side: loc.side,
+        url: loc.url.clone(),
+        source: Box::new(f),
+    };
     let mut r = open_reader(loc, key).await.map_err(what)?;
     let mut h = Sha256::new();
     while let Some(part) = r.read_part(LOCAL_BLOCK).await.map_err(what)? {

@@ -53,9 +53,7 @@ impl Location {
                 }
                 Err(StoreError::NotFound { .. }) if !path.exists() => {}
                 Err(StoreError::NotFound { .. }) => {
-                    return Err(CopyError::Usage(format!(
-                        "destination {url} exists and is not a directory"
-                    )));
+                    return Err(CopyError::NotADirectory(url.to_string()));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -100,7 +98,7 @@ impl Location {
         ObjPath::parse(&full).unwrap_or_else(|_| ObjPath::from(full.as_str()))
     }
 
-    pub(super) fn file_path(&self, key: &str) -> Result<PathBuf, String> {
+    pub(super) fn file_path(&self, key: &str) -> Result<PathBuf, ObjectError> {
         let Kind::Local(root) = &self.kind else {
             unreachable!("file path of a remote location")
         };
@@ -109,9 +107,7 @@ impl Location {
             .split('/')
             .any(|s| s.is_empty() || s == "." || s == "..")
         {
-            return Err(format!(
-                "key {key:?} cannot be a file name (empty, `.` or `..` segment)"
-            ));
+            return Err(ObjectError::BadKey(key.to_string()));
         }
         Ok(root.join(key))
     }
@@ -161,7 +157,7 @@ pub(super) fn list_remote(loc: &Location) -> BoxStream<'static, Result<Entry, Co
                 }),
                 Err(e) => Err(CopyError::List {
                     url: url.clone(),
-                    reason: e.to_string(),
+                    source: Box::new(e),
                 }),
             };
             let stop = item.is_err();
@@ -207,7 +203,7 @@ pub(super) fn list_local(
             let res = match item {
                 Err(e) => Err(CopyError::List {
                     url: url.clone(),
-                    reason: e.to_string(),
+                    source: Box::new(e),
                 }),
                 Ok(e) if !e.file_type().is_file() => {
                     if e.file_type().is_symlink() {
@@ -230,7 +226,7 @@ pub(super) fn list_local(
                         }
                         (_, Err(err)) => Err(CopyError::List {
                             url: url.clone(),
-                            reason: err.to_string(),
+                            source: Box::new(err),
                         }),
                         (Some(k), Ok(m)) => Ok(Entry {
                             key: k.to_string(),
@@ -271,7 +267,7 @@ impl Filter {
                     .map_err(|e| CopyError::BadGlob {
                         flag,
                         glob: g.clone(),
-                        reason: e.kind().to_string(),
+                        reason: e.kind().clone(),
                     })?;
                 if g.contains('/') {
                     full.add(glob);
@@ -283,7 +279,7 @@ impl Filter {
                 b.build().map_err(|e| CopyError::BadGlob {
                     flag,
                     glob: globs.join(" "),
-                    reason: e.to_string(),
+                    reason: e.kind().clone(),
                 })
             };
             Ok::<_, CopyError>((done(full)?, done(base)?))

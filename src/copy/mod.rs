@@ -148,8 +148,11 @@ pub enum CopyError {
     },
     #[error("source {0} does not exist; check the path, bucket or container name")]
     SourceMissing(String),
-    #[error("listing {url} failed: {reason}")]
-    List { url: String, reason: String },
+    #[error("listing {url} failed: {source}")]
+    List {
+        url: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(
         "listing {url} is not in key order ({prev:?} came before {key:?}); coffer copy needs sorted listings to compare without holding them in memory"
     )]
@@ -162,10 +165,16 @@ pub enum CopyError {
     BadGlob {
         flag: &'static str,
         glob: String,
-        reason: String,
+        reason: globset::ErrorKind,
     },
-    #[error("{0}")]
-    Usage(String),
+    #[error("--concurrency must be at least 1")]
+    NoConcurrency,
+    #[error(
+        "SRC {src} and DST {dst} overlap (one is inside the other); copy to a separate prefix or directory"
+    )]
+    Overlap { src: String, dst: String },
+    #[error("destination {0} exists and is not a directory")]
+    NotADirectory(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -179,7 +188,9 @@ impl CopyError {
         match self {
             CopyError::Store(s) => s.kind(),
             CopyError::BadGlob { .. }
-            | CopyError::Usage(_)
+            | CopyError::NoConcurrency
+            | CopyError::Overlap { .. }
+            | CopyError::NotADirectory(_)
             | CopyError::StoreOptionSyntax { .. }
             | CopyError::StoreOptionFile { .. }
             | CopyError::StoreOptionEnv { .. } => ErrorKind::Usage,

@@ -3,41 +3,95 @@
 
 use super::*;
 
-/// Why one attempt failed, and whether another may succeed.
-pub(super) struct Fail {
-    pub(super) msg: String,
-    pub(super) retry: bool,
+/// Why one attempt at one object failed (its line in the report's
+/// `failed` list), and whether another attempt may succeed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ObjectError {
+    #[error("{what}: {}", store_reason(.source))]
+    Store {
+        what: String,
+        source: object_store::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// A key from another store that would leave a local destination.
+    #[error("key {0:?} cannot be a file name (empty, `.` or `..` segment)")]
+    BadKey(String),
+    #[error("size at DST is {at_dst} bytes after {how} {size}{}", if *.server_side { " bytes" } else { "" })]
+    SizeAfter {
+        at_dst: u64,
+        size: u64,
+        how: &'static str,
+        server_side: bool,
+    },
+    #[error(
+        "SHA-256 mismatch for {key}: SRC says {expected}, the bytes read hash to {got} (changed while copying, or corrupted)"
+    )]
+    ShaMismatch {
+        key: String,
+        expected: String,
+        got: String,
+    },
+    #[error("hashing {key} at {side} ({url}): {source}")]
+    Hashing {
+        key: String,
+        side: &'static str,
+        url: String,
+        source: Box<ObjectError>,
+    },
 }
 
-pub(super) fn os_fail(what: &str, e: object_store::Error) -> Fail {
-    let retry = !matches!(
-        e,
-        object_store::Error::NotFound { .. }
-            | object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. }
-            | object_store::Error::NotSupported { .. }
-    );
-    let msg = match e {
-        object_store::Error::NotFound { .. } => format!("{what}: not found"),
-        e => format!("{what}: {e}"),
-    };
-    Fail { msg, retry }
-}
-
-pub(super) fn io_fail(what: &str, e: std::io::Error) -> Fail {
-    use std::io::ErrorKind::*;
-    let retry = !matches!(
-        e.kind(),
-        NotFound | PermissionDenied | IsADirectory | NotADirectory | AlreadyExists | InvalidInput
-    );
-    Fail {
-        msg: format!("{what}: {e}"),
-        retry,
+fn store_reason(e: &object_store::Error) -> String {
+    match e {
+        object_store::Error::NotFound { .. } => "not found".into(),
+        e => e.to_string(),
     }
 }
 
-pub(super) fn fail(msg: String) -> Fail {
-    Fail { msg, retry: true }
+impl ObjectError {
+    /// Whether another attempt may succeed: not for what is missing,
+    /// refused or impossible.
+    pub(super) fn retry(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            ObjectError::Store { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::NotSupported { .. }
+            ),
+            ObjectError::Io { source, .. } => !matches!(
+                source.kind(),
+                NotFound
+                    | PermissionDenied
+                    | IsADirectory
+                    | NotADirectory
+                    | AlreadyExists
+                    | InvalidInput
+            ),
+            ObjectError::BadKey(_) => false,
+            ObjectError::SizeAfter { .. } | ObjectError::ShaMismatch { .. } => true,
+            ObjectError::Hashing { source, .. } => source.retry(),
+        }
+    }
+}
+
+pub(super) fn os_fail(what: &str, source: object_store::Error) -> ObjectError {
+    ObjectError::Store {
+        what: what.to_string(),
+        source,
+    }
+}
+
+pub(super) fn io_fail(what: &str, source: std::io::Error) -> ObjectError {
+    ObjectError::Io {
+        what: what.to_string(),
+        source,
+    }
 }
 
 pub(super) async fn hash_part(mut h: Sha256, part: Bytes) -> Sha256 {
@@ -65,7 +119,7 @@ pub(super) enum Reader {
 
 impl Reader {
     /// The next `want` bytes, fewer only at the end; None after the end.
-    pub(super) async fn read_part(&mut self, want: usize) -> Result<Option<Bytes>, Fail> {
+    pub(super) async fn read_part(&mut self, want: usize) -> Result<Option<Bytes>, ObjectError> {
         match self {
             Reader::Local { file, side } => {
                 let Some(mut f) = file.take() else {
@@ -119,7 +173,7 @@ impl Reader {
 }
 
 /// Opens an object for reading.
-pub(super) async fn open_reader(loc: &Location, key: &str) -> Result<Reader, Fail> {
+pub(super) async fn open_reader(loc: &Location, key: &str) -> Result<Reader, ObjectError> {
     Ok(open_source(loc, key).await?.0)
 }
 
@@ -127,13 +181,10 @@ pub(super) async fn open_reader(loc: &Location, key: &str) -> Result<Reader, Fai
 pub(super) async fn open_source(
     loc: &Location,
     key: &str,
-) -> Result<(Reader, Option<String>), Fail> {
+) -> Result<(Reader, Option<String>), ObjectError> {
     match &loc.kind {
         Kind::Local(_) => {
-            let p = loc.file_path(key).map_err(|m| Fail {
-                msg: m,
-                retry: false,
-            })?;
+            let p = loc.file_path(key)?;
             let f = tokio::task::spawn_blocking(move || std::fs::File::open(p))
                 .await
                 .expect("open does not panic")
@@ -184,7 +235,7 @@ pub(super) fn meta_attrs(sha: Option<&str>, mtime: DateTime<Utc>) -> Attributes 
 }
 
 /// One attempt at copying one object; returns the bytes copied.
-pub(super) async fn copy_once(ctx: &Ctx, src: &Entry) -> Result<u64, Fail> {
+pub(super) async fn copy_once(ctx: &Ctx, src: &Entry) -> Result<u64, ObjectError> {
     if ctx.server_side {
         return copy_server_side(ctx, src).await;
     }
@@ -245,7 +296,7 @@ pub(super) async fn copy_once(ctx: &Ctx, src: &Entry) -> Result<u64, Fail> {
                     .map_err(|e| os_fail("start upload to DST", e))?;
                 let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
                 w.put(first);
-                let mut streamed: Result<(), Fail> = Ok(());
+                let mut streamed: Result<(), ObjectError> = Ok(());
                 loop {
                     let part = match reader.read_part(PART).await {
                         Ok(Some(p)) => p,
@@ -282,17 +333,17 @@ pub(super) async fn copy_once(ctx: &Ctx, src: &Entry) -> Result<u64, Fail> {
                 .map_err(|e| os_fail("stat DST after writing", e))?
                 .size;
             if at_dst != size {
-                return Err(fail(format!(
-                    "size at DST is {at_dst} bytes after writing {size}"
-                )));
+                return Err(ObjectError::SizeAfter {
+                    at_dst,
+                    size,
+                    how: "writing",
+                    server_side: false,
+                });
             }
             Ok(size)
         }
         Kind::Local(_) => {
-            let final_path = ctx.dst.file_path(&src.key).map_err(|m| Fail {
-                msg: m,
-                retry: false,
-            })?;
+            let final_path = ctx.dst.file_path(&src.key)?;
             let mut w = LocalWriter::create(final_path).await?;
             w = w.write(first).await?;
             while let Some(part) = reader.read_part(PART).await? {
@@ -308,16 +359,22 @@ pub(super) async fn copy_once(ctx: &Ctx, src: &Entry) -> Result<u64, Fail> {
     }
 }
 
-pub(super) fn check_sha(expected: &Option<String>, got: &str, key: &str) -> Result<(), Fail> {
+pub(super) fn check_sha(
+    expected: &Option<String>,
+    got: &str,
+    key: &str,
+) -> Result<(), ObjectError> {
     match expected {
-        Some(e) if e != got => Err(fail(format!(
-            "SHA-256 mismatch for {key}: SRC says {e}, the bytes read hash to {got} (changed while copying, or corrupted)"
-        ))),
+        Some(e) if e != got => Err(ObjectError::ShaMismatch {
+            key: key.to_string(),
+            expected: e.clone(),
+            got: got.to_string(),
+        }),
         _ => Ok(()),
     }
 }
 
-pub(super) async fn copy_server_side(ctx: &Ctx, src: &Entry) -> Result<u64, Fail> {
+pub(super) async fn copy_server_side(ctx: &Ctx, src: &Entry) -> Result<u64, ObjectError> {
     let Kind::Remote { store, .. } = &ctx.dst.kind else {
         unreachable!("server-side copies are between cloud prefixes")
     };
@@ -332,10 +389,12 @@ pub(super) async fn copy_server_side(ctx: &Ctx, src: &Entry) -> Result<u64, Fail
         .map_err(|e| os_fail("stat DST after copying", e))?
         .size;
     if at_dst != src.size {
-        return Err(fail(format!(
-            "size at DST is {at_dst} bytes after a server-side copy of {} bytes",
-            src.size
-        )));
+        return Err(ObjectError::SizeAfter {
+            at_dst,
+            size: src.size,
+            how: "a server-side copy of",
+            server_side: true,
+        });
     }
     Ok(at_dst)
 }
@@ -351,7 +410,7 @@ pub(super) struct LocalWriter {
 }
 
 impl LocalWriter {
-    async fn create(path: PathBuf) -> Result<LocalWriter, Fail> {
+    async fn create(path: PathBuf) -> Result<LocalWriter, ObjectError> {
         tokio::task::spawn_blocking(move || {
             let dir = path.parent().expect("a key has a parent").to_path_buf();
             std::fs::create_dir_all(&dir).map_err(|e| io_fail("create DST directory", e))?;
@@ -364,7 +423,7 @@ impl LocalWriter {
         .expect("create does not panic")
     }
 
-    async fn write(mut self, part: Bytes) -> Result<LocalWriter, Fail> {
+    async fn write(mut self, part: Bytes) -> Result<LocalWriter, ObjectError> {
         tokio::task::spawn_blocking(move || match self.file.write_all(&part) {
             Ok(()) => Ok(self),
             Err(e) => {
@@ -377,7 +436,7 @@ impl LocalWriter {
     }
 
     /// Checks the size, sets the mtime and renames into place.
-    async fn finish(self, size: u64, mtime: DateTime<Utc>) -> Result<(), Fail> {
+    async fn finish(self, size: u64, mtime: DateTime<Utc>) -> Result<(), ObjectError> {
         tokio::task::spawn_blocking(move || {
             let r = (|| {
                 let at = self
@@ -386,9 +445,12 @@ impl LocalWriter {
                     .map_err(|e| io_fail("stat DST", e))?
                     .len();
                 if at != size {
-                    return Err(fail(format!(
-                        "size at DST is {at} bytes after writing {size}"
-                    )));
+                    return Err(ObjectError::SizeAfter {
+                        at_dst: at,
+                        size,
+                        how: "writing",
+                        server_side: false,
+                    });
                 }
                 let t = filetime::FileTime::from_unix_time(
                     mtime.timestamp(),
@@ -413,20 +475,14 @@ impl LocalWriter {
 }
 
 /// Local to local: one blocking loop that reads, hashes and writes.
-pub(super) async fn copy_local_local(ctx: &Ctx, src: &Entry) -> Result<u64, Fail> {
-    let from = ctx.src.file_path(&src.key).map_err(|m| Fail {
-        msg: m,
-        retry: false,
-    })?;
-    let to = ctx.dst.file_path(&src.key).map_err(|m| Fail {
-        msg: m,
-        retry: false,
-    })?;
+pub(super) async fn copy_local_local(ctx: &Ctx, src: &Entry) -> Result<u64, ObjectError> {
+    let from = ctx.src.file_path(&src.key)?;
+    let to = ctx.dst.file_path(&src.key)?;
     let w = LocalWriter::create(to).await?;
     let mtime = src.mtime;
     let (w, size) = tokio::task::spawn_blocking(move || {
         let mut w = w;
-        let run = |w: &mut LocalWriter| -> Result<u64, Fail> {
+        let run = |w: &mut LocalWriter| -> Result<u64, ObjectError> {
             let mut f = std::fs::File::open(&from).map_err(|e| io_fail("open SRC", e))?;
             let mut buf = vec![0u8; LOCAL_BLOCK];
             // No hash here: a filesystem SRC has no stored SHA-256 to compare

@@ -38,7 +38,7 @@ pub async fn copy(
 ) -> Result<CopyReport, CopyError> {
     let started = Instant::now();
     if opts.concurrency == 0 {
-        return Err(CopyError::Usage("--concurrency must be at least 1".into()));
+        return Err(CopyError::NoConcurrency);
     }
     let filter = Filter::new(&opts.include, &opts.exclude)?;
     let src = Location::open(src_url, &opts.src_options, true)?;
@@ -99,7 +99,7 @@ pub async fn copy(
         Err(e) => {
             return Err(CopyError::List {
                 url: ctx.src.url.clone(),
-                reason: format!("listing task failed: {e}"),
+                source: Box::new(e),
             });
         }
     };
@@ -147,10 +147,10 @@ pub(super) fn check_overlap(src: &Location, dst: &Location) -> Result<(), CopyEr
         _ => false,
     };
     if overlap {
-        return Err(CopyError::Usage(format!(
-            "SRC {} and DST {} overlap (one is inside the other); copy to a separate prefix or directory",
-            src.url, dst.url
-        )));
+        return Err(CopyError::Overlap {
+            src: src.url.clone(),
+            dst: dst.url.clone(),
+        });
     }
     Ok(())
 }
@@ -340,19 +340,19 @@ pub(super) async fn delete_extras(
     Ok(())
 }
 
-pub(super) async fn delete_one(ctx: &Ctx, key: &str) -> Result<(), String> {
+pub(super) async fn delete_one(ctx: &Ctx, key: &str) -> Result<(), ObjectError> {
     match &ctx.dst.kind {
         Kind::Local(_) => {
             let p = ctx.dst.file_path(key)?;
             match tokio::fs::remove_file(&p).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(io_fail("remove DST", e)),
             }
         }
         Kind::Remote { store, .. } => match store.delete(&ctx.dst.obj_path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(os_fail("DELETE at DST", e)),
         },
     }
 }
@@ -453,20 +453,20 @@ pub(super) async fn copy_or_report(ctx: &Ctx, src: Entry, why: String) -> (Strin
                 });
                 return (key, Outcome::Copied(n));
             }
-            Err(f) if f.retry && attempt < ATTEMPTS => {
+            Err(f) if f.retry() && attempt < ATTEMPTS => {
                 ctx.progress.event(&Event::Retrying {
                     key: &key,
                     attempt,
-                    error: &f.msg,
+                    error: &f.to_string(),
                 });
-                tracing::info!("{key}: attempt {attempt} failed, retrying: {}", f.msg);
+                tracing::info!("{key}: attempt {attempt} failed, retrying: {f}");
                 tokio::time::sleep(Duration::from_millis(500 * 4u64.pow(attempt - 1))).await;
             }
             Err(f) => {
                 let msg = if attempt > 1 {
-                    format!("{} (after {attempt} attempts)", f.msg)
+                    format!("{f} (after {attempt} attempts)")
                 } else {
-                    f.msg
+                    f.to_string()
                 };
                 return (key.clone(), Outcome::Failed(key, msg));
             }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::manifest::{
     EntryKind, IndexEntry, Manifest, ObjectRef, Problem, SnapshotStatus, SourceRecord, SourceStatus,
 };
-use crate::repo::Damaged;
+use crate::repo::{Damaged, SlotInfo};
 
 /// RFC 3339, UTC, to the second: every `time` of a JSON document.
 pub fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
@@ -46,6 +46,127 @@ pub fn write_json(w: &mut impl Write, doc: &impl Serialize) -> io::Result<()> {
     let v = serde_json::to_value(doc).map_err(io::Error::other)?;
     serde_json::to_writer_pretty(&mut *w, &v).map_err(io::Error::other)?;
     writeln!(w)
+}
+
+// ----------------------------------------------------- errors, store, keys
+
+/// The document of a command that failed before it had a result.
+#[derive(Debug, Serialize)]
+pub struct ErrorDoc {
+    pub ok: bool,
+    pub error: String,
+    pub exit_code: u8,
+}
+
+impl ErrorDoc {
+    pub fn new(error: &impl std::fmt::Display, outcome: crate::Outcome) -> Self {
+        ErrorDoc {
+            ok: false,
+            error: error.to_string(),
+            exit_code: outcome.exit_code(),
+        }
+    }
+}
+
+/// `"store"` of every document of a run that reached a store: the requests
+/// that failed and were retried, and what was recovered.
+#[derive(Debug, Serialize)]
+pub struct StoreDoc {
+    pub retries: u64,
+    pub warnings: Vec<String>,
+}
+
+impl StoreDoc {
+    /// What this run's stores did so far.
+    pub fn of_run() -> Self {
+        StoreDoc {
+            retries: crate::store::run_retries(),
+            warnings: crate::store::run_warnings(),
+        }
+    }
+}
+
+/// `coffer init`.
+#[derive(Debug, Serialize)]
+pub struct InitDoc<'a> {
+    pub ok: bool,
+    pub url: &'a str,
+    pub id: &'a str,
+    pub key_slot: &'a str,
+}
+
+pub fn init_text(out: &mut impl Write, doc: &InitDoc, opened_by: &str) -> io::Result<()> {
+    writeln!(
+        out,
+        "initialised repository {} at {} (opened by {opened_by})",
+        doc.id, doc.url
+    )
+}
+
+/// `coffer key generate PATH`.
+#[derive(Debug, Serialize)]
+pub struct KeyGeneratedDoc<'a> {
+    pub ok: bool,
+    pub path: &'a std::path::Path,
+}
+
+/// Said on stderr: the key is the user's to keep.
+pub fn key_generated_text(out: &mut impl Write, doc: &KeyGeneratedDoc) -> io::Result<()> {
+    writeln!(
+        out,
+        "wrote a new key to {} (mode 0600). Keep a copy somewhere safe: without it, repositories it opens cannot be read.",
+        doc.path.display()
+    )
+}
+
+/// `coffer key add`: the new slot.
+#[derive(Debug, Serialize)]
+pub struct KeyAddedDoc<'a> {
+    pub ok: bool,
+    pub added: &'a SlotInfo,
+}
+
+pub fn key_added_text(out: &mut impl Write, doc: &KeyAddedDoc, opened_by: &str) -> io::Result<()> {
+    writeln!(out, "added key slot {} ({opened_by})", doc.added.id)
+}
+
+/// `coffer key list`.
+#[derive(Debug, Serialize)]
+pub struct KeyListDoc<'a> {
+    pub ok: bool,
+    pub keys: &'a [SlotInfo],
+}
+
+/// A table, the slot that opened the repository marked `*`.
+pub fn key_list_text(out: &mut impl Write, doc: &KeyListDoc) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:<18}  {:<10}  {:<20}  HOST",
+        "ID", "TYPE", "CREATED (UTC)"
+    )?;
+    for s in doc.keys {
+        writeln!(
+            out,
+            "{}{:<17}  {:<10}  {:<20}  {}",
+            if s.current { "*" } else { " " },
+            s.id,
+            s.kind,
+            s.created.replace('T', " ").trim_end_matches('Z'),
+            s.host
+        )?;
+    }
+    Ok(())
+}
+
+/// `coffer key remove ID`.
+#[derive(Debug, Serialize)]
+pub struct KeyRemovedDoc<'a> {
+    pub ok: bool,
+    pub removed: &'a str,
+}
+
+pub fn key_removed_text(out: &mut impl Write, doc: &KeyRemovedDoc) -> io::Result<()> {
+    writeln!(out, "removed key slot {}", doc.removed)
 }
 
 // ----------------------------------------------------------------- snapshot

@@ -16,8 +16,7 @@ use cli::{Cli, Command, Global, KeyCommand};
 use coffer::metrics::RunRecord;
 use coffer::{Error, ErrorKind, Outcome};
 use monitor::Monitor;
-use output::print_json;
-use serde_json::json;
+use output::print_doc;
 
 fn main() -> ExitCode {
     // Everything coffer creates is private unless it says otherwise: a
@@ -85,9 +84,7 @@ fn main() -> ExitCode {
             crate::bar::finish();
             let outcome = Outcome::Failed(e.kind());
             if json {
-                print_json(
-                    &json!({"ok": false, "error": e.to_string(), "exit_code": outcome.exit_code()}),
-                );
+                print_doc(&coffer::report::ErrorDoc::new(&e, outcome));
             }
             eprintln!("error: {e}");
             outcome

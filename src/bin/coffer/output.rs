@@ -4,7 +4,6 @@
 use std::io::Write;
 
 use coffer::{Error, Outcome};
-use serde_json::json;
 
 /// Writes generated text to stdout; a closed pipe (`coffer man | head`) is
 /// the reader's choice, not an error.
@@ -30,12 +29,12 @@ pub fn print_json(v: &serde_json::Value) {
     struct WithStore<'a> {
         #[serde(flatten)]
         doc: &'a serde_json::Map<String, serde_json::Value>,
-        store: serde_json::Value,
+        store: coffer::report::StoreDoc,
     }
     let mut out = std::io::stdout().lock();
     let _ = match v.as_object() {
         Some(doc) if coffer::store::run_opened() => {
-            let store = json!({"retries": coffer::store::run_retries(), "warnings": coffer::store::run_warnings()});
+            let store = coffer::report::StoreDoc::of_run();
             serde_json::to_writer_pretty(&mut out, &WithStore { doc, store })
         }
         _ => serde_json::to_writer_pretty(&mut out, v),
@@ -46,6 +45,21 @@ pub fn print_json(v: &serde_json::Value) {
 /// Prints a `Serialize` document through [`print_json`], keys sorted.
 pub fn print_doc(doc: &impl serde::Serialize) {
     print_json(&serde_json::to_value(doc).expect("report serialises"));
+}
+
+/// Writes a text report to stdout; a closed pipe is the reader's choice.
+pub fn stdout_text(
+    write: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> Result<(), Error> {
+    crate::bar::finish();
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Output {
+            doing: "write the report to stdout".into(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 pub fn println_out(s: &str) {

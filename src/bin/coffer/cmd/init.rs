@@ -1,10 +1,10 @@
 //! `coffer init`: create a repository for the configured key.
 
+use coffer::report::{self, InitDoc};
 use coffer::{Error, Outcome, repo};
-use serde_json::json;
 
 use crate::cli::Global;
-use crate::output::{print_json, println_out};
+use crate::output::{print_doc, stdout_text};
 use crate::settings::{credential, load_settings, open_store};
 
 pub async fn run(g: &Global) -> Result<Outcome, Error> {
@@ -12,15 +12,16 @@ pub async fn run(g: &Global) -> Result<Outcome, Error> {
     let cred = credential(g, &s)?;
     let store = open_store(&s, true)?;
     let r = repo::init(&store, &cred).await?;
+    let doc = InitDoc {
+        ok: true,
+        url: store.url(),
+        id: &r.id,
+        key_slot: &r.slot_id,
+    };
     if g.json {
-        print_json(&json!({"ok": true, "url": store.url(), "id": r.id, "key_slot": r.slot_id}));
+        print_doc(&doc);
     } else {
-        println_out(&format!(
-            "initialised repository {} at {} (opened by {})",
-            r.id,
-            store.url(),
-            cred.describe()
-        ));
+        stdout_text(|out| report::init_text(out, &doc, &cred.describe()))?;
     }
     Ok(Outcome::Ok)
 }

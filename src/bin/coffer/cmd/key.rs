@@ -4,22 +4,20 @@ use std::path::Path;
 
 use coffer::credential;
 use coffer::crypto::Credential;
+use coffer::report::{self, KeyAddedDoc, KeyGeneratedDoc, KeyListDoc, KeyRemovedDoc};
 use coffer::{Error, Outcome};
-use serde_json::json;
 
 use crate::cli::{Global, KeyCommand};
-use crate::output::{print_json, println_out};
+use crate::output::{print_doc, stdout_text};
 use crate::settings::{load_settings, open_repo, warn_if_exposed};
 
 pub fn generate(g: &Global, path: &Path) -> Result<Outcome, Error> {
     credential::generate_key_file(path)?;
+    let doc = KeyGeneratedDoc { ok: true, path };
     if g.json {
-        print_json(&json!({"ok": true, "path": path}));
+        print_doc(&doc);
     } else {
-        eprintln!(
-            "wrote a new key to {} (mode 0600). Keep a copy somewhere safe: without it, repositories it opens cannot be read.",
-            path.display()
-        );
+        let _ = report::key_generated_text(&mut std::io::stderr().lock(), &doc);
     }
     Ok(Outcome::Ok)
 }
@@ -47,39 +45,38 @@ pub async fn run(g: &Global, cmd: KeyCommand) -> Result<Outcome, Error> {
                 return Err(credential::CredentialError::NothingToAdd.into());
             };
             let info = r.key_add(&cred).await?;
+            let doc = KeyAddedDoc {
+                ok: true,
+                added: &info,
+            };
             if g.json {
-                print_json(&json!({"ok": true, "added": info}));
+                print_doc(&doc);
             } else {
-                println_out(&format!("added key slot {} ({})", info.id, cred.describe()));
+                stdout_text(|out| report::key_added_text(out, &doc, &cred.describe()))?;
             }
         }
         KeyCommand::List => {
             let slots = r.key_list().await?;
+            let doc = KeyListDoc {
+                ok: true,
+                keys: &slots,
+            };
             if g.json {
-                print_json(&json!({"ok": true, "keys": slots}));
+                print_doc(&doc);
             } else {
-                println_out(&format!(
-                    "{:<18}  {:<10}  {:<20}  {}",
-                    "ID", "TYPE", "CREATED (UTC)", "HOST"
-                ));
-                for s in slots {
-                    println_out(&format!(
-                        "{}{:<17}  {:<10}  {:<20}  {}",
-                        if s.current { "*" } else { " " },
-                        s.id,
-                        s.kind,
-                        s.created.replace('T', " ").trim_end_matches('Z'),
-                        s.host
-                    ));
-                }
+                stdout_text(|out| report::key_list_text(out, &doc))?;
             }
         }
         KeyCommand::Remove { id } => {
             r.key_remove(&id).await?;
+            let doc = KeyRemovedDoc {
+                ok: true,
+                removed: &id,
+            };
             if g.json {
-                print_json(&json!({"ok": true, "removed": id}));
+                print_doc(&doc);
             } else {
-                println_out(&format!("removed key slot {id}"));
+                stdout_text(|out| report::key_removed_text(out, &doc))?;
             }
         }
     }

@@ -199,12 +199,30 @@ pub const MAX_TAR_EXTENSION: u64 = 1 << 20;
 
 /// A tar stream that breaks the rules [`TarGuard`] enforces: stored data
 /// that no coffer writes (an integrity failure, not an I/O one).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TarLimit(pub String);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TarLimit {
+    #[error("the tar header at byte {at} has an unreadable size field")]
+    UnreadableSize { at: u64 },
+    #[error(
+        "the {what} at byte {at} of the tar stream claims {size} bytes; coffer writes at most {MAX_TAR_EXTENSION}"
+    )]
+    Oversized {
+        what: &'static str,
+        at: u64,
+        size: u64,
+    },
+    #[error("the tar entry at byte {at} is a GNU sparse file, which coffer never writes")]
+    Sparse { at: u64 },
+    /// The `tar` crate's reason, kept as text: its error is not `Clone`,
+    /// and the guard repeats it on every later read.
+    #[error("a PAX header cannot be read: {0}")]
+    PaxUnreadable(String),
+    #[error("a PAX size record is not a number")]
+    PaxSize,
+}
 
-fn tar_limit(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, TarLimit(msg))
+fn tar_limit(e: TarLimit) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 /// Passes a tar stream through unchanged while following its headers, and
@@ -225,7 +243,7 @@ pub struct TarGuard<R> {
     next_size: Option<u64>,
     /// Offset of the next byte in the stream, for messages.
     offset: u64,
-    failed: Option<String>,
+    failed: Option<TarLimit>,
 }
 
 impl<R: Read> TarGuard<R> {
@@ -243,7 +261,7 @@ impl<R: Read> TarGuard<R> {
         }
     }
 
-    fn observe(&mut self, mut b: &[u8]) -> Result<(), String> {
+    fn observe(&mut self, mut b: &[u8]) -> Result<(), TarLimit> {
         while !b.is_empty() {
             if self.skip > 0 {
                 let n = (self.skip.min(b.len() as u64)) as usize;
@@ -275,15 +293,14 @@ impl<R: Read> TarGuard<R> {
         Ok(())
     }
 
-    fn on_header(&mut self) -> Result<(), String> {
+    fn on_header(&mut self) -> Result<(), TarLimit> {
         let h = &self.header;
         if h.iter().all(|&c| c == 0) {
             return Ok(());
         }
         let ty = h[156];
         let at = self.offset;
-        let size = header_size(&h[124..136])
-            .ok_or_else(|| format!("the tar header at byte {at} has an unreadable size field"))?;
+        let size = header_size(&h[124..136]).ok_or(TarLimit::UnreadableSize { at })?;
         match ty {
             b'L' | b'K' | b'x' | b'g' => {
                 if size > MAX_TAR_EXTENSION {
@@ -292,9 +309,7 @@ impl<R: Read> TarGuard<R> {
                         b'K' => "GNU long link",
                         _ => "PAX header",
                     };
-                    return Err(format!(
-                        "the {what} at byte {at} of the tar stream claims {size} bytes; coffer writes at most {MAX_TAR_EXTENSION}"
-                    ));
+                    return Err(TarLimit::Oversized { what, at, size });
                 }
                 if ty == b'x' {
                     self.pax = Some(Vec::with_capacity(size as usize));
@@ -303,9 +318,7 @@ impl<R: Read> TarGuard<R> {
                 self.skip = padded(size);
             }
             b'S' => {
-                return Err(format!(
-                    "the tar entry at byte {at} is a GNU sparse file, which coffer never writes"
-                ));
+                return Err(TarLimit::Sparse { at });
             }
             _ => {
                 let size = self.next_size.take().unwrap_or(size);
@@ -338,15 +351,15 @@ fn header_size(f: &[u8]) -> Option<u64> {
 }
 
 /// The `size` record of PAX header data, if any.
-fn pax_size(data: &[u8]) -> Result<Option<u64>, String> {
+fn pax_size(data: &[u8]) -> Result<Option<u64>, TarLimit> {
     let mut size = None;
     for rec in tar::PaxExtensions::new(data) {
-        let rec = rec.map_err(|e| format!("a PAX header cannot be read: {e}"))?;
+        let rec = rec.map_err(|e| TarLimit::PaxUnreadable(e.to_string()))?;
         if rec.key_bytes() == b"size" {
             let v = std::str::from_utf8(rec.value_bytes())
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| "a PAX size record is not a number".to_string())?;
+                .ok_or(TarLimit::PaxSize)?;
             size = Some(v);
         }
     }
@@ -472,24 +485,37 @@ pub fn tar_name(e: &IndexEntry) -> String {
     }
 }
 
+/// Why an entry name could leave the destination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnsafeName {
+    #[error("entry name is not UTF-8")]
+    NotUtf8,
+    #[error("entry {0:?} has an absolute path")]
+    Absolute(String),
+    #[error("entry {0:?} climbs out with '..'")]
+    Climbs(String),
+    #[error("entry {0:?} holds a NUL byte")]
+    Nul(String),
+}
+
 /// Normalises a tar entry name to an index path, refusing anything that
 /// could leave the destination: absolute paths, `..`, empty components.
-pub fn safe_path(name: &[u8]) -> Result<String, String> {
-    let s = std::str::from_utf8(name).map_err(|_| "entry name is not UTF-8".to_string())?;
+pub fn safe_path(name: &[u8]) -> Result<String, UnsafeName> {
+    let s = std::str::from_utf8(name).map_err(|_| UnsafeName::NotUtf8)?;
     let trimmed = s.trim_end_matches('/');
     if trimmed == "." || trimmed.is_empty() {
         return Ok(".".into());
     }
     let t = trimmed.strip_prefix("./").unwrap_or(trimmed);
     if t.starts_with('/') {
-        return Err(format!("entry {s:?} has an absolute path"));
+        return Err(UnsafeName::Absolute(s.to_string()));
     }
     let mut parts = Vec::new();
     for c in t.split('/') {
         match c {
             "" | "." => continue,
-            ".." => return Err(format!("entry {s:?} climbs out with '..'")),
-            c if c.contains('\0') => return Err(format!("entry {s:?} holds a NUL byte")),
+            ".." => return Err(UnsafeName::Climbs(s.to_string())),
+            c if c.contains('\0') => return Err(UnsafeName::Nul(s.to_string())),
             c => parts.push(c),
         }
     }

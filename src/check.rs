@@ -23,9 +23,9 @@ use serde::Serialize;
 
 use crate::config::{Config, SourceConfig, SourceKind};
 use crate::crypto::{self, Credential};
-use crate::repo::{self, CONFIG_OBJECT, Repository};
-use crate::secret_files;
-use crate::source;
+use crate::repo::{self, CONFIG_OBJECT, RepoError, Repository};
+use crate::secret_files::{self, Exposed};
+use crate::source::{self, SourceError};
 use crate::store::{Store, StoreError};
 
 /// One check's verdict.
@@ -58,13 +58,106 @@ impl CheckReport {
     }
 }
 
+/// Why a check failed: the detail of its `FAIL` line, saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error(
+        "no config file (./coffer.toml, /etc/coffer/coffer.toml) and no --config or COFFER_CONFIG"
+    )]
+    NoConfig,
+    #[error(
+        "{store} does not exist (no such directory); check the URL, or create a repository with `coffer init`"
+    )]
+    NoSuchStore { store: String },
+    #[error(
+        "{url} answers, but holds no coffer repository (no `config` object); check the URL, or create one with `coffer init`"
+    )]
+    NoRepository { url: String },
+    /// The store could not be opened or answered with an error.
+    #[error(transparent)]
+    Store(crate::Error),
+    #[error("{0}; the backup user needs write access to it")]
+    NotWritable(StoreError),
+    #[error(
+        "wrote probe object {name} but could not delete it: {source}; snapshots work, prune will not"
+    )]
+    ProbeStays { name: String, source: StoreError },
+    /// No key or passphrase could be read.
+    #[error(transparent)]
+    Credential(crate::Error),
+    #[error(transparent)]
+    Open(RepoError),
+    /// A secret file others can access, after what the check found.
+    #[error("{found}, but {}", join(.exposed))]
+    ExposedAfter {
+        found: String,
+        exposed: Vec<Exposed>,
+    },
+    /// A secret file others can access, besides the check's own failure.
+    #[error("{error}; and {}", join(.exposed))]
+    ExposedToo {
+        error: Box<Problem>,
+        exposed: Vec<Exposed>,
+    },
+    #[error("{}", join(.0))]
+    Exposed(Vec<Exposed>),
+    #[error("not checked: the repository is not reachable")]
+    Unreachable,
+    #[error("not checked: the repository could not be opened")]
+    NotOpened,
+    #[error("cannot read directory {}: {source}", path.display())]
+    UnreadableDirectory {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(std::path::PathBuf),
+    #[error("cannot list directory {}: {source}", path.display())]
+    UnlistableDirectory {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {}", .0.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect::<Vec<_>>().join("; "))]
+    UnreadableFiles(Vec<(std::path::PathBuf, std::io::Error)>),
+    /// A database or command source's own check.
+    #[error(transparent)]
+    Source(SourceError),
+    #[error("the check panicked: {0}")]
+    Panicked(String),
+    #[error("the repository holds no snapshot{}", unreadable_note(.unreadable))]
+    NoSnapshot { unreadable: Vec<String> },
+    #[error("{found}: older than {limit}; take one with `coffer snapshot`")]
+    TooOld { found: String, limit: String },
+}
+
+fn join(exposed: &[Exposed]) -> String {
+    exposed
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The manifests `freshness` could not read, as a note after its finding.
+fn unreadable_note(ids: &[String]) -> String {
+    if ids.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} manifest(s) unreadable and not counted: {})",
+            ids.len(),
+            ids.join(", ")
+        )
+    }
+}
+
 /// What `check` is given: main resolves the settings, and a failure to
 /// resolve one (an unopenable store, an unreadable key file) is a failed
 /// check, not an early exit.
 pub struct CheckInputs<'a> {
     pub config: &'a Config,
-    pub store: Result<Store, String>,
-    pub credential: Result<Credential, String>,
+    pub store: Result<Store, crate::Error>,
+    pub credential: Result<Credential, crate::Error>,
     /// `--key-file` / `COFFER_KEY_FILE`, which replaces the config's key
     /// file: its mode is checked with the other secret files.
     pub key_file: Option<&'a Path>,
@@ -73,10 +166,10 @@ pub struct CheckInputs<'a> {
     pub now: DateTime<Utc>,
 }
 
-fn item(name: impl Into<String>, r: Result<String, String>) -> CheckItem {
+fn item(name: impl Into<String>, r: Result<String, Problem>) -> CheckItem {
     let (ok, detail) = match r {
         Ok(d) => (true, d),
-        Err(d) => (false, d),
+        Err(p) => (false, p.to_string()),
     };
     // One line per check: a tool's multi-line stderr is folded.
     let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -98,69 +191,68 @@ fn warning(name: impl Into<String>, detail: String) -> CheckItem {
 
 /// Runs every check, in the order they are printed.
 pub async fn check(inp: CheckInputs<'_>) -> CheckReport {
-    let mut checks = vec![item("config valid", config_detail(inp.config, &inp.store))];
-    let store = inp.store.as_ref().ok();
-    let reachable = match &inp.store {
-        Ok(s) => reachable(s).await,
-        Err(e) => Err(e.clone()),
+    let store = inp.store.map_err(|e| match e {
+        crate::Error::Store(StoreError::NotFound { store, .. }) => Problem::NoSuchStore { store },
+        e => Problem::Store(e),
+    });
+    let mut checks = vec![item("config valid", config_detail(inp.config, &store))];
+    let (store, reachable) = match store {
+        Ok(s) => {
+            let r = reachable(&s).await;
+            (Some(s), r)
+        }
+        Err(e) => (None, Err(e)),
     };
-    let is_reachable = reachable.is_ok();
+    let store = store.filter(|_| reachable.is_ok());
     checks.push(item("repository reachable", reachable));
-    let not_checked = || Err("not checked: the repository is not reachable".to_string());
     checks.push(item(
         "repository writable",
-        match store {
-            Some(s) if is_reachable => writable(s).await,
-            _ => not_checked(),
+        match &store {
+            Some(s) => writable(s).await,
+            None => Err(Problem::Unreachable),
         },
     ));
-    let opened = match (store, &inp.credential) {
-        (Some(s), Ok(cred)) if is_reachable => repo::open(s, cred)
+    let opened = match (&store, inp.credential) {
+        (Some(s), Ok(cred)) => repo::open(s, &cred)
             .await
             .map(|r| {
                 let d = format!("opened by {} (key slot {})", cred.describe(), r.slot_id);
                 (r, d)
             })
-            .map_err(|e| e.to_string()),
-        (_, Err(e)) => Err(e.clone()),
-        _ => Err("not checked: the repository is not reachable".to_string()),
+            .map_err(Problem::Open),
+        (_, Err(e)) => Err(Problem::Credential(e)),
+        (None, Ok(_)) => Err(Problem::Unreachable),
     };
     // A key or passphrase file that other users can read fails the key
     // check, as ssh refuses such a private key (issue 10 item 9).
     let secret_files = secret_files::configured(inp.config, inp.key_file);
-    let exposed = |source: Option<&str>| -> Vec<String> {
+    let exposed = |source: Option<&str>| -> Vec<Exposed> {
         secret_files
             .iter()
             .filter(|f| f.source.as_deref() == source)
             .filter_map(|f| f.exposed())
-            .map(|e| e.to_string())
             .collect()
     };
     let repo_exposed = exposed(None);
-    let repo = match opened {
-        Ok((r, d)) if repo_exposed.is_empty() => {
-            checks.push(item("key opens repository", Ok(d)));
-            Some(r)
-        }
-        Ok((r, d)) => {
-            checks.push(item(
-                "key opens repository",
-                Err(format!("{d}, but {}", repo_exposed.join("; "))),
-            ));
-            Some(r)
-        }
-        Err(e) if repo_exposed.is_empty() => {
-            checks.push(item("key opens repository", Err(e)));
-            None
-        }
-        Err(e) => {
-            checks.push(item(
-                "key opens repository",
-                Err(format!("{e}; and {}", repo_exposed.join("; "))),
-            ));
-            None
-        }
+    let (repo, opened) = match opened {
+        Ok((r, found)) if repo_exposed.is_empty() => (Some(r), Ok(found)),
+        Ok((r, found)) => (
+            Some(r),
+            Err(Problem::ExposedAfter {
+                found,
+                exposed: repo_exposed,
+            }),
+        ),
+        Err(e) if repo_exposed.is_empty() => (None, Err(e)),
+        Err(e) => (
+            None,
+            Err(Problem::ExposedToo {
+                error: Box::new(e),
+                exposed: repo_exposed,
+            }),
+        ),
     };
+    checks.push(item("key opens repository", opened));
     let sources: Vec<_> = inp
         .config
         .sources
@@ -170,9 +262,10 @@ pub async fn check(inp: CheckInputs<'_>) -> CheckReport {
             let exposed = exposed(Some(&s.name));
             tokio::task::spawn_blocking(move || {
                 let name = format!("source {} ({}) reachable", s.name, s.kind.as_str());
-                let r = match check_source(&s) {
-                    _ if !exposed.is_empty() => Err(exposed.join("; ")),
-                    r => r,
+                let r = if exposed.is_empty() {
+                    check_source(&s)
+                } else {
+                    Err(Problem::Exposed(exposed))
                 };
                 item(name, r)
             })
@@ -182,7 +275,7 @@ pub async fn check(inp: CheckInputs<'_>) -> CheckReport {
         checks.push(h.await.unwrap_or_else(|e| {
             item(
                 format!("source {} reachable", s.name),
-                Err(format!("the check panicked: {e}")),
+                Err(Problem::Panicked(e.to_string())),
             )
         }));
     }
@@ -207,7 +300,7 @@ pub async fn check(inp: CheckInputs<'_>) -> CheckReport {
             name,
             match &repo {
                 Some(r) => freshness(r, *age, text, inp.now).await,
-                None => Err("not checked: the repository could not be opened".into()),
+                None => Err(Problem::NotOpened),
             },
         ));
     }
@@ -217,7 +310,7 @@ pub async fn check(inp: CheckInputs<'_>) -> CheckReport {
     }
 }
 
-fn config_detail(cfg: &Config, store: &Result<Store, String>) -> Result<String, String> {
+fn config_detail(cfg: &Config, store: &Result<Store, Problem>) -> Result<String, Problem> {
     let url = store.as_ref().map(|s| s.url().to_string()).ok();
     match (&cfg.path, url) {
         (Some(p), _) => Ok(format!(
@@ -229,37 +322,31 @@ fn config_detail(cfg: &Config, store: &Result<Store, String>) -> Result<String, 
         (None, Some(u)) => Ok(format!(
             "no config file; repository {u} from --repo or COFFER_REPO, no sources"
         )),
-        (None, None) => Err(
-            "no config file (./coffer.toml, /etc/coffer/coffer.toml) and no --config or COFFER_CONFIG"
-                .into(),
-        ),
+        (None, None) => Err(Problem::NoConfig),
     }
 }
 
-async fn reachable(store: &Store) -> Result<String, String> {
+async fn reachable(store: &Store) -> Result<String, Problem> {
     match store.size(CONFIG_OBJECT).await {
         Ok(_) => Ok(store.url().to_string()),
-        Err(StoreError::NotFound { .. }) => Err(format!(
-            "{} answers, but holds no coffer repository (no `config` object); check the URL, or create one with `coffer init`",
-            store.url()
-        )),
-        Err(e) => Err(e.to_string()),
+        Err(StoreError::NotFound { .. }) => Err(Problem::NoRepository {
+            url: store.url().to_string(),
+        }),
+        Err(e) => Err(Problem::Store(e.into())),
     }
 }
 
 /// Writes and deletes a probe object whose name reveals nothing.
-async fn writable(store: &Store) -> Result<String, String> {
+async fn writable(store: &Store) -> Result<String, Problem> {
     let name = format!("probe-{}", crypto::random_id(8));
     let body = Bytes::from(crypto::random_id(16));
     store
         .put(&name, body, true)
         .await
-        .map_err(|e| format!("{e}; the backup user needs write access to it"))?;
-    store.delete(&name).await.map_err(|e| {
-        format!(
-            "wrote probe object {name} but could not delete it: {e}; snapshots work, prune will not"
-        )
-    })?;
+        .map_err(Problem::NotWritable)?;
+    if let Err(source) = store.delete(&name).await {
+        return Err(Problem::ProbeStays { name, source });
+    }
     Ok(format!("wrote and deleted probe object {name}"))
 }
 
@@ -268,24 +355,15 @@ async fn freshness(
     max_age: Duration,
     text: &str,
     now: DateTime<Utc>,
-) -> Result<String, String> {
-    let (all, damaged) = repo.manifests().await.map_err(|e| e.to_string())?;
-    let unreadable = if damaged.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " ({} manifest(s) unreadable and not counted: {})",
-            damaged.len(),
-            damaged
-                .iter()
-                .map(|d| d.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
+) -> Result<String, Problem> {
+    let (all, damaged) = repo.manifests().await.map_err(Problem::Open)?;
+    let damaged: Vec<String> = damaged.into_iter().map(|d| d.id).collect();
     let Some(newest) = all.last() else {
-        return Err(format!("the repository holds no snapshot{unreadable}"));
+        return Err(Problem::NoSnapshot {
+            unreadable: damaged,
+        });
     };
+    let unreadable = unreadable_note(&damaged);
     let age = now.signed_duration_since(newest.time);
     let age_text = match age.to_std() {
         Ok(d) => humantime::format_duration(Duration::from_secs(d.as_secs())).to_string(),
@@ -297,9 +375,10 @@ async fn freshness(
         newest.time.format("%Y-%m-%d %H:%M:%S")
     );
     match age.to_std() {
-        Ok(d) if d >= max_age => Err(format!(
-            "{msg}: older than {text}; take one with `coffer snapshot`"
-        )),
+        Ok(d) if d >= max_age => Err(Problem::TooOld {
+            found: msg,
+            limit: text.to_string(),
+        }),
         _ => Ok(msg),
     }
 }
@@ -321,37 +400,37 @@ pub fn program_found(prog: &str) -> bool {
 }
 
 /// One source's check (blocking: it runs the source's tools).
-fn check_source(src: &SourceConfig) -> Result<String, String> {
+fn check_source(src: &SourceConfig) -> Result<String, Problem> {
     match src.kind {
         SourceKind::Directory => {
             let p = src.path.as_deref().expect("validated");
-            let meta = std::fs::metadata(p)
-                .map_err(|e| format!("cannot read directory {}: {e}", p.display()))?;
+            let meta = std::fs::metadata(p).map_err(|source| Problem::UnreadableDirectory {
+                path: p.to_path_buf(),
+                source,
+            })?;
             if !meta.is_dir() {
-                return Err(format!("{} is not a directory", p.display()));
+                return Err(Problem::NotADirectory(p.to_path_buf()));
             }
-            std::fs::read_dir(p)
-                .map_err(|e| format!("cannot list directory {}: {e}", p.display()))?;
+            std::fs::read_dir(p).map_err(|source| Problem::UnlistableDirectory {
+                path: p.to_path_buf(),
+                source,
+            })?;
             Ok(format!("{}: a readable directory", p.display()))
         }
         SourceKind::Files => {
             let paths = src.paths.as_deref().expect("validated");
-            let bad: Vec<String> = paths
+            let bad: Vec<_> = paths
                 .iter()
-                .filter_map(|p| {
-                    std::fs::File::open(p)
-                        .err()
-                        .map(|e| format!("{}: {e}", p.display()))
-                })
+                .filter_map(|p| std::fs::File::open(p).err().map(|e| (p.clone(), e)))
                 .collect();
             if bad.is_empty() {
                 Ok(format!("{} file(s) readable", paths.len()))
             } else {
-                Err(format!("cannot read {}", bad.join("; ")))
+                Err(Problem::UnreadableFiles(bad))
             }
         }
         _ => match source::database(src.kind) {
-            Some(db) => db.check(src),
+            Some(db) => db.check(src).map_err(Problem::Source),
             None => unreachable!("directory and files sources are matched above"),
         },
     }

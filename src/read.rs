@@ -17,7 +17,9 @@
 //!    says (trailing `/` removed, `./` read as `.`, a leading `./` removed).
 //! 4. PAX headers are skipped (they belong to the next entry); any type other
 //!    than file, directory, symlink or hard link is refused.
-//! 5. The next `stored: true` index line must have the same path and type.
+//! 5. The next `stored: true` index line must have the same path and type;
+//!    a hard link's line must name a file met before it and repeat that
+//!    file's size and SHA-256 ([`StoredFiles`]).
 //! 6. A file's data must have the index's `size` and `sha256`: [`Entry`]'s
 //!    reader checks both at its end, and the walk reads what a consumer left
 //!    unread, so no file goes unchecked.
@@ -37,8 +39,10 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
-use crate::archive::{ChanReader, IndexReader, TarGuard, TarLimit, safe_path, stage_channel};
-use crate::crypto::{self, ObjectKind, OpenReader};
+use crate::archive::{
+    ChanReader, IndexReader, TarGuard, TarLimit, UnsafeName, safe_path, stage_channel,
+};
+use crate::crypto::{self, CryptoError, ObjectKind, OpenReader};
 use crate::manifest::{EntryKind, IndexEntry, Manifest, ObjectRef, SourceRecord, seal_context};
 use crate::repo::Repository;
 use crate::store::StoreError;
@@ -54,7 +58,7 @@ pub enum ReadError {
         snapshot: String,
         source_name: String,
         object: String,
-        reason: String,
+        reason: Fault,
     },
     /// A file's bytes differ from its index line's size or SHA-256. Its own
     /// variant so that `verify` can report it per file and go on.
@@ -74,7 +78,7 @@ pub enum ReadError {
         snapshot: String,
         source_name: String,
         path: String,
-        reason: String,
+        reason: UnsafeName,
     },
     #[error(
         "snapshot {snapshot}, source {source_name}: the source failed when the snapshot was taken ({reason}); it holds nothing to restore"
@@ -96,6 +100,62 @@ pub enum ReadError {
     /// A reading thread died.
     #[error("{0}")]
     Thread(String),
+}
+
+/// What an integrity check found wrong with stored data: each variant is a
+/// rule of docs/FORMAT.md section 11 that the data breaks.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    /// A segment failed to authenticate or decrypt (step 1).
+    #[error(transparent)]
+    Crypto(CryptoError),
+    /// A tar header claims more than coffer ever writes (step 2).
+    #[error(transparent)]
+    Tar(TarLimit),
+    #[error("the object is missing")]
+    Missing,
+    #[error("it has {size} bytes, the manifest records {recorded}")]
+    Size { size: u64, recorded: u64 },
+    #[error("cannot start decompression: {0}")]
+    Decompression(io::Error),
+    /// Step 4.
+    #[error("entry {path:?} has an unsupported type {ty:?}")]
+    EntryType { path: String, ty: char },
+    /// Step 5.
+    #[error("the archive holds {0:?}, which the index does not list")]
+    NotInIndex(String),
+    /// Step 5.
+    #[error(
+        "archive entry {path:?} ({kind:?}) does not match index entry {index_path:?} ({index_kind:?})"
+    )]
+    Mismatch {
+        path: String,
+        kind: EntryKind,
+        index_path: String,
+        index_kind: EntryKind,
+    },
+    /// Step 5: a hard link's index line must repeat its target's size and
+    /// SHA-256.
+    #[error("hard link {path:?} records a size or SHA-256 other than its target {target:?} has")]
+    HardLink { path: String, target: String },
+    /// Step 5: a hard link's target must be a file stored before it.
+    #[error("hard link {path:?} names {target:?}, which is not a file stored before it")]
+    HardLinkTarget { path: String, target: String },
+    /// Step 7.
+    #[error("the index lists {0:?}, which the archive lacks")]
+    NotInArchive(String),
+    /// A dump source's archive holds only chunks (section 9).
+    #[error("entry {0:?} is not a dump chunk")]
+    NotAChunk(String),
+    #[error("chunk {path:?} claims {size} bytes (index: {index}); chunks hold at most {max}")]
+    ChunkSize {
+        path: String,
+        size: u64,
+        index: u64,
+        max: u64,
+    },
+    #[error("stream name {0:?} is not a plain file name")]
+    StreamName(String),
 }
 
 /// The reason a [`ReadError::Content`] gives.
@@ -130,21 +190,21 @@ impl Where {
         }
     }
 
-    pub fn integrity(&self, object: &str, reason: impl Into<String>) -> ReadError {
+    pub fn integrity(&self, object: &str, reason: Fault) -> ReadError {
         ReadError::Integrity {
             snapshot: self.snapshot.clone(),
             source_name: self.source.clone(),
             object: object.to_string(),
-            reason: reason.into(),
+            reason,
         }
     }
 
-    fn unsafe_path(&self, path: &str, reason: impl Into<String>) -> ReadError {
+    fn unsafe_path(&self, path: &str, reason: UnsafeName) -> ReadError {
         ReadError::Unsafe {
             snapshot: self.snapshot.clone(),
             source_name: self.source.clone(),
             path: path.to_string(),
-            reason: reason.into(),
+            reason,
         }
     }
 }
@@ -153,10 +213,10 @@ impl Where {
 /// operational (storage, disk) failures.
 pub fn classify(e: io::Error, at: &Where, object: &str) -> ReadError {
     if let Some(c) = crypto::integrity_error(&e) {
-        return at.integrity(object, c.to_string());
+        return at.integrity(object, Fault::Crypto(c.clone()));
     }
     if let Some(l) = e.get_ref().and_then(|i| i.downcast_ref::<TarLimit>()) {
-        return at.integrity(object, l.to_string());
+        return at.integrity(object, Fault::Tar(l.clone()));
     }
     // Already sorted further down (an [`Entry`]'s content check).
     if e.get_ref().is_some_and(|i| i.is::<ReadError>()) {
@@ -173,7 +233,7 @@ pub fn classify(e: io::Error, at: &Where, object: &str) -> ReadError {
             .downcast::<StoreError>()
             .expect("checked above");
         return match *s {
-            StoreError::NotFound { .. } => at.integrity(object, "the object is missing"),
+            StoreError::NotFound { .. } => at.integrity(object, Fault::Missing),
             other => ReadError::Store(other),
         };
     }
@@ -220,7 +280,10 @@ impl ObjectStream {
             if size != obj.size {
                 return Err(at.integrity(
                     &obj.object,
-                    format!("it has {size} bytes, the manifest records {}", obj.size),
+                    Fault::Size {
+                        size,
+                        recorded: obj.size,
+                    },
                 ));
             }
             w.finish().ok();
@@ -255,8 +318,7 @@ type TarStream = tar::Archive<TarInner>;
 type IndexStream = IndexReader<BufReader<Decoded>>;
 
 fn decoder(r: ChanReader, at: &Where, object: &str) -> Result<Decoded, ReadError> {
-    zstd::stream::read::Decoder::new(r)
-        .map_err(|e| at.integrity(object, format!("cannot start decompression: {e}")))
+    zstd::stream::read::Decoder::new(r).map_err(|e| at.integrity(object, Fault::Decompression(e)))
 }
 
 /// Reads a source's index alone to its authenticated end on this (blocking)
@@ -360,6 +422,7 @@ impl SourceStreams {
             &self.index_ref.object,
         )?));
         let mut files = 0u64;
+        let mut stored = StoredFiles::default();
         for entry in tar.entries().map_err(|e| self.archive_error(e))? {
             let entry = entry.map_err(|e| self.archive_error(e))?;
             let name = entry.path_bytes().into_owned();
@@ -374,17 +437,26 @@ impl SourceStreams {
                     .at
                     .integrity(
                         &self.archive_ref.object,
-                        format!(
-                            "entry {rel:?} has an unsupported type {:?}",
-                            ty.as_byte() as char
-                        ),
+                        Fault::EntryType {
+                            path: rel,
+                            ty: ty.as_byte() as char,
+                        },
                     )
                     .into());
             };
             let line = self.expect_entry(&mut index, &rel, kind)?;
-            if kind == EntryKind::File {
-                files += 1;
-            }
+            // A hard link is checked after the consumer saw it: where it
+            // points is the consumer's to refuse first (step 6), and a link
+            // only ever points at bytes that were checked themselves.
+            let link = match kind {
+                EntryKind::File => {
+                    files += 1;
+                    stored.add(&line);
+                    None
+                }
+                EntryKind::Hardlink => Some(line.clone()),
+                _ => None,
+            };
             let mut e = Entry {
                 kind,
                 size: entry.size(),
@@ -402,14 +474,16 @@ impl SourceStreams {
             }
             // What the consumer left unread is still checked.
             e.skip()?;
+            if let Some(l) = link {
+                stored
+                    .check_link(&l)
+                    .map_err(|f| self.at.integrity(&self.index_ref.object, f))?;
+            }
         }
         if let Some(extra) = index.next_stored().map_err(|e| self.index_error(e))? {
             return Err(self
                 .at
-                .integrity(
-                    &self.index_ref.object,
-                    format!("the index lists {:?}, which the archive lacks", extra.path),
-                )
+                .integrity(&self.index_ref.object, Fault::NotInArchive(extra.path))
                 .into());
         }
         // Tar stops at its end-of-archive marker: a cut after it must not go
@@ -430,18 +504,18 @@ impl SourceStreams {
             .next_stored()
             .map_err(|e| self.index_error(e))?
             .ok_or_else(|| {
-                self.at.integrity(
-                    &self.index_ref.object,
-                    format!("the archive holds {path:?}, which the index does not list"),
-                )
+                self.at
+                    .integrity(&self.index_ref.object, Fault::NotInIndex(path.to_string()))
             })?;
         if e.path != path || e.kind != kind {
             return Err(self.at.integrity(
                 &self.archive_ref.object,
-                format!(
-                    "archive entry {path:?} ({kind:?}) does not match index entry {:?} ({:?})",
-                    e.path, e.kind
-                ),
+                Fault::Mismatch {
+                    path: path.to_string(),
+                    kind,
+                    index_path: e.path,
+                    index_kind: e.kind,
+                },
             ));
         }
         Ok(e)
@@ -456,6 +530,53 @@ impl SourceStreams {
         a?;
         i?;
         consumer
+    }
+}
+
+/// What the walk keeps of each file it met, to check the hard links that
+/// follow (section 11 step 5: a link's index line repeats its target's size
+/// and SHA-256). Per file 24 bytes and the table's overhead, not its path: a
+/// keyed hash of the path (random per process, so stored data cannot aim at
+/// a collision) and the first 64 bits of its SHA-256, beyond any forgery.
+#[derive(Default)]
+struct StoredFiles {
+    keys: std::collections::hash_map::RandomState,
+    files: std::collections::HashMap<u64, (u64, u64)>,
+}
+
+impl StoredFiles {
+    fn key(&self, path: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.keys, path)
+    }
+
+    /// The first 64 bits of a hex SHA-256; `u64::MAX` for none.
+    fn sha_prefix(sha: Option<&str>) -> u64 {
+        sha.and_then(|s| s.get(..16))
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .unwrap_or(u64::MAX)
+    }
+
+    fn add(&mut self, file: &IndexEntry) {
+        let key = self.key(&file.path);
+        let sha = Self::sha_prefix(file.sha256.as_deref());
+        self.files.insert(key, (file.size, sha));
+    }
+
+    fn check_link(&self, link: &IndexEntry) -> Result<(), Fault> {
+        let target = link.target.clone().unwrap_or_default();
+        let Some(&(size, sha)) = self.files.get(&self.key(&target)) else {
+            return Err(Fault::HardLinkTarget {
+                path: link.path.clone(),
+                target,
+            });
+        };
+        if size != link.size || sha != Self::sha_prefix(link.sha256.as_deref()) {
+            return Err(Fault::HardLink {
+                path: link.path.clone(),
+                target,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -481,7 +602,7 @@ pub struct Entry<'a> {
 
 impl Entry<'_> {
     /// An integrity error about the archive this entry came from.
-    pub fn integrity(&self, reason: impl Into<String>) -> ReadError {
+    pub fn integrity(&self, reason: Fault) -> ReadError {
         self.at.integrity(self.object, reason)
     }
 

@@ -59,8 +59,13 @@ pub enum RepoError {
         "no key or passphrase given: set [repository].key_file, --key-file, COFFER_KEY_FILE, COFFER_PASSPHRASE, passphrase_file or passphrase_command"
     )]
     NoCredential,
-    #[error("{0}")]
-    Credential(String),
+    /// Wrapping the master key for a new slot, or deriving a key from a
+    /// passphrase, failed.
+    #[error(transparent)]
+    Credential(CryptoError),
+    /// A task of coffer's own panicked: a bug, not the user's doing.
+    #[error("internal error: {0}; nothing more was changed. Please report this")]
+    Internal(String),
     #[error("snapshot {id}: its manifest ({object}) is damaged: {reason}")]
     DamagedManifest {
         id: String,
@@ -123,6 +128,7 @@ impl RepoError {
             RepoError::UnsupportedVersion { .. }
             | RepoError::NewerManifest { .. }
             | RepoError::Credential(_)
+            | RepoError::Internal(_)
             | RepoError::SnapshotExists(_)
             | RepoError::ManifestTooLarge { .. } => ErrorKind::Operational,
         }
@@ -179,7 +185,7 @@ pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
     let cfg_bytes = serde_json::to_vec_pretty(&cfg).expect("config serialises");
     let config_sha256 = sha256(&cfg_bytes);
     let slot = KeySlot::wrap(&master, cred, &id, &config_sha256, &host_name())
-        .map_err(|e| RepoError::Credential(e.to_string()))?;
+        .map_err(RepoError::Credential)?;
     // The slot first: a config without a slot would be a repository nobody
     // can open; a slot without a config is invisible and harmless.
     store
@@ -340,7 +346,7 @@ pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
         )
         .await
         .expect("key slot task")
-        .map_err(|e| RepoError::Credential(e.to_string()))?
+        .map_err(RepoError::Credential)?
     };
     match found {
         Some((master, slot_id)) => Ok(Repository {
@@ -414,7 +420,7 @@ impl Repository {
             &self.config_sha256,
             &host_name(),
         )
-        .map_err(|e| RepoError::Credential(e.to_string()))?;
+        .map_err(RepoError::Credential)?;
         self.store
             .put(
                 &format!("{KEYS_PREFIX}{}", slot.id),

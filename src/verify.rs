@@ -138,7 +138,7 @@ async fn check_source(
         let src2 = src.clone();
         let res = tokio::task::spawn_blocking(move || deep_check(&repo2, &m2, &src2))
             .await
-            .map_err(|e| RepoError::Credential(format!("verify task failed: {e}")))?;
+            .map_err(|e| RepoError::Internal(format!("a verify task failed: {e}")))?;
         match res {
             Ok(mut p) => problems.append(&mut p),
             Err(ReadError::Store(e)) => return Err(RepoError::Store(e)),
@@ -184,7 +184,7 @@ async fn check_object(
         (r, res)
     })
     .await
-    .map_err(|e| RepoError::Credential(format!("verify task failed: {e}")))?;
+    .map_err(|e| RepoError::Internal(format!("a verify task failed: {e}")))?;
     if let Err(e) = res {
         return match e.into_inner().map(|b| b.downcast::<StoreError>()) {
             Some(Ok(s)) => match *s {

@@ -34,9 +34,7 @@ impl ChunkStreams {
                 let chunk = match crate::source::stream::parse_chunk_path(&e.rel) {
                     Some((stream, _)) if e.kind == EntryKind::File => stream.to_string(),
                     _ => {
-                        return Err(e
-                            .integrity(format!("entry {:?} is not a dump chunk", e.rel))
-                            .into());
+                        return Err(e.integrity(Fault::NotAChunk(e.rel.clone())).into());
                     }
                 };
                 // Sizes come from stored data: never hold more than a chunk
@@ -44,10 +42,12 @@ impl ChunkStreams {
                 let max = crate::source::stream::CHUNK as u64;
                 if e.index.size > max || e.size != e.index.size {
                     return Err(e
-                        .integrity(format!(
-                            "chunk {:?} claims {} bytes (index: {}); chunks hold at most {max}",
-                            e.rel, e.size, e.index.size
-                        ))
+                        .integrity(Fault::ChunkSize {
+                            path: e.rel.clone(),
+                            size: e.size,
+                            index: e.index.size,
+                            max,
+                        })
                         .into());
                 }
                 // Read to its end, so that its size and SHA-256 are checked
@@ -179,8 +179,10 @@ impl crate::source::Streams for ChunkStreams {
 }
 
 pub(super) fn kind_of(src: &SourceRecord) -> Result<crate::config::SourceKind, RestoreError> {
-    crate::config::SourceKind::parse(&src.kind)
-        .ok_or_else(|| RestoreError::Usage(format!("unknown source type {:?}", src.kind)))
+    crate::config::SourceKind::parse(&src.kind).ok_or_else(|| RestoreError::UnknownKind {
+        source_name: src.name.clone(),
+        kind: src.kind.clone(),
+    })
 }
 
 pub(super) fn source_error(

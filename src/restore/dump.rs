@@ -55,19 +55,23 @@ pub(super) fn dump_blocking<W: Write>(
         return dump_stream(repo, m, src, path, &mut out);
     }
     let (Some(archive_ref), Some(index_ref)) = (src.archive.clone(), src.index.clone()) else {
-        return Err(RestoreError::SourceFailed {
+        return Err(RestoreError::Read(ReadError::SourceFailed {
             snapshot: m.id.clone(),
             source_name: src.name.clone(),
             reason: src.error.clone().unwrap_or_default(),
-        });
+        }));
     };
     // The index is small: read and authenticate it whole before a byte goes
     // out, and use it to find the file asked for.
     let mut wanted: Option<IndexEntry> = None;
     let want_rel = match &path {
         Some(p) => Some(
-            safe_path(p.trim_start_matches('/').as_bytes())
-                .map_err(|r| RestoreError::Usage(format!("bad PATH {p:?}: {r}")))?,
+            safe_path(p.trim_start_matches('/').as_bytes()).map_err(|reason| {
+                RestoreError::BadPath {
+                    path: p.to_string(),
+                    reason,
+                }
+            })?,
         ),
         None => None,
     };
@@ -104,14 +108,14 @@ pub(super) fn dump_blocking<W: Write>(
     let entry = match wanted {
         Some(e) if e.stored => e,
         Some(e) => {
-            return Err(RestoreError::SourceFailed {
+            return Err(RestoreError::Read(ReadError::SourceFailed {
                 snapshot: m.id.clone(),
                 source_name: src.name.clone(),
                 reason: format!(
                     "{want:?} could not be read when the snapshot was taken: {}",
                     e.error.unwrap_or_default()
                 ),
-            });
+            }));
         }
         None => {
             return Err(RestoreError::NoSuchFile {
@@ -126,14 +130,14 @@ pub(super) fn dump_blocking<W: Write>(
         EntryKind::File => entry.path.clone(),
         EntryKind::Hardlink => entry.target.clone().unwrap_or_default(),
         k => {
-            return Err(RestoreError::Usage(format!(
-                "{want:?} is a {} in source {}, not a file with bytes to dump",
-                match k {
+            return Err(RestoreError::NotAFile {
+                path: want,
+                what: match k {
                     EntryKind::Dir => "directory",
                     _ => "symlink",
                 },
-                src.name
-            )));
+                source_name: src.name.clone(),
+            });
         }
     };
     let mut streams = SourceStreams::open(repo, m, src)?;
@@ -144,10 +148,15 @@ pub(super) fn dump_blocking<W: Write>(
             return Ok(Flow::Next);
         }
         if e.kind != EntryKind::File {
-            return Err(RestoreError::Usage(format!(
-                "{want:?} is a {:?} in source {}, not a file with bytes to dump",
-                e.kind, src.name
-            )));
+            return Err(RestoreError::NotAFile {
+                path: want.clone(),
+                what: match e.kind {
+                    EntryKind::Dir => "directory",
+                    EntryKind::Symlink => "symlink",
+                    _ => "hard link",
+                },
+                source_name: src.name.clone(),
+            });
         }
         // The bytes are authenticated per segment; the walk's check of the
         // index's size and SHA-256 at their end is a second, independent one.
@@ -202,12 +211,12 @@ pub(super) fn dump_stream<W: Write>(
             .unwrap_or_default(),
     };
     if !names.contains(&want) {
-        return Err(RestoreError::Usage(format!(
-            "source {} of snapshot {} holds the stream(s) {}; {want:?} is not one of them",
-            src.name,
-            m.id,
-            names.join(", ")
-        )));
+        return Err(RestoreError::NoSuchStream {
+            snapshot: m.id.clone(),
+            source_name: src.name.clone(),
+            streams: names,
+            want,
+        });
     }
     let mut streams = ChunkStreams::open(repo, m, src)?;
     let res = (|| -> Result<u64, RestoreError> {
@@ -218,9 +227,15 @@ pub(super) fn dump_stream<W: Write>(
             if name != want {
                 continue;
             }
+            // A read failure here is the reader thread's, whose verdict
+            // (below) says what it was; anything else is the output's.
             let n = io::copy(&mut r, out).map_err(|e| {
                 if e.kind() == io::ErrorKind::InvalidData {
-                    RestoreError::Usage(e.to_string())
+                    RestoreError::Io {
+                        op: "read stream",
+                        path: name.clone(),
+                        source: e,
+                    }
                 } else {
                     output_error(e)
                 }

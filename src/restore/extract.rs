@@ -142,12 +142,12 @@ impl Extractor {
         std::mem::replace(&mut self.layout, Layout::Beside(BTreeMap::new()))
     }
 
-    pub(super) fn contained(&self, path: &str, reason: impl Into<String>) -> RestoreError {
+    pub(super) fn contained(&self, path: &str, reason: Refusal) -> RestoreError {
         RestoreError::Contained {
             snapshot: self.snapshot.clone(),
             source_name: self.source.clone(),
             path: path.to_string(),
-            reason: reason.into(),
+            reason,
         }
     }
 
@@ -170,12 +170,7 @@ impl Extractor {
                                 .map_err(io_err("open directory", &d.join(c)))?
                         }
                         Err(_) => {
-                            return Err(self.contained(
-                                rel,
-                                format!(
-                                    "its parent {c:?} is a symlink or file; refusing to write through it"
-                                ),
-                            ));
+                            return Err(self.contained(rel, Refusal::ParentNotDir(c.to_string())));
                         }
                     };
                 }
@@ -242,10 +237,7 @@ impl Extractor {
             return Ok(Flow::Next);
         }
         if matches!(self.layout, Layout::Beside(_)) && kind == EntryKind::Dir {
-            return Err(self.contained(
-                &rel,
-                "a files source holds files, not directories; refusing it in place (restore with --target instead)",
-            ));
+            return Err(self.contained(&rel, Refusal::DirInPlace));
         }
         match kind {
             EntryKind::Dir => {
@@ -254,7 +246,7 @@ impl Extractor {
                     match d.stat_at(&n) {
                         Ok(md) if md.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
                         Ok(_) => {
-                            return Err(self.contained(&rel, "a non-directory stands there"));
+                            return Err(self.contained(&rel, Refusal::NotADirectory));
                         }
                         Err(_) => d
                             .mkdir(&n, 0o700)
@@ -312,7 +304,8 @@ impl Extractor {
             }
             EntryKind::Hardlink => {
                 let target = ie.target.clone().unwrap_or_default();
-                let trel = safe_path(target.as_bytes()).map_err(|r| self.contained(&rel, r))?;
+                let trel = safe_path(target.as_bytes())
+                    .map_err(|r| self.contained(&rel, Refusal::Name(r)))?;
                 let found = self.find(&trel).filter(|(td, tn)| {
                     td.stat_at(tn)
                         .map(|m| m.st_mode & libc::S_IFMT == libc::S_IFREG)
@@ -324,10 +317,7 @@ impl Extractor {
                     if filtering {
                         return Ok(Flow::Next);
                     }
-                    return Err(self.contained(
-                        &rel,
-                        format!("hard link to {trel:?}, which is not a restored file"),
-                    ));
+                    return Err(self.contained(&rel, Refusal::HardLinkTarget(trel)));
                 };
                 let (d, n) = self.locate(&rel)?;
                 let _ = d.unlink(&n);

@@ -32,13 +32,13 @@ use std::time::Instant;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
-use crate::archive::safe_path;
+use crate::archive::{UnsafeName, safe_path};
 use crate::crypto::ObjectKind;
 use crate::dirfd::{self, Dir};
 use crate::manifest::{EntryKind, IndexEntry, Manifest, SourceRecord, SourceStatus};
 use crate::outcome::ErrorKind;
 use crate::read::{
-    Entry, Flow, ObjectStream, ReadError, SourceStreams, Where, classify, is_dump_source,
+    Entry, Fault, Flow, ObjectStream, ReadError, SourceStreams, Where, classify, is_dump_source,
     read_index,
 };
 use crate::repo::Repository;
@@ -62,37 +62,64 @@ pub enum RestoreError {
         "{path} exists and is not empty; add --force to replace it with the snapshot's copy (anything created there since will be removed), or restore elsewhere with --target DIR"
     )]
     NeedsForce { path: String },
+    /// `coffer dump SNAPSHOT SOURCE PATH` with a PATH no entry can have.
+    #[error("bad PATH {path:?}: {reason}")]
+    BadPath { path: String, reason: UnsafeName },
     #[error("bad --include pattern {0:?}: {1}")]
     BadInclude(String, String),
-    #[error("{0}")]
-    Usage(String),
+    /// `coffer dump` of a path that holds no bytes.
+    #[error("{path:?} is a {what} in source {source_name}, not a file with bytes to dump")]
+    NotAFile {
+        path: String,
+        what: &'static str,
+        source_name: String,
+    },
+    #[error(
+        "source {source_name} of snapshot {snapshot} holds the stream(s) {}; {want:?} is not one of them",
+        .streams.join(", ")
+    )]
+    NoSuchStream {
+        snapshot: String,
+        source_name: String,
+        streams: Vec<String>,
+        want: String,
+    },
+    #[error("{0} cannot be restored into: it has no parent directory; use --target DIR")]
+    NoParent(String),
+    /// A manifest's source type that this build does not know.
+    #[error("source {source_name} is of type {kind}, which this build cannot restore yet")]
+    UnknownKind { source_name: String, kind: String },
+    #[error(
+        "--to-database restores one database source: name it with --only (database sources in this snapshot: {})",
+        .databases.join(", ")
+    )]
+    ToDatabaseNeedsOne { databases: Vec<String> },
+    /// A restore in place of a source the config no longer has.
+    #[error(
+        "source {source_name} of snapshot {snapshot} (taken on {host}) is not a {kind} source in the current config, so it has no configured path to go back to; restore it with --target DIR"
+    )]
+    NotConfigured {
+        snapshot: String,
+        source_name: String,
+        host: String,
+        kind: String,
+    },
+    #[error("source {0} has no path in the current config; restore it with --target DIR")]
+    NoConfiguredPath(String),
     /// A bug: a thread of coffer's own panicked or went away. Operational,
     /// never a usage error: the user did nothing wrong.
     #[error("internal error: {0}; nothing more was changed. Please report this")]
     Internal(String),
-    #[error(
-        "snapshot {snapshot}, source {source_name}: the source failed when the snapshot was taken ({reason}); it holds nothing to restore"
-    )]
-    SourceFailed {
-        snapshot: String,
-        source_name: String,
-        reason: String,
-    },
-    #[error(
-        "snapshot {snapshot}, source {source_name}, {object}: integrity check failed: {reason}"
-    )]
-    Integrity {
-        snapshot: String,
-        source_name: String,
-        object: String,
-        reason: String,
-    },
+    /// The stored data failed a check of docs/FORMAT.md section 11, or
+    /// could not be read.
+    #[error(transparent)]
+    Read(ReadError),
     #[error("snapshot {snapshot}, source {source_name}: {path}: {reason}")]
     Contained {
         snapshot: String,
         source_name: String,
         path: String,
-        reason: String,
+        reason: Refusal,
     },
     #[error(
         "snapshot {snapshot}, source {source_name}: no file {path:?} in it; list its files with `coffer show {snapshot} --files`"
@@ -176,17 +203,24 @@ pub enum RestoreError {
 impl RestoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            RestoreError::Integrity { .. } | RestoreError::Contained { .. } => ErrorKind::Integrity,
+            RestoreError::Contained { .. } => ErrorKind::Integrity,
+            RestoreError::Read(e) => e.kind(),
             RestoreError::UnknownSource { .. }
             | RestoreError::NeedsForce { .. }
             | RestoreError::BadInclude(..)
+            | RestoreError::BadPath { .. }
             | RestoreError::NoSuchFile { .. }
             | RestoreError::DumpToTerminal
-            | RestoreError::Usage(_) => ErrorKind::Usage,
+            | RestoreError::NotAFile { .. }
+            | RestoreError::NoSuchStream { .. }
+            | RestoreError::NoParent(_)
+            | RestoreError::UnknownKind { .. }
+            | RestoreError::ToDatabaseNeedsOne { .. }
+            | RestoreError::NotConfigured { .. }
+            | RestoreError::NoConfiguredPath(_) => ErrorKind::Usage,
             RestoreError::Internal(_) => ErrorKind::Operational,
             RestoreError::Store(s) => s.kind(),
-            RestoreError::SourceFailed { .. }
-            | RestoreError::Io { .. }
+            RestoreError::Io { .. }
             | RestoreError::UnsafeParent { .. }
             | RestoreError::Changed { .. }
             | RestoreError::NoSpace { .. }
@@ -259,55 +293,33 @@ use tree::*;
 
 // --------------------------------------------------------------- reading
 
-/// A read failure keeps its message and its exit code as a restore error.
+/// Why a restore refuses to write an entry where it would go (docs/FORMAT.md
+/// section 11 step 6, and what stands in the way of a restore in place).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Name(UnsafeName),
+    #[error("its parent {0:?} is a symlink or file; refusing to write through it")]
+    ParentNotDir(String),
+    #[error(
+        "a files source holds files, not directories; refusing it in place (restore with --target instead)"
+    )]
+    DirInPlace,
+    #[error("a non-directory stands there")]
+    NotADirectory,
+    #[error("hard link to {0:?}, which is not a restored file")]
+    HardLinkTarget(String),
+    #[error("{0}; refusing to write through it (restore with --target instead)")]
+    InPlace(&'static str),
+}
+
+/// A read failure keeps its message and its exit code as a restore error;
+/// a reading thread that died is a bug of coffer's own.
 impl From<ReadError> for RestoreError {
     fn from(e: ReadError) -> Self {
         match e {
-            ReadError::Integrity {
-                snapshot,
-                source_name,
-                object,
-                reason,
-            } => RestoreError::Integrity {
-                snapshot,
-                source_name,
-                object,
-                reason,
-            },
-            ReadError::Content {
-                snapshot,
-                source_name,
-                object,
-                path,
-            } => RestoreError::Integrity {
-                snapshot,
-                source_name,
-                object,
-                reason: crate::read::content_reason(&path),
-            },
-            ReadError::Unsafe {
-                snapshot,
-                source_name,
-                path,
-                reason,
-            } => RestoreError::Contained {
-                snapshot,
-                source_name,
-                path,
-                reason,
-            },
-            ReadError::SourceFailed {
-                snapshot,
-                source_name,
-                reason,
-            } => RestoreError::SourceFailed {
-                snapshot,
-                source_name,
-                reason,
-            },
-            ReadError::Store(s) => RestoreError::Store(s),
-            ReadError::Io { op, path, source } => RestoreError::Io { op, path, source },
             ReadError::Thread(m) => RestoreError::Internal(m),
+            e => RestoreError::Read(e),
         }
     }
 }
@@ -526,10 +538,9 @@ pub async fn restore(
             .map(|s| s.name.as_str())
             .collect();
         if dbs.len() != 1 || selected.len() != 1 {
-            return Err(RestoreError::Usage(format!(
-                "--to-database restores one database source: name it with --only (database sources in this snapshot: {})",
-                dbs.join(", ")
-            )));
+            return Err(RestoreError::ToDatabaseNeedsOne {
+                databases: dbs.iter().map(|d| d.to_string()).collect(),
+            });
         }
     }
     // Check every destination before touching any.
@@ -539,11 +550,11 @@ pub async fn restore(
     for src in selected {
         if src.status == SourceStatus::Failed {
             if !opts.only.is_empty() {
-                return Err(RestoreError::SourceFailed {
+                return Err(RestoreError::Read(ReadError::SourceFailed {
                     snapshot: m.id.clone(),
                     source_name: src.name.clone(),
                     reason: src.error.clone().unwrap_or_default(),
-                });
+                }));
             }
             tracing::warn!(
                 "source {} failed when snapshot {} was taken; skipped",
@@ -561,12 +572,9 @@ pub async fn restore(
             // database replaced on a server.
             let dest = dir.join(&src.name);
             if !opts.force && !opts.dry_run && is_non_empty(&dest) {
-                return Err(RestoreError::Usage(format!(
-                    "{} exists and is not empty: add --force to replace it with source {} of snapshot {}",
-                    dest.display(),
-                    src.name,
-                    m.id
-                )));
+                return Err(RestoreError::NeedsForce {
+                    path: dest.display().to_string(),
+                });
             }
             dump_file_plans.push((src, dest));
             continue;
@@ -577,7 +585,7 @@ pub async fn restore(
             let dest = match crate::source::restore_destination(kind, &req) {
                 // A dry run shows where the restore would go and what it
                 // still needs, rather than refusing like the real one.
-                Err(crate::source::SourceError::Usage(why)) if opts.dry_run && !opts.force => {
+                Err(crate::source::SourceError::NeedsForce(why)) if opts.dry_run && !opts.force => {
                     req.force = true;
                     let dest = crate::source::restore_destination(kind, &req)
                         .map_err(|e| source_error(m, src, e))?;
@@ -771,12 +779,12 @@ fn checked_stream_names(m: &Manifest, src: &SourceRecord) -> Result<Vec<String>,
     let names = stream_names(src);
     for n in &names {
         if n.is_empty() || n.starts_with('.') || n.contains('/') {
-            return Err(RestoreError::Integrity {
-                snapshot: m.id.clone(),
-                source_name: src.name.clone(),
-                object: Repository::manifest_object(&m.id),
-                reason: format!("stream name {n:?} is not a plain file name"),
-            });
+            return Err(Where::new(m, src)
+                .integrity(
+                    &Repository::manifest_object(&m.id),
+                    Fault::StreamName(n.clone()),
+                )
+                .into());
         }
     }
     Ok(names)

@@ -34,10 +34,10 @@ pub(super) fn plan_destination(
 ) -> Result<(Plan, Option<String>), RestoreError> {
     let kind = src.kind.as_str();
     if kind != "directory" && kind != "files" {
-        return Err(RestoreError::Usage(format!(
-            "source {} is of type {kind}, which this build cannot restore yet",
-            src.name
-        )));
+        return Err(RestoreError::UnknownKind {
+            source_name: src.name.clone(),
+            kind: kind.to_string(),
+        });
     }
     if let Some(t) = &opts.target {
         let dest = absolute(t).join(&src.name);
@@ -51,11 +51,11 @@ pub(super) fn plan_destination(
     let cfg = config
         .source(&src.name)
         .filter(|c| c.kind.as_str() == kind)
-        .ok_or_else(|| {
-            RestoreError::Usage(format!(
-                "source {} of snapshot {} (taken on {}) is not a {kind} source in the current config, so it has no configured path to go back to; restore it with --target DIR",
-                src.name, m.id, m.host
-            ))
+        .ok_or_else(|| RestoreError::NotConfigured {
+            snapshot: m.id.clone(),
+            source_name: src.name.clone(),
+            host: m.host.clone(),
+            kind: kind.to_string(),
         })?;
     if kind == "files" {
         let allowed = cfg
@@ -78,12 +78,11 @@ pub(super) fn plan_destination(
             None,
         ));
     }
-    let path = absolute(cfg.path.as_deref().ok_or_else(|| {
-        RestoreError::Usage(format!(
-            "source {} has no path in the current config; restore it with --target DIR",
-            src.name
-        ))
-    })?);
+    let path = absolute(
+        cfg.path
+            .as_deref()
+            .ok_or_else(|| RestoreError::NoConfiguredPath(src.name.clone()))?,
+    );
     let warning = match &src.origin {
         Some(o) if Path::new(o) == path => None,
         recorded => Some(format!(
@@ -143,14 +142,13 @@ pub(super) async fn dry_run(
     let include = include.clone();
     tokio::task::spawn_blocking(move || {
         let at = Where::new(&m, &src);
-        let index_ref = src
-            .index
-            .clone()
-            .ok_or_else(|| RestoreError::SourceFailed {
+        let index_ref = src.index.clone().ok_or_else(|| {
+            RestoreError::Read(ReadError::SourceFailed {
                 snapshot: m.id.clone(),
                 source_name: src.name.clone(),
                 reason: "no index".into(),
-            })?;
+            })
+        })?;
         let mut out = RestoredSource::new(&src, plan_root(&plan).display().to_string());
         let mut stored_flagged = Vec::new();
         // Flagged files this dry run would write, by archive path, for the

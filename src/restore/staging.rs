@@ -131,10 +131,7 @@ impl TreeDest {
     /// what coffer creates) and finds whether `dest` is a mount point.
     pub(super) fn open(dest: &Path) -> Result<TreeDest, RestoreError> {
         let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
-            return Err(RestoreError::Usage(format!(
-                "{} cannot be restored into: it has no parent directory; use --target DIR",
-                dest.display()
-            )));
+            return Err(RestoreError::NoParent(dest.display().to_string()));
         };
         let parent =
             Dir::open_path(parent, Some(0o700)).map_err(io_err("open directory", parent))?;

@@ -39,12 +39,12 @@ pub(super) fn replace_contents(staging: &Staging, dest: &TreeDest) -> Result<(),
 }
 
 /// The error for a path a per-entry commit refuses to write through.
-pub(super) fn refuse(at: &Where, p: &Path, why: &str) -> RestoreError {
+pub(super) fn refuse(at: &Where, p: &Path, why: &'static str) -> RestoreError {
     RestoreError::Contained {
         snapshot: at.snapshot.clone(),
         source_name: at.source.clone(),
         path: p.display().to_string(),
-        reason: format!("{why}; refusing to write through it (restore with --target instead)"),
+        reason: Refusal::InPlace(why),
     }
 }
 

@@ -62,7 +62,7 @@ fn restore_argv(req: &DbRestore) -> Result<Vec<String>, SourceError> {
         )));
     }
     let cfg = req.config.ok_or_else(|| {
-        SourceError::Usage(format!(
+        SourceError::NoLongerConfigured(format!(
             "source {} is not in the config any more: its `restore` command is unknown",
             req.source
         ))
@@ -78,7 +78,7 @@ fn restore_argv(req: &DbRestore) -> Result<Vec<String>, SourceError> {
 pub fn destination(req: &DbRestore) -> Result<String, SourceError> {
     let argv = restore_argv(req)?;
     if !req.force {
-        return Err(SourceError::Usage(format!(
+        return Err(SourceError::NeedsForce(format!(
             "restoring source {} runs {:?} with the backup on its stdin, which replaces data; add --force",
             req.source, argv
         )));
@@ -135,18 +135,16 @@ impl super::DatabaseSource for Command {
     }
     /// Running the dump program would take a backup: only check that it
     /// is there.
-    fn check(&self, src: &SourceConfig) -> Result<String, String> {
+    fn check(&self, src: &SourceConfig) -> Result<String, SourceError> {
         let argv = src.dump.as_deref().unwrap_or(&[]);
         let prog = argv.first().map(String::as_str).unwrap_or("");
         if crate::check::program_found(prog) {
             Ok(format!("dump program {prog:?} found"))
         } else {
-            Err(format!(
-                "dump program {prog:?} not found (not an executable path, nor on PATH); install it or fix `dump`"
-            ))
+            Err(SourceError::NoDumpProgram(prog.to_string()))
         }
     }
-    fn describe(&self, _: &Details) -> Result<String, String> {
-        Ok("dump program found".into())
+    fn describe(&self, _: &Details) -> String {
+        "dump program found".into()
     }
 }

@@ -29,11 +29,71 @@ pub type Details = serde_json::Map<String, serde_json::Value>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// A tool coffer runs is not on PATH. `doing` says what for.
+    #[error("{doing}: {tool} is not installed (not found on PATH){}", install(.package))]
+    NotInstalled {
+        doing: String,
+        tool: String,
+        /// The package to install, as the user would search for it.
+        package: Option<&'static str>,
+    },
+    /// A tool is there but could not be started.
+    #[error("{doing}: cannot start {tool}: {source}")]
+    CannotStart {
+        doing: String,
+        tool: String,
+        source: io::Error,
+    },
+    /// A command source's `dump` program is not there.
+    #[error(
+        "dump program {0:?} not found (not an executable path, nor on PATH); install it or fix `dump`"
+    )]
+    NoDumpProgram(String),
+    /// The dump tool is older than the server (`coffer check`).
+    #[error(
+        "{server}: {why}; install the client tools of the server's version and put them first on PATH"
+    )]
+    ToolTooOld { server: String, why: String },
+    /// The source's table lacks a key this kind needs.
+    #[error("source {source_name} has no `{key}` ({example})")]
+    MissingKey {
+        source_name: String,
+        key: &'static str,
+        example: &'static str,
+    },
+    /// A URL (`url`, `--to-database`, `--scratch-url`) that is not one.
+    #[error("{what} {url:?} is not a {kind} URL ({why}); write {example}")]
+    BadUrl {
+        what: String,
+        /// Without its password.
+        url: String,
+        kind: &'static str,
+        why: String,
+        example: &'static str,
+    },
+    /// `--to-database` or `--scratch-url` names no usable path.
+    #[error("{flag} {path:?} is not a usable path: {source}")]
+    BadPath {
+        flag: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    /// The restore would replace data and `--force` was not given: the
+    /// message says what would be replaced and how to go on.
+    #[error("{0}")]
+    NeedsForce(String),
+    /// The source is gone from the config, and the restore or drill needs
+    /// what only the config says: the message says which flag gives it.
+    #[error("{0}")]
+    NoLongerConfigured(String),
     /// The database, its tool, or the command failed; the message names the
-    /// tool and carries the end of its stderr.
+    /// tool and carries the end of its stderr, what coffer was doing and
+    /// what state it left.
     #[error("{0}")]
     Failed(String),
-    /// What the user asked cannot be done as asked (exit 2).
+    /// What the user asked cannot be done as asked (exit 2): a refusal of
+    /// one kind of source (a `--to-database` it cannot take, a file a
+    /// running server uses), in that kind's words.
     #[error("{0}")]
     Usage(String),
     /// A check of restored data failed (drill): exit 3.
@@ -44,12 +104,45 @@ pub enum SourceError {
     Io(#[from] io::Error),
 }
 
+fn install(package: &Option<&'static str>) -> String {
+    package
+        .map(|p| format!("; install {p}"))
+        .unwrap_or_default()
+}
+
 impl SourceError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            SourceError::Usage(_) => ErrorKind::Usage,
+            SourceError::Usage(_)
+            | SourceError::MissingKey { .. }
+            | SourceError::BadUrl { .. }
+            | SourceError::BadPath { .. }
+            | SourceError::NeedsForce(_)
+            | SourceError::NoLongerConfigured(_) => ErrorKind::Usage,
             SourceError::Check(_) => ErrorKind::Integrity,
-            SourceError::Failed(_) | SourceError::Io(_) => ErrorKind::Operational,
+            SourceError::NotInstalled { .. }
+            | SourceError::CannotStart { .. }
+            | SourceError::NoDumpProgram(_)
+            | SourceError::ToolTooOld { .. }
+            | SourceError::Failed(_)
+            | SourceError::Io(_) => ErrorKind::Operational,
+        }
+    }
+
+    /// A tool that could not be spawned: not installed, or another reason.
+    pub fn spawn(doing: &str, tool: &str, package: Option<&'static str>, e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::NotFound {
+            SourceError::NotInstalled {
+                doing: doing.to_string(),
+                tool: tool.to_string(),
+                package,
+            }
+        } else {
+            SourceError::CannotStart {
+                doing: doing.to_string(),
+                tool: tool.to_string(),
+                source: e,
+            }
         }
     }
 }
@@ -115,12 +208,12 @@ pub trait DatabaseSource: Sync {
     /// what was found; `Err`: what is wrong and what to do. Blocking (it
     /// runs the source's tools). By default: the dumper's `prepare`, then
     /// [`DatabaseSource::describe`] of what it found.
-    fn check(&self, src: &SourceConfig) -> Result<String, String> {
+    fn check(&self, src: &SourceConfig) -> Result<String, SourceError> {
         let details = prepared(self, src)?;
-        self.describe(&details)
+        Ok(self.describe(&details))
     }
     /// The check line from the facts `prepare` found.
-    fn describe(&self, details: &Details) -> Result<String, String>;
+    fn describe(&self, details: &Details) -> String;
     /// For `coffer check`: scratch databases killed restores of `src` left.
     fn leftovers(&self, _src: &SourceConfig) -> Result<Vec<String>, SourceError> {
         Ok(Vec::new())
@@ -150,10 +243,12 @@ pub fn database(kind: SourceKind) -> Option<&'static dyn DatabaseSource> {
 
 /// What the dumper's `prepare` finds about `src` (server and tool
 /// versions): the common part of a kind's pre-flight check.
-pub fn prepared<D: DatabaseSource + ?Sized>(db: &D, src: &SourceConfig) -> Result<Details, String> {
+pub fn prepared<D: DatabaseSource + ?Sized>(
+    db: &D,
+    src: &SourceConfig,
+) -> Result<Details, SourceError> {
     let mut details = Details::new();
-    let mut dumper = db.dumper(src).map_err(|e| e.to_string())?;
-    dumper.prepare(&mut details).map_err(|e| e.to_string())?;
+    db.dumper(src)?.prepare(&mut details)?;
     Ok(details)
 }
 

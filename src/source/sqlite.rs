@@ -83,8 +83,10 @@ pub struct SqliteDumper {
 
 impl SqliteDumper {
     pub fn new(src: &SourceConfig) -> Result<Self, SourceError> {
-        let path = src.path.clone().ok_or_else(|| {
-            SourceError::Usage(format!("source {}: a sqlite source needs `path`", src.name))
+        let path = src.path.clone().ok_or_else(|| SourceError::MissingKey {
+            source_name: src.name.clone(),
+            key: "path",
+            example: "the database file",
         })?;
         Ok(SqliteDumper {
             name: src.name.clone(),
@@ -341,8 +343,10 @@ fn target(req: &DbRestore) -> Result<(PathBuf, bool), SourceError> {
                 req.source
             )));
         }
-        let p = std::path::absolute(p).map_err(|e| {
-            SourceError::Usage(format!("--to-database {p:?} is not a usable path: {e}"))
+        let p = std::path::absolute(p).map_err(|source| SourceError::BadPath {
+            flag: "--to-database",
+            path: p.to_string(),
+            source,
         })?;
         return Ok((p, false));
     }
@@ -410,7 +414,7 @@ fn checked_target(req: &DbRestore) -> Result<(PathBuf, Option<String>), SourceEr
             ),
             None => "; add --force".into(),
         };
-        return Err(SourceError::Usage(format!("{what}{in_use}")));
+        return Err(SourceError::NeedsForce(format!("{what}{in_use}")));
     }
     Ok((path, holder))
 }
@@ -675,13 +679,13 @@ impl super::DatabaseSource for Sqlite {
     ) -> Result<DrillResult, SourceError> {
         drill(req, streams)
     }
-    fn describe(&self, d: &Details) -> Result<String, String> {
+    fn describe(&self, d: &Details) -> String {
         use super::detail_str;
-        Ok(format!(
+        format!(
             "{}: a readable SQLite database (SQLite {})",
             detail_str(d, "path"),
             detail_str(d, "sqlite_version")
-        ))
+        )
     }
 }
 

@@ -192,14 +192,7 @@ impl ToolSpec {
     }
 
     fn spawn_err(&self, e: io::Error) -> SourceError {
-        if e.kind() == io::ErrorKind::NotFound {
-            SourceError::Failed(format!(
-                "{}: {} is not installed (not found on PATH)",
-                self.what, self.argv[0]
-            ))
-        } else {
-            SourceError::Failed(format!("{}: cannot start {}: {e}", self.what, self.argv[0]))
-        }
+        SourceError::spawn(&self.what, &self.argv[0], None, e)
     }
 
     /// Starts the tool with its stdout piped to us.

@@ -294,6 +294,8 @@ enum E {
     GnuLongFile(Vec<u8>, &'static [u8]),
     Symlink(Vec<u8>, Vec<u8>),
     Hardlink(Vec<u8>, Vec<u8>),
+    /// A hard link whose index line claims this content, not its target's.
+    HardlinkClaiming(Vec<u8>, Vec<u8>, &'static [u8]),
     /// A GNU long-name entry of this many bytes (no index line): more than
     /// any name coffer writes.
     HugeLongName(usize),
@@ -371,6 +373,15 @@ fn index_entry(
 fn build(entries: &[E]) -> (Vec<u8>, Vec<u8>) {
     let mut tar = Vec::new();
     let mut index = Vec::new();
+    // As coffer writes them, a hard link's index line repeats the size and
+    // SHA-256 of the file it links to.
+    let files: BTreeMap<&[u8], &[u8]> = entries
+        .iter()
+        .filter_map(|e| match e {
+            E::File(n, d) => Some((n.as_slice(), *d)),
+            _ => None,
+        })
+        .collect();
     let mut push_index = |e: IndexEntry| {
         serde_json::to_writer(&mut index, &e).expect("json");
         index.push(b'\n');
@@ -452,7 +463,19 @@ fn build(entries: &[E]) -> (Vec<u8>, Vec<u8>) {
                 tar.extend_from_slice(
                     header(name, tar::EntryType::Link, 0, Some(target)).as_bytes(),
                 );
-                push_index(index_entry(name, EntryKind::Hardlink, None, Some(target)));
+                let data = files.get(target.as_slice()).copied();
+                push_index(index_entry(name, EntryKind::Hardlink, data, Some(target)));
+            }
+            E::HardlinkClaiming(name, target, claimed) => {
+                tar.extend_from_slice(
+                    header(name, tar::EntryType::Link, 0, Some(target)).as_bytes(),
+                );
+                push_index(index_entry(
+                    name,
+                    EntryKind::Hardlink,
+                    Some(claimed),
+                    Some(target),
+                ));
             }
             E::HugeLongName(size) => {
                 let mut h = tar::Header::new_gnu();
@@ -784,6 +807,45 @@ fn malicious_archive_entries_never_leave_the_target_fs() {
 #[test]
 fn malicious_archive_entries_never_leave_the_target_s3() {
     malicious_archives(Backend::S3);
+}
+
+/// docs/FORMAT.md section 11 step 5: a hard link's index line repeats the
+/// size and SHA-256 of the file it links to. One that claims other content
+/// (what `show --files` and a listing would believe) fails `verify --deep`
+/// and the restore as damaged data (exit 3), and the restore writes nothing.
+#[test]
+fn a_hard_link_that_claims_other_content_than_its_target_is_refused() {
+    let env = Env::init(Backend::Fs);
+    let id = commit_crafted(
+        &env,
+        &[
+            E::File(b"real.txt".to_vec(), b"the real bytes"),
+            E::HardlinkClaiming(b"link.txt".to_vec(), b"real.txt".to_vec(), b"other bytes"),
+        ],
+        &env.path("origin-never-used"),
+    );
+    let target = env.path("restored");
+    for args in [
+        vec!["restore", id.as_str(), "--target", target.to_str().unwrap()],
+        vec!["verify", "--deep", id.as_str()],
+    ] {
+        let out = env.cmd().args(&args).output().expect("run coffer");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(3), "{args:?}:\n{text}");
+        assert!(
+            text.contains("hard link \"link.txt\"") && text.contains("\"real.txt\""),
+            "{args:?} does not name the link and its target:\n{text}"
+        );
+    }
+    assert!(
+        !target.join(SOURCE).exists(),
+        "a refused restore left {}",
+        target.join(SOURCE).display()
+    );
 }
 
 /// Issue 10 item 11: sizes that an authenticated archive asks for are

@@ -23,11 +23,12 @@ pub(super) struct Conn {
 impl Conn {
     /// Parses a URL. `need_db`: the path must name a database.
     pub(super) fn parse(url: &str, what: &str, need_db: bool) -> Result<Conn, SourceError> {
-        let bad = |why: &str| {
-            SourceError::Usage(format!(
-                "{what} {:?} is not a MySQL/MariaDB URL ({why}); write mysql://user@host:port/database",
-                crate::source::redact_url(url)
-            ))
+        let bad = |why: &str| SourceError::BadUrl {
+            what: what.to_string(),
+            url: crate::source::redact_url(url),
+            kind: "MySQL/MariaDB",
+            why: why.to_string(),
+            example: "mysql://user@host:port/database",
         };
         let u = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
         let scheme = u.scheme().to_string();
@@ -158,11 +159,10 @@ impl Conn {
 
 /// The configured source's connection, with its password.
 pub(super) fn configured_conn(src: &SourceConfig) -> Result<Conn, SourceError> {
-    let url = src.url.as_deref().ok_or_else(|| {
-        SourceError::Usage(format!(
-            "source {} has no `url` (mysql://user@host:port/database)",
-            src.name
-        ))
+    let url = src.url.as_deref().ok_or_else(|| SourceError::MissingKey {
+        source_name: src.name.clone(),
+        key: "url",
+        example: "mysql://user@host:port/database",
     })?;
     crate::source::conn::configured(
         src,

@@ -12,7 +12,7 @@ pub(super) fn scratch_server(req: &DrillRequest) -> Result<Conn, SourceError> {
     }
     match req.details.get("url").and_then(|v| v.as_str()) {
         Some(u) => Conn::parse(u, "the recorded url", false),
-        None => Err(SourceError::Usage(format!(
+        None => Err(SourceError::NoLongerConfigured(format!(
             "source {} is not in the config any more; say where to drill it with --scratch-url mysql://user@host:port",
             req.source
         ))),

@@ -173,21 +173,30 @@ impl super::DatabaseSource for Mysql {
     ) -> Result<DrillResult, SourceError> {
         drill(req, streams)
     }
-    fn describe(&self, d: &Details) -> Result<String, String> {
+    /// Besides `prepare`, the dump tool must not be older than the
+    /// server: a snapshot works, but its dump may not restore.
+    fn check(&self, src: &SourceConfig) -> Result<String, SourceError> {
         use super::detail_str;
-        let server = detail_str(d, "server_version");
-        let tool = detail_str(d, "tool_version");
+        let d = super::prepared(self, src)?;
+        let server = detail_str(&d, "server_version");
+        let tool = detail_str(&d, "tool_version");
         if let Some(why) = tool_too_old(&tool, &server) {
-            return Err(format!(
-                "{}: {why}; install the client tools of the server's version and put them first on PATH",
-                detail_str(d, "url")
-            ));
+            return Err(SourceError::ToolTooOld {
+                server: detail_str(&d, "url"),
+                why,
+            });
         }
-        Ok(format!(
-            "{}: server {server}, {} ({tool})",
+        Ok(self.describe(&d))
+    }
+    fn describe(&self, d: &Details) -> String {
+        use super::detail_str;
+        format!(
+            "{}: server {}, {} ({})",
             detail_str(d, "url"),
+            detail_str(d, "server_version"),
             detail_str(d, "tool"),
-        ))
+            detail_str(d, "tool_version"),
+        )
     }
     fn leftovers(&self, src: &SourceConfig) -> Result<Vec<String>, SourceError> {
         leftovers(src)

@@ -17,7 +17,7 @@ pub(super) fn target(req: &DbRestore) -> Result<Target, SourceError> {
         });
     }
     let cfg = req.config.ok_or_else(|| {
-        SourceError::Usage(format!(
+        SourceError::NoLongerConfigured(format!(
             "source {} is not in the config any more, so its database is unknown; name one with --to-database mysql://user@host:port/database",
             req.source
         ))
@@ -32,7 +32,7 @@ pub fn destination(req: &DbRestore) -> Result<String, SourceError> {
     let t = target(req)?;
     if !t.other {
         if !req.force {
-            return Err(SourceError::Usage(format!(
+            return Err(SourceError::NeedsForce(format!(
                 "restoring source {} replaces {} with the snapshot's copy (tables and other objects created since are removed); add --force, or restore into another database with --to-database mysql://user@host:port/newdb",
                 req.source,
                 t.conn.describe()
@@ -46,7 +46,7 @@ pub fn destination(req: &DbRestore) -> Result<String, SourceError> {
     }
     let (tables, routines, events) = object_counts(&t.conn)?;
     if tables + routines + events > 0 && !req.force {
-        return Err(SourceError::Usage(format!(
+        return Err(SourceError::NeedsForce(format!(
             "{} already exists and holds {tables} tables/views, {routines} routines and {events} events; add --force to replace its contents with the snapshot's, or name a database that does not exist yet",
             t.conn.describe()
         )));

@@ -15,12 +15,15 @@ pub(super) fn on_path(name: &str) -> bool {
 }
 
 pub(super) fn find_tool(names: &[&'static str], what: &str) -> Result<&'static str, SourceError> {
-    names.iter().copied().find(|n| on_path(n)).ok_or_else(|| {
-        SourceError::Failed(format!(
-            "neither {} ({what}) is installed (not found on PATH); install the MariaDB or MySQL client package",
-            names.join(" nor ")
-        ))
-    })
+    names
+        .iter()
+        .copied()
+        .find(|n| on_path(n))
+        .ok_or_else(|| SourceError::NotInstalled {
+            doing: what.to_string(),
+            tool: names.join(" or "),
+            package: Some("the MariaDB or MySQL client package"),
+        })
 }
 
 /// `mariadb` or `mysql`.
@@ -151,9 +154,9 @@ pub(super) fn query(
     c.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = c
-        .spawn()
-        .map_err(|e| SourceError::Failed(format!("{what}: cannot start {client}: {e}")))?;
+    let mut child = c.spawn().map_err(|e| {
+        SourceError::spawn(what, client, Some("the MariaDB or MySQL client package"), e)
+    })?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let sql = sql.to_string();
     // A client that fails early closes its stdin: its status says why.

@@ -24,11 +24,12 @@ impl Conn {
         what: &str,
         default_db: Option<&str>,
     ) -> Result<Conn, SourceError> {
-        let bad = |why: String| {
-            SourceError::Usage(format!(
-                "{what}: {:?} is not a usable PostgreSQL URL: {why}; write postgres://USER@HOST:PORT/DATABASE",
-                redact_url(raw)
-            ))
+        let bad = |why: String| SourceError::BadUrl {
+            what: what.to_string(),
+            url: redact_url(raw),
+            kind: "PostgreSQL",
+            why,
+            example: "postgres://USER@HOST:PORT/DATABASE",
         };
         let mut url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
@@ -253,13 +254,7 @@ pub(super) fn tool_failure(what: &str, status: ExitStatus, stderr: &str) -> Sour
 }
 
 pub(super) fn spawn_error(prog: &str, what: &str, e: io::Error) -> SourceError {
-    if e.kind() == io::ErrorKind::NotFound {
-        SourceError::Failed(format!(
-            "{what}: {prog} is not installed (not found on PATH); install the PostgreSQL client tools"
-        ))
-    } else {
-        SourceError::Failed(format!("{what}: cannot start {prog}: {e}"))
-    }
+    SourceError::spawn(what, prog, Some("the PostgreSQL client tools"), e)
 }
 
 /// The connection of a configured source, with its configured password.

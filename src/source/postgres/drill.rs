@@ -9,7 +9,7 @@ pub fn drill(req: &DrillRequest, streams: &mut dyn Streams) -> Result<DrillResul
         None => configured
             .as_ref()
             .ok_or_else(|| {
-                SourceError::Usage(format!(
+                SourceError::NoLongerConfigured(format!(
                     "source {} is not in the config any more: say where to restore it with --scratch-url URL",
                     req.source
                 ))

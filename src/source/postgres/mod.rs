@@ -163,14 +163,14 @@ impl super::DatabaseSource for Postgres {
     ) -> Result<DrillResult, SourceError> {
         drill(req, streams)
     }
-    fn describe(&self, d: &Details) -> Result<String, String> {
+    fn describe(&self, d: &Details) -> String {
         use super::detail_str;
-        Ok(format!(
+        format!(
             "{}: server {}, pg_dump {} (not older than the server)",
             detail_str(d, "url"),
             detail_str(d, "server_version"),
             detail_str(d, "pg_dump_version")
-        ))
+        )
     }
     fn leftovers(&self, src: &SourceConfig) -> Result<Vec<String>, SourceError> {
         leftovers(src)

@@ -16,7 +16,7 @@ pub(super) fn target(req: &DbRestore) -> Result<Target, SourceError> {
                 && database_exists(&conn.maintenance(), &conn.db)?
                 && !database_is_empty(&conn)?
             {
-                return Err(SourceError::Usage(format!(
+                return Err(SourceError::NeedsForce(format!(
                     "database {} exists and is not empty: add --force to replace everything in it with source {} \
                      of snapshot {}, or name a database that does not exist yet (it is created)",
                     conn.display(),
@@ -28,14 +28,14 @@ pub(super) fn target(req: &DbRestore) -> Result<Target, SourceError> {
         }
         None => {
             let conn = configured.ok_or_else(|| {
-                SourceError::Usage(format!(
+                SourceError::NoLongerConfigured(format!(
                     "source {} is not in the config any more, so its database is unknown: \
                      restore it with --to-database URL",
                     req.source
                 ))
             })?;
             if !req.force {
-                return Err(SourceError::Usage(format!(
+                return Err(SourceError::NeedsForce(format!(
                     "restoring source {} replaces database {}: every object in it is dropped and recreated \
                      as snapshot {} holds it. Add --force to do that, or restore into another database with \
                      --to-database URL",

@@ -211,21 +211,16 @@ impl<'a> Replication<'a> {
     /// Sets the temporary server's password as the live server's
     /// `masterauth` and makes it a replica of the temporary server. On an
     /// error, the live server is as it was.
-    pub(super) fn begin(live: &'a Conn, temp: &TempServer) -> Result<Replication<'a>, String> {
+    pub(super) fn begin(
+        live: &'a Conn,
+        temp: &TempServer,
+    ) -> Result<Replication<'a>, ReplicationError> {
         let masterauth = live
             .config_get("masterauth")
-            .ok_or("CONFIG GET masterauth was refused")?;
+            .ok_or(ReplicationError::MasterauthUnreadable)?;
         let masteruser = live.config_get("masteruser").filter(|u| !u.is_empty());
-        let value = |r: Reply| match r {
-            Reply::Value(_) => Ok(()),
-            Reply::Error(e) | Reply::Down(e) => Err(e),
-        };
-        let set = |key: &str, v: &str| {
-            live.query_with(&["CONFIG", "SET", key], Some(v))
-                .map_err(|e| e.to_string())
-                .and_then(value)
-        };
-        set("masterauth", &temp.password)?;
+        let set = |key: &str, v: &str| answered(live.query_with(&["CONFIG", "SET", key], Some(v)));
+        set("masterauth", &temp.password).map_err(ReplicationError::Refused)?;
         let mut r = Replication {
             live,
             masterauth,
@@ -233,9 +228,15 @@ impl<'a> Replication<'a> {
             verb: "REPLICAOF",
             ended: false,
         };
-        if r.masteruser.is_some() {
-            // The temporary server knows only its default user.
-            set("masteruser", "")?;
+        // The temporary server knows only its default user.
+        if r.masteruser.is_some()
+            && let Err(error) = set("masteruser", "")
+        {
+            r.ended = true;
+            return Err(ReplicationError::Undone {
+                error,
+                undo: r.settings_back(),
+            });
         }
         let port = temp.conn.port.to_string();
         let mut res = live.query(&["REPLICAOF", "127.0.0.1", &port]);
@@ -245,71 +246,61 @@ impl<'a> Replication<'a> {
             r.verb = "SLAVEOF";
             res = live.query(&["SLAVEOF", "127.0.0.1", &port]);
         }
-        match res.map_err(|e| e.to_string()).and_then(value) {
+        match answered(res) {
             Ok(()) => Ok(r),
             Err(e) => {
                 // Not a replica: only the settings to put back.
                 r.ended = true;
-                let undo = r.restore_settings();
-                Err(match undo {
-                    Ok(()) => e,
-                    Err(u) => format!("{e}; and {u}"),
+                Err(ReplicationError::Undone {
+                    error: e,
+                    undo: r.settings_back(),
                 })
             }
         }
     }
 
-    pub(super) fn restore_settings(&self) -> Result<(), String> {
-        let set = |key: &str, v: &str| match self.live.query_with(&["CONFIG", "SET", key], Some(v))
-        {
-            Ok(Reply::Value(_)) => Ok(()),
-            Ok(Reply::Error(e) | Reply::Down(e)) => Err(e),
-            Err(e) => Err(e.to_string()),
-        };
-        let mut errs = Vec::new();
+    /// Puts the live server's `masterauth` and `masteruser` back; what
+    /// could not be is left to do by hand.
+    fn settings_back(&self) -> Vec<NotPutBack> {
+        let set =
+            |key: &str, v: &str| answered(self.live.query_with(&["CONFIG", "SET", key], Some(v)));
+        let mut left = Vec::new();
         if let Err(e) = set("masterauth", &self.masterauth) {
-            errs.push(format!(
-                "could not put its masterauth back ({e}): set it again with CONFIG SET masterauth"
-            ));
+            left.push(NotPutBack::Masterauth(e));
         }
         if let Some(u) = &self.masteruser
             && let Err(e) = set("masteruser", u)
         {
-            errs.push(format!(
-                "could not put its masteruser back ({e}): CONFIG SET masteruser {u}"
-            ));
+            left.push(NotPutBack::Masteruser {
+                user: u.clone(),
+                why: e,
+            });
         }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs.join("; "))
-        }
+        left
     }
 
     /// Makes the live server a master again (keeping what it holds) and
     /// puts its settings back. The error says what is left to do by hand.
-    pub(super) fn end(&mut self) -> Result<(), String> {
+    pub(super) fn end(&mut self) -> Result<(), EndError> {
         if self.ended {
             return Ok(());
         }
         self.ended = true;
-        let promoted = match self.live.query(&[self.verb, "NO", "ONE"]) {
-            Ok(Reply::Value(_)) => Ok(()),
-            Ok(Reply::Error(e) | Reply::Down(e)) => Err(e),
-            Err(e) => Err(e.to_string()),
-        };
-        let settings = self.restore_settings();
-        match (promoted, settings) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Ok(()), Err(s)) => Err(s),
-            (Err(p), s) => Err(format!(
-                "it is STILL A REPLICA of the stopped temporary server: run {} {} NO ONE{}",
-                self.live.command_line(),
-                self.verb,
-                s.err()
-                    .map(|s| format!("; it also {s}"))
-                    .unwrap_or_default()
-            ) + &format!(" ({p})")),
+        let promoted = answered(self.live.query(&[self.verb, "NO", "ONE"]));
+        let settings = self.settings_back();
+        match promoted {
+            Ok(()) if settings.is_empty() => Ok(()),
+            Ok(()) => Err(EndError {
+                still_replica: None,
+                settings,
+            }),
+            Err(why) => Err(EndError {
+                still_replica: Some(StillReplica {
+                    command: format!("{} {} NO ONE", self.live.command_line(), self.verb),
+                    why,
+                }),
+                settings,
+            }),
         }
     }
 
@@ -367,6 +358,86 @@ impl<'a> Replication<'a> {
                 )));
             }
             std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// What a server said when it did not do what was asked: its error reply,
+/// or why no server answered.
+fn answered(r: Result<Reply, SourceError>) -> Result<(), String> {
+    match r {
+        Ok(Reply::Value(_)) => Ok(()),
+        Ok(Reply::Error(e) | Reply::Down(e)) => Err(e),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A setting of the live server a replication changed and could not put back.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NotPutBack {
+    #[error("could not put its masterauth back ({0}): set it again with CONFIG SET masterauth")]
+    Masterauth(String),
+    #[error("could not put its masteruser back ({why}): CONFIG SET masteruser {user}")]
+    Masteruser { user: String, why: String },
+}
+
+fn and_undo(undo: &[NotPutBack]) -> String {
+    undo.iter().map(|u| format!("; and {u}")).collect()
+}
+
+/// Why the live server could not be made a replica of the temporary one.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ReplicationError {
+    #[error("CONFIG GET masterauth was refused")]
+    MasterauthUnreadable,
+    /// The first change was refused: nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// A later step was refused; the settings changed before it were put
+    /// back, except `undo`.
+    #[error("{error}{}", and_undo(.undo))]
+    Undone {
+        error: String,
+        undo: Vec<NotPutBack>,
+    },
+}
+
+/// The live server is still a replica: the command that ends it, and why
+/// coffer could not.
+#[derive(Debug)]
+pub(super) struct StillReplica {
+    command: String,
+    why: String,
+}
+
+/// What ending a replication left to do by hand.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.describe())]
+pub(super) struct EndError {
+    still_replica: Option<StillReplica>,
+    settings: Vec<NotPutBack>,
+}
+
+impl EndError {
+    fn describe(&self) -> String {
+        let settings = self
+            .settings
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        match &self.still_replica {
+            None => settings,
+            Some(r) => format!(
+                "it is STILL A REPLICA of the stopped temporary server: run {}{} ({})",
+                r.command,
+                if settings.is_empty() {
+                    String::new()
+                } else {
+                    format!("; it also {settings}")
+                },
+                r.why
+            ),
         }
     }
 }
@@ -488,7 +559,7 @@ pub(super) fn load_live(
                     holds(c),
                     show_keyspace(&want)
                 ),
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             return Err(SourceError::Failed(format!(
                 "{e}\nThe Redis server at {} {state}.\n{}",

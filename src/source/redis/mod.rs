@@ -76,15 +76,17 @@ struct Conn {
 
 impl Conn {
     fn new(src: &SourceConfig) -> Result<Conn, SourceError> {
-        let raw = src.url.as_deref().ok_or_else(|| {
-            SourceError::Usage(format!("source {}: a redis source needs `url`", src.name))
+        let raw = src.url.as_deref().ok_or_else(|| SourceError::MissingKey {
+            source_name: src.name.clone(),
+            key: "url",
+            example: "redis://[:password@]host[:port][/db]",
         })?;
-        let bad = |why: &str| {
-            SourceError::Usage(format!(
-                "source {}: url {}: {why} (expected redis://[:password@]host[:port][/db])",
-                src.name,
-                redact_url(raw)
-            ))
+        let bad = |why: &str| SourceError::BadUrl {
+            what: format!("source {}: `url`", src.name),
+            url: redact_url(raw),
+            kind: "Redis",
+            why: why.to_string(),
+            example: "redis://[:password@]host[:port][/db]",
         };
         let u = url::Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
         let tls = match u.scheme() {
@@ -193,17 +195,12 @@ impl Conn {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = c.spawn().map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                SourceError::Failed(format!(
-                    "source {}: redis-cli is not installed (not found on PATH)",
-                    self.source
-                ))
-            } else {
-                SourceError::Failed(format!(
-                    "source {}: cannot start redis-cli: {e}",
-                    self.source
-                ))
-            }
+            SourceError::spawn(
+                &format!("source {}", self.source),
+                "redis-cli",
+                Some("the Redis client tools"),
+                e,
+            )
         })?;
         if let (Some(v), Some(mut stdin)) = (last, child.stdin.take()) {
             use std::io::Write;
@@ -487,23 +484,24 @@ impl super::DatabaseSource for Redis {
     ) -> Result<DbRestored, SourceError> {
         restore(req, streams)
     }
-    fn check(&self, src: &SourceConfig) -> Result<String, String> {
+    fn check(&self, src: &SourceConfig) -> Result<String, SourceError> {
         if !crate::check::program_found("redis-cli") {
-            return Err(
-                "the dump tool redis-cli is not installed (not on PATH); install the Redis client tools"
-                    .into(),
-            );
+            return Err(SourceError::NotInstalled {
+                doing: "the dump tool".into(),
+                tool: "redis-cli".into(),
+                package: Some("the Redis client tools"),
+            });
         }
-        self.describe(&super::prepared(self, src)?)
+        Ok(self.describe(&super::prepared(self, src)?))
     }
-    fn describe(&self, d: &Details) -> Result<String, String> {
+    fn describe(&self, d: &Details) -> String {
         use super::detail_str;
-        Ok(format!(
+        format!(
             "{}: Redis {}, {}",
             detail_str(d, "url"),
             detail_str(d, "redis_version"),
             detail_str(d, "redis_cli_version")
-        ))
+        )
     }
 }
 

@@ -281,7 +281,7 @@ pub(super) fn plan_live(req: &DbRestore, c: Conn) -> Result<Live, SourceError> {
     }
     if !req.force {
         let keys: u64 = keyspace(&info).values().sum();
-        return Err(SourceError::Usage(format!(
+        return Err(SourceError::NeedsForce(format!(
             "the Redis server at {} holds {keys} keys: add --force to replace everything in it (every database) with what snapshot {} holds; coffer loads it into the running server by replication from a temporary redis-server",
             c.shown, req.snapshot
         )));
@@ -298,7 +298,7 @@ pub(super) fn plan(req: &DbRestore) -> Result<Target, SourceError> {
     };
     let Some(p) = req.to_database else {
         let Some(c) = conn else {
-            return Err(SourceError::Usage(format!(
+            return Err(SourceError::NoLongerConfigured(format!(
                 "source {} is not in the config any more, so coffer cannot ask its server where its RDB file is; write the file with --to-database PATH{}",
                 req.source,
                 recorded_rdb(req)
@@ -314,8 +314,10 @@ pub(super) fn plan(req: &DbRestore) -> Result<Target, SourceError> {
             req.source
         )));
     }
-    let path = std::path::absolute(p).map_err(|e| {
-        SourceError::Usage(format!("--to-database {p:?} is not a usable path: {e}"))
+    let path = std::path::absolute(p).map_err(|source| SourceError::BadPath {
+        flag: "--to-database",
+        path: p.to_string(),
+        source,
     })?;
     let meta = fs::metadata(&path).ok();
     if meta.as_ref().is_some_and(|m| m.is_dir()) {
@@ -346,7 +348,7 @@ pub(super) fn plan(req: &DbRestore) -> Result<Target, SourceError> {
         server = Some(s);
     }
     if meta.is_some() && !req.force {
-        return Err(SourceError::Usage(format!(
+        return Err(SourceError::NeedsForce(format!(
             "{} exists and would be replaced; add --force",
             path.display()
         )));

@@ -40,17 +40,10 @@ pub async fn run(g: &Global, a: CheckArgs) -> Result<Outcome, Error> {
             return Ok(Outcome::Failed(e.kind()));
         }
     };
-    let store = open_store(&s, false).map_err(|e| match e {
-        Error::Store(coffer::store::StoreError::NotFound { store, .. }) => format!(
-            "{store} does not exist (no such directory); check the URL, or create a repository with `coffer init`"
-        ),
-        e => e.to_string(),
-    });
-    let credential = credential(g, &s).map_err(|e| e.to_string());
     let rep = check::check(CheckInputs {
         config: &s.config,
-        store,
-        credential,
+        store: open_store(&s, false),
+        credential: credential(g, &s),
         max_age,
         key_file: g.key_file.as_deref(),
         now: chrono::Utc::now(),

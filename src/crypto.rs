@@ -143,6 +143,24 @@ impl MasterKey {
     }
 }
 
+impl MasterKey {
+    /// A format-2 key derived from the master key (docs/FORMAT.md section
+    /// 17.1): `HKDF-SHA256(salt = repository id, IKM = master key,
+    /// info = "coffer/v2/" || name)`.
+    pub fn subkey(&self, repo_id: &str, name: &str) -> Zeroizing<[u8; KEY_LEN]> {
+        let hk = Hkdf::<Sha256>::new(Some(repo_id.as_bytes()), &self.0);
+        let mut okm = Zeroizing::new([0u8; KEY_LEN]);
+        hk.expand_multi_info(&[b"coffer/v2/", name.as_bytes()], okm.as_mut_slice())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        okm
+    }
+
+    /// The master key of a test vector.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        MasterKey(bytes)
+    }
+}
+
 impl Drop for MasterKey {
     fn drop(&mut self) {
         self.0.zeroize();

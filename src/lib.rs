@@ -15,6 +15,7 @@ pub mod abandoned;
 pub mod archive;
 pub mod check;
 pub mod childenv;
+pub mod chunks;
 pub mod config;
 pub mod copy;
 pub mod credential;

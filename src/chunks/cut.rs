@@ -1,0 +1,191 @@
+//! Cutting content into chunks (docs/FORMAT.md section 17.2): FastCDC 2020
+//! with the repository's parameters and keyed gear table. Chunks come out
+//! one at a time, so memory holds at most one maximum-size chunk whatever
+//! the size of a file or dump.
+
+use std::io::{self, Read};
+
+use fastcdc::v2020::{Normalization, StreamCDC};
+use serde::{Deserialize, Serialize};
+
+/// `config`'s `chunker` (section 16.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub algorithm: Algorithm,
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+    pub normalization: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Algorithm {
+    #[serde(rename = "fastcdc-2020")]
+    FastCdc2020,
+}
+
+/// restic's sizes (section 17.2, tentative until measured).
+pub const DEFAULT_PARAMS: ChunkerParams = ChunkerParams {
+    algorithm: Algorithm::FastCdc2020,
+    min: 512 * 1024,
+    avg: 1024 * 1024,
+    max: 8 * 1024 * 1024,
+    normalization: 1,
+};
+
+/// Why a `chunker` cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "chunker parameters min {min}, avg {avg}, max {max}, normalization {normalization} are outside what FastCDC 2020 allows (min 64..=1048576, avg 256..=4194304, max 1024..=16777216, min <= avg <= max, all even; normalization 0..=3)"
+)]
+pub struct BadParams {
+    min: u32,
+    avg: u32,
+    max: u32,
+    normalization: u8,
+}
+
+impl ChunkerParams {
+    /// Refuses what the crate would refuse (it only asserts in debug
+    /// builds): a repository's `config` is read from the store.
+    pub fn check(&self) -> Result<(), BadParams> {
+        use fastcdc::v2020::*;
+        let (min, avg, max) = (self.min as usize, self.avg as usize, self.max as usize);
+        let ok = (MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
+            && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
+            && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max)
+            && min <= avg
+            && avg <= max
+            && [min, avg, max].iter().all(|v| v % 2 == 0)
+            && self.normalization <= 3;
+        if ok {
+            Ok(())
+        } else {
+            Err(BadParams {
+                min: self.min,
+                avg: self.avg,
+                max: self.max,
+                normalization: self.normalization,
+            })
+        }
+    }
+
+    fn level(&self) -> Normalization {
+        match self.normalization {
+            0 => Normalization::Level0,
+            1 => Normalization::Level1,
+            2 => Normalization::Level2,
+            _ => Normalization::Level3,
+        }
+    }
+}
+
+/// The chunks of `source`, in order, each as its plaintext bytes.
+pub struct Chunker<R: Read> {
+    inner: StreamCDC<R>,
+}
+
+impl<R: Read> Chunker<R> {
+    pub fn new(source: R, params: &ChunkerParams, seed: u64) -> Result<Self, BadParams> {
+        params.check()?;
+        Ok(Chunker {
+            inner: StreamCDC::with_level_and_seed(
+                source,
+                params.min as usize,
+                params.avg as usize,
+                params.max as usize,
+                params.level(),
+                seed,
+            ),
+        })
+    }
+}
+
+impl<R: Read> Iterator for Chunker<R> {
+    type Item = io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next().map(|r| {
+            r.map(|c| c.data).map_err(|e| match e {
+                fastcdc::v2020::Error::IoError(e) => e,
+                e => io::Error::other(e),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn cut(data: &[u8], seed: u64) -> Vec<Vec<u8>> {
+        Chunker::new(data, &DEFAULT_PARAMS, seed)
+            .unwrap()
+            .collect::<io::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn chunks_rejoin_to_the_input_within_the_size_limits() {
+        let data = pseudo_random(20 << 20, 1);
+        let chunks = cut(&data, 42);
+        assert_eq!(chunks.concat(), data);
+        let (min, max) = (DEFAULT_PARAMS.min as usize, DEFAULT_PARAMS.max as usize);
+        for c in &chunks[..chunks.len() - 1] {
+            assert!((min..=max).contains(&c.len()), "chunk of {} bytes", c.len());
+        }
+        assert!(chunks.len() > 5, "20 MiB in {} chunks", chunks.len());
+    }
+
+    #[test]
+    fn an_edit_in_the_middle_changes_only_the_chunks_around_it() {
+        let data = pseudo_random(16 << 20, 2);
+        let mut edited = data.clone();
+        edited[8 << 20] ^= 0xff;
+        let (a, b) = (cut(&data, 9), cut(&edited, 9));
+        let shared = a.iter().filter(|c| b.contains(c)).count();
+        assert!(
+            shared + 2 >= a.len(),
+            "only {shared} of {} chunks survived a one-byte edit",
+            a.len()
+        );
+    }
+
+    #[test]
+    fn the_seed_moves_the_cut_points() {
+        let data = pseudo_random(16 << 20, 3);
+        let (a, b) = (cut(&data, 1), cut(&data, 2));
+        assert_ne!(
+            a.iter().map(Vec::len).collect::<Vec<_>>(),
+            b.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn empty_and_small_inputs() {
+        assert!(cut(b"", 1).is_empty());
+        assert_eq!(cut(b"tiny", 1), vec![b"tiny".to_vec()]);
+    }
+
+    #[test]
+    fn parameters_from_a_store_are_checked() {
+        let mut p = DEFAULT_PARAMS;
+        p.max = 1 << 30;
+        assert!(p.check().is_err());
+        p = DEFAULT_PARAMS;
+        p.min = p.avg * 2;
+        assert!(p.check().is_err());
+        assert!(DEFAULT_PARAMS.check().is_ok());
+    }
+}

@@ -6,6 +6,7 @@
 
 pub mod cut;
 pub mod index;
+pub mod known;
 pub mod pack;
 
 use std::fmt;

@@ -96,6 +96,8 @@ pub enum ObjectKind {
     Archive,
     Index,
     Manifest,
+    /// Format 2: which pack holds which chunk (FORMAT.md section 19).
+    ChunkIndex,
 }
 
 impl ObjectKind {
@@ -104,6 +106,7 @@ impl ObjectKind {
             ObjectKind::Archive => b'A',
             ObjectKind::Index => b'I',
             ObjectKind::Manifest => b'M',
+            ObjectKind::ChunkIndex => b'X',
         }
     }
     fn name(self) -> &'static str {
@@ -111,6 +114,7 @@ impl ObjectKind {
             ObjectKind::Archive => "an archive",
             ObjectKind::Index => "an index",
             ObjectKind::Manifest => "a manifest",
+            ObjectKind::ChunkIndex => "a chunk index",
         }
     }
     fn from_byte(b: u8) -> Option<Self> {
@@ -118,6 +122,7 @@ impl ObjectKind {
             b'A' => Some(ObjectKind::Archive),
             b'I' => Some(ObjectKind::Index),
             b'M' => Some(ObjectKind::Manifest),
+            b'X' => Some(ObjectKind::ChunkIndex),
             _ => None,
         }
     }

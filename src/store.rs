@@ -52,6 +52,18 @@ pub enum StoreError {
         size: u64,
         cap: u64,
     },
+    /// A ranged read answered with fewer bytes than asked: the object is
+    /// shorter than its index says (truncated or replaced).
+    #[error(
+        "object {path} in {store} gave {got} bytes at offset {offset} where {wanted} were expected: it is shorter than the index says"
+    )]
+    ShortRange {
+        store: String,
+        path: String,
+        offset: u64,
+        wanted: u64,
+        got: u64,
+    },
     #[error(
         "{op} {path} in {store} failed: {endpoint} did not answer ({source}); coffer retried for {window:?}, waiting at most {timeout:?} for each answer. Check that {endpoint} is up and reachable from this host; to ride out longer outages, raise [repository.retry] window"
     )]
@@ -184,7 +196,7 @@ impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::BadUrl { .. } | StoreError::BadOption { .. } => ErrorKind::Usage,
-            StoreError::Damaged { .. } => ErrorKind::Integrity,
+            StoreError::Damaged { .. } | StoreError::ShortRange { .. } => ErrorKind::Integrity,
             _ => ErrorKind::Operational,
         }
     }
@@ -1038,6 +1050,26 @@ impl Store {
             out.extend_from_slice(&chunk);
         }
         Ok(out.freeze())
+    }
+
+    /// Reads `len` bytes at `offset` of an object (one blob of a pack). A
+    /// store that sends fewer bytes is an error, not a short blob.
+    pub async fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+        let b = self
+            .inner
+            .get_range(&ObjPath::from(path), offset..offset + len)
+            .await
+            .map_err(|e| self.err("read", path, e))?;
+        if b.len() as u64 != len {
+            return Err(StoreError::ShortRange {
+                store: self.url.clone(),
+                path: path.to_string(),
+                offset,
+                wanted: len,
+                got: b.len() as u64,
+            });
+        }
+        Ok(b)
     }
 
     /// The size of an object.

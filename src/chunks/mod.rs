@@ -8,6 +8,7 @@ pub mod cut;
 pub mod index;
 pub mod known;
 pub mod pack;
+pub mod storage;
 
 use std::fmt;
 

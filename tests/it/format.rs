@@ -1108,6 +1108,7 @@ fn kind_letter(k: ObjectKind) -> &'static str {
         ObjectKind::Archive => "A",
         ObjectKind::Index => "I",
         ObjectKind::Manifest => "M",
+        ObjectKind::ChunkIndex => "X",
     }
 }
 

@@ -1,0 +1,433 @@
+//! Chunks in a store (docs/FORMAT.md sections 18, 19 and 22): uploading
+//! packs and the index object that lists them, loading the union of the
+//! index objects, and reading one chunk back with a ranged read of its pack.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use bytes::Bytes;
+
+use super::index::{IndexContent, IndexError, IndexedPack};
+use super::pack::{
+    self, BlobEntry, BlobType, HEADER_LEN, PACK_TARGET, PackError, PackReader, PackWriter,
+};
+use super::{ChunkId, ChunkKeys};
+use crate::crypto::{MasterKey, ObjectKind, OpenReader, SealWriter};
+use crate::outcome::ErrorKind;
+use crate::store::{Store, StoreError};
+
+pub const INDEX_PREFIX: &str = "index/";
+/// The largest index object a reader loads (a damaged or planted one must
+/// not make it hold more).
+pub const MAX_INDEX_OBJECT: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkStoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("pack {pack}: {source}")]
+    Pack { pack: String, source: PackError },
+    #[error("index object {object}: {source}")]
+    Index { object: String, source: IndexError },
+    #[error("index object {object} cannot be opened: {source}")]
+    Sealed {
+        object: String,
+        source: std::io::Error,
+    },
+    #[error("chunk {0} is in no index: it is missing from the repository")]
+    Missing(ChunkId),
+}
+
+impl ChunkStoreError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ChunkStoreError::Store(s) => s.kind(),
+            ChunkStoreError::Pack { source, .. } => source.kind(),
+            ChunkStoreError::Index { .. }
+            | ChunkStoreError::Sealed { .. }
+            | ChunkStoreError::Missing(_) => ErrorKind::Integrity,
+        }
+    }
+}
+
+/// The context of an index object (section 19).
+pub fn index_context(repo_id: &str, index_id: &str) -> Vec<u8> {
+    format!("coffer/v2\0{repo_id}\0index\0{index_id}").into_bytes()
+}
+
+/// The index key as the input key material of a sealed object.
+fn index_sealing_key(keys: &ChunkKeys) -> MasterKey {
+    MasterKey::from_bytes(*keys.index_key())
+}
+
+/// Gathers chunks into packs and uploads each once it is full; at the end
+/// stores the index object that lists them.
+pub struct PackUploader<'a> {
+    store: &'a Store,
+    keys: &'a ChunkKeys,
+    level: i32,
+    pack: Option<PackWriter>,
+    written: Vec<IndexedPack>,
+    new_chunks: u64,
+    new_bytes: u64,
+}
+
+impl<'a> PackUploader<'a> {
+    pub fn new(store: &'a Store, keys: &'a ChunkKeys, level: i32) -> Self {
+        PackUploader {
+            store,
+            keys,
+            level,
+            pack: None,
+            written: Vec::new(),
+            new_chunks: 0,
+            new_bytes: 0,
+        }
+    }
+
+    /// Adds a chunk the repository does not hold yet.
+    pub async fn add(
+        &mut self,
+        id: ChunkId,
+        kind: BlobType,
+        plaintext: &[u8],
+    ) -> Result<(), ChunkStoreError> {
+        let p = self
+            .pack
+            .get_or_insert_with(|| PackWriter::new(self.keys, self.level));
+        p.add(id, kind, plaintext);
+        self.new_chunks += 1;
+        if p.len() >= PACK_TARGET {
+            self.upload_current().await?;
+        }
+        Ok(())
+    }
+
+    async fn upload_current(&mut self) -> Result<(), ChunkStoreError> {
+        let Some(p) = self.pack.take().filter(|p| !p.is_empty()) else {
+            return Ok(());
+        };
+        let sealed = p.finish();
+        self.new_bytes += sealed.bytes.len() as u64;
+        self.store
+            .put(&sealed.object_name(), Bytes::from(sealed.bytes), true)
+            .await?;
+        self.written.push(IndexedPack {
+            pack: sealed.id,
+            blobs: sealed.entries,
+        });
+        Ok(())
+    }
+
+    /// Uploads the last pack and stores the index object of every pack
+    /// uploaded (none when nothing was).
+    pub async fn finish(mut self, repo_id: &str) -> Result<Uploaded, ChunkStoreError> {
+        self.upload_current().await?;
+        let mut done = Uploaded {
+            index: None,
+            new_chunks: self.new_chunks,
+            new_bytes: self.new_bytes,
+        };
+        if self.written.is_empty() {
+            return Ok(done);
+        }
+        let id = crate::crypto::random_id(8);
+        let name = format!("{INDEX_PREFIX}{id}");
+        let content = IndexContent {
+            superseded: Vec::new(),
+            packs: std::mem::take(&mut self.written),
+        };
+        let mut plain = Vec::new();
+        let mut z = zstd::stream::Encoder::new(&mut plain, 3).map_err(sealed_err(&name))?;
+        content.write_to(&mut z).map_err(sealed_err(&name))?;
+        z.finish().map_err(sealed_err(&name))?;
+        let mut w = SealWriter::new(
+            Vec::new(),
+            &index_sealing_key(self.keys),
+            ObjectKind::ChunkIndex,
+            &index_context(repo_id, &id),
+        )
+        .map_err(sealed_err(&name))?;
+        w.write_all(&plain).map_err(sealed_err(&name))?;
+        let bytes = w.finish().map_err(sealed_err(&name))?;
+        self.store.put(&name, Bytes::from(bytes), true).await?;
+        done.index = Some(name);
+        Ok(done)
+    }
+}
+
+/// What a [`PackUploader`] stored.
+#[derive(Debug)]
+pub struct Uploaded {
+    /// The index object's name.
+    pub index: Option<String>,
+    pub new_chunks: u64,
+    /// Bytes of the packs uploaded.
+    pub new_bytes: u64,
+}
+
+fn sealed_err(object: &str) -> impl Fn(std::io::Error) -> ChunkStoreError + '_ {
+    move |source| ChunkStoreError::Sealed {
+        object: object.to_string(),
+        source,
+    }
+}
+
+/// Where every chunk of the repository is: the union of its index objects.
+#[derive(Default)]
+pub struct ChunkLocations {
+    packs: Vec<[u8; 32]>,
+    chunks: HashMap<ChunkId, (u32, BlobEntry)>,
+}
+
+impl ChunkLocations {
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &ChunkId> {
+        self.chunks.keys()
+    }
+
+    /// The pack and table entry of a chunk.
+    pub fn locate(&self, id: &ChunkId) -> Option<(&[u8; 32], &BlobEntry)> {
+        self.chunks
+            .get(id)
+            .map(|(p, e)| (&self.packs[*p as usize], e))
+    }
+
+    fn add(&mut self, content: IndexContent) {
+        for p in content.packs {
+            let n = self.packs.len() as u32;
+            self.packs.push(p.pack);
+            for b in p.blobs {
+                self.chunks.entry(b.id).or_insert((n, b));
+            }
+        }
+    }
+
+    /// Loads every index object of the repository.
+    pub async fn load(
+        store: &Store,
+        keys: &ChunkKeys,
+        repo_id: &str,
+    ) -> Result<ChunkLocations, ChunkStoreError> {
+        let mut all = ChunkLocations::default();
+        let key = index_sealing_key(keys);
+        for (name, _) in store.list(INDEX_PREFIX).await? {
+            let Some(id) = name.strip_prefix(INDEX_PREFIX) else {
+                continue;
+            };
+            let bytes = store.get_capped(&name, MAX_INDEX_OBJECT).await?;
+            let ctx = index_context(repo_id, id);
+            let content = (|| -> Result<IndexContent, ChunkStoreError> {
+                let open = OpenReader::new(&bytes[..], &key, ObjectKind::ChunkIndex, &ctx)
+                    .map_err(sealed_err(&name))?;
+                let mut z = zstd::stream::Decoder::new(open).map_err(sealed_err(&name))?;
+                let c =
+                    IndexContent::read_from(&mut z).map_err(|source| ChunkStoreError::Index {
+                        object: name.clone(),
+                        source,
+                    })?;
+                // Read to the authenticated end: a cut after the records
+                // must not go unnoticed.
+                std::io::copy(&mut z, &mut std::io::sink()).map_err(sealed_err(&name))?;
+                Ok(c)
+            })()?;
+            all.add(content);
+        }
+        Ok(all)
+    }
+}
+
+/// Reads chunks back by id: a ranged read of the pack's header once per
+/// pack, and one of each blob.
+pub struct ChunkFetcher<'a> {
+    store: &'a Store,
+    keys: &'a ChunkKeys,
+    locations: &'a ChunkLocations,
+    max_chunk: u32,
+    readers: HashMap<[u8; 32], PackReader>,
+}
+
+impl<'a> ChunkFetcher<'a> {
+    pub fn new(
+        store: &'a Store,
+        keys: &'a ChunkKeys,
+        locations: &'a ChunkLocations,
+        max_chunk: u32,
+    ) -> Self {
+        ChunkFetcher {
+            store,
+            keys,
+            locations,
+            max_chunk,
+            readers: HashMap::new(),
+        }
+    }
+
+    /// The plaintext of a chunk, checked against its id.
+    pub async fn fetch(&mut self, id: &ChunkId) -> Result<Vec<u8>, ChunkStoreError> {
+        let (pack_id, entry) = self
+            .locations
+            .locate(id)
+            .ok_or(ChunkStoreError::Missing(*id))?;
+        let name = pack::object_name(pack_id);
+        let pack_err = |source| ChunkStoreError::Pack {
+            pack: name.clone(),
+            source,
+        };
+        if !self.readers.contains_key(pack_id) {
+            let header = self.store.get_range(&name, 0, HEADER_LEN as u64).await?;
+            let r = PackReader::new(self.keys, &header, self.max_chunk).map_err(pack_err)?;
+            self.readers.insert(*pack_id, r);
+        }
+        let blob = self
+            .store
+            .get_range(&name, entry.offset as u64, entry.stored_len as u64)
+            .await?;
+        self.readers[pack_id]
+            .open(self.keys, entry, &blob)
+            .map_err(pack_err)
+    }
+}
+
+/// Reads everything from `r` into chunks, for tests and small inputs.
+#[cfg(test)]
+fn chunks_of(r: impl std::io::Read, keys: &ChunkKeys) -> Vec<(ChunkId, Bytes)> {
+    super::cut::Chunker::new(r, &super::cut::DEFAULT_PARAMS, keys.chunker_seed)
+        .unwrap()
+        .map(|c| {
+            let c = c.unwrap();
+            (keys.id_of(&c), c)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::known::KnownChunks;
+    use super::super::tests::vector_keys;
+    use super::*;
+
+    const REPO: &str = "00112233445566778899aabbccddeeff";
+
+    fn noise(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Two "snapshots" of a 40 MiB file with 1 MiB changed in its middle:
+    /// the second uploads only the chunks around the change, and both read
+    /// back whole through the index objects.
+    #[test]
+    fn a_second_upload_stores_only_what_changed_and_both_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), &Default::default(), true).unwrap();
+        let keys = vector_keys();
+        let first = noise(40 << 20, 5);
+        let mut second = first.clone();
+        second[20 << 20..21 << 20].copy_from_slice(&noise(1 << 20, 6));
+        rt().block_on(async {
+            let mut lists = Vec::new();
+            let mut uploaded = Vec::new();
+            for data in [&first, &second] {
+                let locs = ChunkLocations::load(&store, &keys, REPO).await.unwrap();
+                let mut known = KnownChunks::from_ids(locs.ids().copied());
+                let mut up = PackUploader::new(&store, &keys, 3);
+                let mut list = Vec::new();
+                for (id, c) in chunks_of(data.as_slice(), &keys) {
+                    if known.insert(&id) {
+                        up.add(id, BlobType::Data, &c).await.unwrap();
+                    }
+                    list.push(id);
+                }
+                let done = up.finish(REPO).await.unwrap();
+                assert!(done.index.is_some());
+                uploaded.push(done.new_bytes);
+                lists.push(list);
+            }
+            assert!(uploaded[0] > 40 << 20);
+            assert!(
+                uploaded[1] < uploaded[0] / 4,
+                "the second upload stored {} bytes for a 1 MiB change",
+                uploaded[1]
+            );
+            let locs = ChunkLocations::load(&store, &keys, REPO).await.unwrap();
+            let mut f = ChunkFetcher::new(&store, &keys, &locs, 8 << 20);
+            for (list, want) in lists.iter().zip([&first, &second]) {
+                let mut got = Vec::new();
+                for id in list {
+                    got.extend(f.fetch(id).await.unwrap());
+                }
+                assert!(got == **want, "a snapshot did not read back");
+            }
+        });
+    }
+
+    #[test]
+    fn a_damaged_pack_or_index_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), &Default::default(), true).unwrap();
+        let keys = vector_keys();
+        let data = noise(3 << 20, 7);
+        rt().block_on(async {
+            let mut up = PackUploader::new(&store, &keys, 3);
+            let chunks = chunks_of(data.as_slice(), &keys);
+            for (id, c) in &chunks {
+                up.add(*id, BlobType::Data, c).await.unwrap();
+            }
+            let index = up.finish(REPO).await.unwrap().index.unwrap();
+            // Flip a byte in the middle of the pack: the chunk there fails.
+            let (name, _) = store.list("packs/").await.unwrap().remove(0);
+            let path = dir.path().join(&name);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 1;
+            std::fs::write(&path, &bytes).unwrap();
+            let locs = ChunkLocations::load(&store, &keys, REPO).await.unwrap();
+            let mut f = ChunkFetcher::new(&store, &keys, &locs, 8 << 20);
+            let mut failed = Vec::new();
+            for (id, _) in &chunks {
+                if let Err(e) = f.fetch(id).await {
+                    assert_eq!(e.kind(), ErrorKind::Integrity, "{e}");
+                    assert!(e.to_string().contains(&name), "{e}");
+                    failed.push(id);
+                }
+            }
+            assert_eq!(failed.len(), 1, "one chunk holds the flipped byte");
+            // A chunk no index lists is missing.
+            let e = f.fetch(&keys.id_of(b"never stored")).await.unwrap_err();
+            assert!(matches!(e, ChunkStoreError::Missing(_)));
+            // A damaged index object fails the load, naming it.
+            let ipath = dir.path().join(&index);
+            let mut ib = std::fs::read(&ipath).unwrap();
+            let n = ib.len();
+            ib[n - 5] ^= 1;
+            std::fs::write(&ipath, &ib).unwrap();
+            let e = ChunkLocations::load(&store, &keys, REPO)
+                .await
+                .err()
+                .expect("a damaged index loads");
+            assert!(e.to_string().contains(&index), "{e}");
+            assert_eq!(e.kind(), ErrorKind::Integrity);
+        });
+    }
+}

@@ -182,16 +182,7 @@ impl<R: Read> Iterator for Chunker<R> {
 mod tests {
     use super::*;
 
-    fn pseudo_random(n: usize, mut x: u64) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use super::super::tests::noise as pseudo_random;
 
     fn cut(data: &[u8], seed: u64) -> Vec<Vec<u8>> {
         Chunker::new(data, &DEFAULT_PARAMS, seed)

@@ -95,6 +95,18 @@ mod tests {
         )
     }
 
+    /// Incompressible test bytes (xorshift64), the same for the same seed.
+    pub(crate) fn noise(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn chunk_ids_are_keyed_and_stable() {
         let k = vector_keys();

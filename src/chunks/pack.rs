@@ -486,15 +486,7 @@ mod tests {
     #[test]
     fn media_is_stored_as_is_and_text_compressed() {
         let k = vector_keys();
-        let mut x = 0x9e3779b97f4a7c15u64;
-        let noise: Vec<u8> = (0..200_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = super::super::tests::noise(200_000, 0x9e3779b97f4a7c15);
         let text = b"INSERT INTO orders VALUES (1, 'paid');\n".repeat(5000);
         let mut w = PackWriter::new(&k, 3);
         w.add(k.id_of(&noise), BlobType::Data, &noise);

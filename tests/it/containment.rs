@@ -824,10 +824,17 @@ fn a_hard_link_that_claims_other_content_than_its_target_is_refused() {
         ],
         &env.path("origin-never-used"),
     );
+    restore_and_deep_verify_refuse(&env, &id, &["hard link \"link.txt\"", "\"real.txt\""]);
+}
+
+/// `restore --target` and `verify --deep` of snapshot `id` both exit 3 and
+/// say each of `needles` and the snapshot id (verify reports on stdout,
+/// restore on stderr); the restore writes nothing.
+fn restore_and_deep_verify_refuse(env: &Env, id: &str, needles: &[&str]) {
     let target = env.path("restored");
     for args in [
-        vec!["restore", id.as_str(), "--target", target.to_str().unwrap()],
-        vec!["verify", "--deep", id.as_str()],
+        vec!["restore", id, "--target", target.to_str().unwrap()],
+        vec!["verify", "--deep", id],
     ] {
         let out = env.cmd().args(&args).output().expect("run coffer");
         let text = format!(
@@ -836,10 +843,9 @@ fn a_hard_link_that_claims_other_content_than_its_target_is_refused() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(out.status.code(), Some(3), "{args:?}:\n{text}");
-        assert!(
-            text.contains("hard link \"link.txt\"") && text.contains("\"real.txt\""),
-            "{args:?} does not name the link and its target:\n{text}"
-        );
+        for n in needles.iter().chain([&id]) {
+            assert!(text.contains(n), "{args:?} does not say {n:?}:\n{text}");
+        }
     }
     assert!(
         !target.join(SOURCE).exists(),
@@ -864,26 +870,7 @@ fn oversized_tar_headers_and_dump_chunks_are_refused() {
         ],
         &env.path("origin-never-used"),
     );
-    let target = env.path("restored");
-    for args in [
-        vec!["restore", id.as_str(), "--target", target.to_str().unwrap()],
-        vec!["verify", "--deep", id.as_str()],
-    ] {
-        // verify reports on stdout, restore on stderr.
-        let out = env.cmd().args(&args).output().expect("run coffer");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.status.code(), Some(3), "{args:?}:\n{text}");
-        assert!(
-            text.contains("GNU long name") && text.contains("claims 2097152 bytes"),
-            "{args:?} does not say what is wrong:\n{text}"
-        );
-        assert!(text.contains(&id), "{args:?}: {text}");
-    }
-    assert!(!target.join(SOURCE).exists(), "nothing was restored");
+    restore_and_deep_verify_refuse(&env, &id, &["GNU long name", "claims 2097152 bytes"]);
 
     // A command source whose one chunk is 4 MiB + 1 byte.
     static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();

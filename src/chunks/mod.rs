@@ -77,7 +77,6 @@ impl ChunkKeys {
     }
 
     /// Seals index objects and prune marks (sections 19, 23).
-    #[allow(dead_code)] // used once index objects are stored (issue 13)
     pub(crate) fn index_key(&self) -> &[u8; 32] {
         &self.index
     }

@@ -291,8 +291,9 @@ impl PackWriter {
 /// Bytes of a chunk tried before compressing all of it.
 const SAMPLE: usize = 64 * 1024;
 
-/// Whether a sample from the middle of a large chunk gains less than 3 %
-/// at zstd's fastest level: media (JPEG, MP4, archives) then skips the
+/// Whether a sample from the middle of a chunk (64 KiB, or half of a
+/// smaller chunk; chunks under 4 KiB are always compressed) gains less than
+/// 3 % at zstd's fastest level: media (JPEG, MP4, archives) then skips the
 /// compressor, which would cost more than sealing. A chunk that the sample
 /// misjudges is only stored larger than it could be; it reads the same.
 fn looks_incompressible(plaintext: &[u8]) -> bool {

@@ -85,7 +85,10 @@ impl<'a> PackUploader<'a> {
         }
     }
 
-    /// Adds a chunk the repository does not hold yet.
+    /// Adds a chunk the repository does not hold yet. Compressing and
+    /// sealing run inside this future, blocking its thread: the snapshot
+    /// pipeline (issue 13, next) is to do them on blocking workers and hand
+    /// finished packs to the upload.
     pub async fn add(
         &mut self,
         id: ChunkId,
@@ -296,18 +299,6 @@ impl<'a> ChunkFetcher<'a> {
     }
 }
 
-/// Reads everything from `r` into chunks, for tests and small inputs.
-#[cfg(test)]
-fn chunks_of(r: impl std::io::Read, keys: &ChunkKeys) -> Vec<(ChunkId, Bytes)> {
-    super::cut::Chunker::new(r, &super::cut::DEFAULT_PARAMS, keys.chunker_seed)
-        .unwrap()
-        .map(|c| {
-            let c = c.unwrap();
-            (keys.id_of(&c), c)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::known::KnownChunks;
@@ -315,6 +306,17 @@ mod tests {
     use super::*;
 
     const REPO: &str = "00112233445566778899aabbccddeeff";
+
+    /// All of `r`, cut into chunks and named.
+    fn chunks_of(r: impl std::io::Read, keys: &ChunkKeys) -> Vec<(ChunkId, Bytes)> {
+        super::super::cut::Chunker::new(r, &super::super::cut::DEFAULT_PARAMS, keys.chunker_seed)
+            .unwrap()
+            .map(|c| {
+                let c = c.unwrap();
+                (keys.id_of(&c), c)
+            })
+            .collect()
+    }
 
     use super::super::tests::noise;
 
@@ -404,6 +406,21 @@ mod tests {
                 }
             }
             assert_eq!(failed.len(), 1, "one chunk holds the flipped byte");
+            // A pack cut short: its last chunk cannot be read whole.
+            let (last_id, _) = chunks.last().unwrap();
+            let cut_len = locs.locate(last_id).unwrap().1.offset as usize + 10;
+            std::fs::write(&path, &bytes[..cut_len]).unwrap();
+            let e = ChunkFetcher::new(&store, &keys, &locs, 8 << 20)
+                .fetch(last_id)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, ChunkStoreError::Store(StoreError::ShortRange { .. })),
+                "{e}"
+            );
+            assert_eq!(e.kind(), ErrorKind::Integrity);
+            assert!(e.to_string().contains("shorter than the index says"), "{e}");
+            std::fs::write(&path, &bytes).unwrap();
             // A chunk no index lists is missing.
             let e = f.fetch(&keys.id_of(b"never stored")).await.unwrap_err();
             assert!(matches!(e, ChunkStoreError::Missing(_)));

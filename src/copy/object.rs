@@ -20,13 +20,10 @@ pub(super) enum ObjectError {
     /// A key from another store that would leave a local destination.
     #[error("key {0:?} cannot be a file name (empty, `.` or `..` segment)")]
     BadKey(String),
-    #[error("size at DST is {at_dst} bytes after {how} {size}{}", if *.server_side { " bytes" } else { "" })]
-    SizeAfter {
-        at_dst: u64,
-        size: u64,
-        how: &'static str,
-        server_side: bool,
-    },
+    #[error("size at DST is {at_dst} bytes after writing {size}")]
+    SizeAfterWrite { at_dst: u64, size: u64 },
+    #[error("size at DST is {at_dst} bytes after a server-side copy of {size} bytes")]
+    SizeAfterServerCopy { at_dst: u64, size: u64 },
     #[error(
         "SHA-256 mismatch for {key}: SRC says {expected}, the bytes read hash to {got} (changed while copying, or corrupted)"
     )]
@@ -74,7 +71,9 @@ impl ObjectError {
                     | InvalidInput
             ),
             ObjectError::BadKey(_) => false,
-            ObjectError::SizeAfter { .. } | ObjectError::ShaMismatch { .. } => true,
+            ObjectError::SizeAfterWrite { .. }
+            | ObjectError::SizeAfterServerCopy { .. }
+            | ObjectError::ShaMismatch { .. } => true,
             ObjectError::Hashing { source, .. } => source.retry(),
         }
     }
@@ -333,12 +332,7 @@ pub(super) async fn copy_once(ctx: &Ctx, src: &Entry) -> Result<u64, ObjectError
                 .map_err(|e| os_fail("stat DST after writing", e))?
                 .size;
             if at_dst != size {
-                return Err(ObjectError::SizeAfter {
-                    at_dst,
-                    size,
-                    how: "writing",
-                    server_side: false,
-                });
+                return Err(ObjectError::SizeAfterWrite { at_dst, size });
             }
             Ok(size)
         }
@@ -389,11 +383,9 @@ pub(super) async fn copy_server_side(ctx: &Ctx, src: &Entry) -> Result<u64, Obje
         .map_err(|e| os_fail("stat DST after copying", e))?
         .size;
     if at_dst != src.size {
-        return Err(ObjectError::SizeAfter {
+        return Err(ObjectError::SizeAfterServerCopy {
             at_dst,
             size: src.size,
-            how: "a server-side copy of",
-            server_side: true,
         });
     }
     Ok(at_dst)
@@ -445,12 +437,7 @@ impl LocalWriter {
                     .map_err(|e| io_fail("stat DST", e))?
                     .len();
                 if at != size {
-                    return Err(ObjectError::SizeAfter {
-                        at_dst: at,
-                        size,
-                        how: "writing",
-                        server_side: false,
-                    });
+                    return Err(ObjectError::SizeAfterWrite { at_dst: at, size });
                 }
                 let t = filetime::FileTime::from_unix_time(
                     mtime.timestamp(),

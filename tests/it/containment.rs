@@ -825,6 +825,27 @@ fn a_hard_link_that_claims_other_content_than_its_target_is_refused() {
         &env.path("origin-never-used"),
     );
     restore_and_deep_verify_refuse(&env, &id, &["hard link \"link.txt\"", "\"real.txt\""]);
+    // A link to a file the archive does not hold before it: the restore
+    // refuses to link it, verify --deep finds the index wrong.
+    let id = commit_crafted(
+        &env,
+        &[
+            E::File(b"real.txt".to_vec(), b"the real bytes"),
+            E::Hardlink(b"link.txt".to_vec(), b"missing.txt".to_vec()),
+        ],
+        &env.path("origin-never-used"),
+    );
+    restore_and_deep_verify_refuse(&env, &id, &["\"missing.txt\""]);
+    let out = env
+        .cmd()
+        .args(["verify", "--deep", &id])
+        .output()
+        .expect("run coffer");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("which is not a file stored before it"),
+        "verify --deep does not say why:\n{text}"
+    );
 }
 
 /// `restore --target` and `verify --deep` of snapshot `id` both exit 3 and

@@ -487,7 +487,7 @@ impl super::DatabaseSource for Redis {
     fn check(&self, src: &SourceConfig) -> Result<String, SourceError> {
         if !crate::check::program_found("redis-cli") {
             return Err(SourceError::NotInstalled {
-                doing: "the dump tool".into(),
+                doing: format!("source {}", src.name),
                 tool: "redis-cli".into(),
                 package: Some("the Redis client tools"),
             });

@@ -439,9 +439,11 @@ impl Dir {
                 other => other?,
             }
             // Another process may swap what we just made for a symlink, a
-            // file or its own directory before we open it.
+            // file or its own directory, or move it away, before we open it.
             let d = self.open_dir(&name).map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOTDIR) | Some(libc::ELOOP) => Replaced::error(self.path.join(&name)),
+                Some(libc::ENOTDIR) | Some(libc::ELOOP) | Some(libc::ENOENT) => {
+                    Replaced::error(self.path.join(&name))
+                }
                 _ => e,
             })?;
             let st = d.stat()?;

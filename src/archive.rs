@@ -28,6 +28,106 @@ pub struct DataOutcome {
     pub read: u64,
     /// The file had fewer bytes than announced (the gap is zero-filled).
     pub short: bool,
+    /// Format 2: the chunks the data was stored as.
+    pub chunks: Option<Vec<crate::chunks::ChunkId>>,
+}
+
+/// Where a source's entries go: a tar stream (format 1, [`TarWriter`]) or
+/// chunks (format 2, [`crate::chunks::write::ChunkSink`]). Either way a
+/// file's data is exactly its announced size: a file that shrinks while
+/// read is zero-filled, one that grows is cut.
+pub trait EntrySink {
+    /// Stores one entry; `data` yields a regular file's bytes.
+    fn append(
+        &mut self,
+        e: &IndexEntry,
+        tar_path: &str,
+        data: Option<&mut dyn Read>,
+    ) -> io::Result<Option<DataOutcome>>;
+
+    /// Format 2, directory sources: the previous snapshot's line for this
+    /// file when its size, times and inode are unchanged (section 21.2),
+    /// so the file need not be read. `e` carries what `stat` says now.
+    fn unchanged(&mut self, _e: &IndexEntry) -> Option<IndexEntry> {
+        None
+    }
+
+    /// Whether index lines record inode and change time (format 2).
+    fn records_identity(&self) -> bool {
+        false
+    }
+}
+
+impl<W: Write> EntrySink for TarWriter<W> {
+    fn append(
+        &mut self,
+        e: &IndexEntry,
+        tar_path: &str,
+        data: Option<&mut dyn Read>,
+    ) -> io::Result<Option<DataOutcome>> {
+        TarWriter::append(self, e, tar_path, data)
+    }
+}
+
+/// A file's data as exactly its announced size, hashed on the way: the
+/// format 2 counterpart of [`TarWriter::append`]'s copy.
+pub struct Announced<'a> {
+    inner: &'a mut dyn Read,
+    left: u64,
+    read: u64,
+    short: bool,
+    hasher: Sha256,
+}
+
+impl<'a> Announced<'a> {
+    pub fn new(inner: &'a mut dyn Read, size: u64) -> Self {
+        Announced {
+            inner,
+            left: size,
+            read: 0,
+            short: false,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// SHA-256 (hex), bytes read from the source, and whether it was short.
+    pub fn finish(self) -> (String, u64, bool) {
+        (hex::encode(self.hasher.finalize()), self.read, self.short)
+    }
+}
+
+impl Read for Announced<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = if self.short {
+            buf[..want].fill(0);
+            want
+        } else {
+            loop {
+                match self.inner.read(&mut buf[..want]) {
+                    Ok(0) => {
+                        self.short = true;
+                        buf[..want].fill(0);
+                        break want;
+                    }
+                    Ok(n) => {
+                        self.read += n as u64;
+                        break n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        self.hasher.update(&buf[..n]);
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Writes a tar stream entry by entry.
@@ -173,6 +273,7 @@ impl<W: Write> TarWriter<W> {
             sha256: hex::encode(hasher.finalize()),
             read,
             short,
+            chunks: None,
         })
     }
 
@@ -385,6 +486,26 @@ impl<R: Read> Read for TarGuard<R> {
 /// making a reader buffer gigabytes in search of a newline.
 pub const MAX_INDEX_LINE: usize = 1 << 20;
 
+/// The most chunk ids on one file list line (section 20).
+pub const CHUNKS_PER_LINE: usize = 1024;
+
+/// A continuation line of a file's chunk ids (section 20).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoreLine {
+    #[serde(rename = "type")]
+    kind: MoreTag,
+    chunks: Vec<crate::chunks::ChunkId>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    more: bool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum MoreTag {
+    More,
+}
+
 /// Writes index entries as JSON lines.
 pub struct IndexWriter<W: Write> {
     out: W,
@@ -394,15 +515,38 @@ impl<W: Write> IndexWriter<W> {
     pub fn new(out: W) -> Self {
         IndexWriter { out }
     }
+    /// Writes one entry; a format 2 file of more than [`CHUNKS_PER_LINE`]
+    /// chunks continues on `more` lines (docs/FORMAT.md section 20).
     pub fn push(&mut self, e: &IndexEntry) -> io::Result<()> {
-        let line = serde_json::to_vec(e).map_err(io::Error::other)?;
+        match &e.chunks {
+            Some(c) if c.len() > CHUNKS_PER_LINE => {
+                let mut first = e.clone();
+                first.chunks = Some(c[..CHUNKS_PER_LINE].to_vec());
+                first.more = true;
+                self.line(&first, &e.path)?;
+                let rest: Vec<_> = c[CHUNKS_PER_LINE..].chunks(CHUNKS_PER_LINE).collect();
+                for (i, part) in rest.iter().enumerate() {
+                    let more = MoreLine {
+                        kind: MoreTag::More,
+                        chunks: part.to_vec(),
+                        more: i + 1 < rest.len(),
+                    };
+                    self.line(&more, &e.path)?;
+                }
+                Ok(())
+            }
+            _ => self.line(e, &e.path),
+        }
+    }
+
+    fn line(&mut self, v: &impl serde::Serialize, path: &str) -> io::Result<()> {
+        let line = serde_json::to_vec(v).map_err(io::Error::other)?;
         // Never write what no reader would accept.
         if line.len() > MAX_INDEX_LINE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "the index line of {:?} would be {} bytes, more than the {MAX_INDEX_LINE} a reader accepts",
-                    e.path,
+                    "the index line of {path:?} would be {} bytes, more than the {MAX_INDEX_LINE} a reader accepts",
                     line.len()
                 ),
             ));
@@ -435,14 +579,14 @@ impl<R: BufRead> IndexReader<R> {
         self.input
     }
 
-    /// The next entry, or `None` at the end.
-    pub fn next_entry(&mut self) -> io::Result<Option<IndexEntry>> {
+    /// Reads the next line into `self.line`; false at the end.
+    fn read_line(&mut self) -> io::Result<bool> {
         self.line.clear();
         // One byte more than the cap, plus the newline: enough to tell a
         // line at the cap from one over it.
         let limit = MAX_INDEX_LINE as u64 + 2;
         if (&mut self.input).take(limit).read_line(&mut self.line)? == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         self.line_no += 1;
         if self.line.trim_end_matches('\n').len() > MAX_INDEX_LINE {
@@ -454,14 +598,54 @@ impl<R: BufRead> IndexReader<R> {
                 ),
             ));
         }
-        serde_json::from_str(self.line.trim_end())
-            .map(Some)
-            .map_err(|e| {
+        Ok(true)
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> io::Result<T> {
+        serde_json::from_str(self.line.trim_end()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("index line {} is not valid: {e}", self.line_no),
+            )
+        })
+    }
+
+    /// The next entry, or `None` at the end. A file's `more` lines are
+    /// joined to it.
+    pub fn next_entry(&mut self) -> io::Result<Option<IndexEntry>> {
+        if !self.read_line()? {
+            return Ok(None);
+        }
+        let mut e: IndexEntry = self.parse()?;
+        if e.more {
+            let mut chunks = e.chunks.take().ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("index line {} is not valid: {e}", self.line_no),
+                    format!(
+                        "index line {} says more chunks follow but lists none",
+                        self.line_no
+                    ),
                 )
-            })
+            })?;
+            let mut more = true;
+            while more {
+                if !self.read_line()? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the list ends after line {} where more chunks of {:?} were to follow",
+                            self.line_no, e.path
+                        ),
+                    ));
+                }
+                let m: MoreLine = self.parse()?;
+                chunks.extend(m.chunks);
+                more = m.more;
+            }
+            e.chunks = Some(chunks);
+            e.more = false;
+        }
+        Ok(Some(e))
     }
 
     /// The next entry that has bytes in the archive (skips files that could
@@ -645,6 +829,11 @@ mod tests {
             stored: true,
             error: None,
             object: None,
+            chunks: None,
+            more: false,
+            ino: None,
+            ctime: None,
+            ctime_nsec: None,
         }
     }
 

@@ -12,8 +12,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Version of the manifest and index documents written by this build.
-pub const MANIFEST_VERSION: u32 = 1;
+use crate::chunks::ChunkId;
+
+/// The newest manifest version this build reads: 1 in format 1
+/// repositories, 2 in format 2 (docs/FORMAT.md section 21).
+pub const MANIFEST_VERSION: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,6 +77,15 @@ pub struct ObjectRef {
     pub sha256: String,
 }
 
+/// Where a format 2 source's file list is: its chunks in order, its
+/// length and SHA-256 (section 21).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListRef {
+    pub chunks: Vec<ChunkId>,
+    pub size: u64,
+    pub sha256: String,
+}
+
 /// A file that could not be stored whole.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Problem {
@@ -98,6 +110,17 @@ pub struct SourceRecord {
     pub origin: Option<String>,
     pub archive: Option<ObjectRef>,
     pub index: Option<ObjectRef>,
+    /// Format 2: the chunks of the source's file list (section 21).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<ListRef>,
+    /// Format 2: chunks this source uploaded and their stored bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_chunks: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_bytes: Option<u64>,
+    /// Format 2: files whose chunks came from the parent without a read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_files: Option<u64>,
     /// Files that could not be read, or changed while read.
     #[serde(default)]
     pub problems: Vec<Problem>,
@@ -150,6 +173,20 @@ pub struct IndexEntry {
     /// file's bytes when it is not this source's own archive. Absent in v1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
+    /// Format 2: the ids of a stored file's content, in order (section 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Vec<ChunkId>>,
+    /// Format 2, on the wire only: more chunks follow on `more` lines.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    /// Format 2, directory sources: inode and change time when read, for
+    /// the next snapshot's unchanged-file shortcut (section 21.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_nsec: Option<u32>,
 }
 
 /// The context string bound into a sealed object's authentication: which

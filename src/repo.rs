@@ -16,6 +16,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::chunks::storage::{ChunkLocations, ChunkStoreError, Fetcher};
+use crate::chunks::{self, ChunkKeys, cut::ChunkerParams};
 use crate::crypto::{self, Credential, CryptoError, KeySlot, MasterKey, ObjectKind};
 use crate::manifest::{MANIFEST_VERSION, Manifest, seal_context};
 use crate::outcome::ErrorKind;
@@ -26,7 +28,10 @@ pub const KEYS_PREFIX: &str = "keys/";
 pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
 pub const DATA_PREFIX: &str = "data/";
 pub const REPO_FORMAT: &str = "coffer-repository";
-pub const REPO_VERSION: u32 = 1;
+/// The newest repository format this coffer reads and writes.
+pub const REPO_VERSION: u32 = 2;
+/// The format `coffer init` creates unless asked for another.
+pub const DEFAULT_FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -103,6 +108,8 @@ pub enum RepoError {
     UnknownSlot(String),
     #[error("refusing to remove key slot {0}: {1}")]
     SlotInUse(String, String),
+    #[error("there is no repository format {0}; this coffer writes formats 1 and 2")]
+    NoSuchFormat(u32),
 }
 
 impl RepoError {
@@ -122,6 +129,7 @@ impl RepoError {
             | RepoError::NoCredential
             | RepoError::UnknownSlot(_)
             | RepoError::SlotInUse(..)
+            | RepoError::NoSuchFormat(_)
             | RepoError::AlreadyInitialised(_)
             | RepoError::NotARepository(_) => ErrorKind::Usage,
             // Written by a newer coffer: nothing is damaged, upgrade to read it.
@@ -141,6 +149,9 @@ struct RepoConfig {
     version: u32,
     id: String,
     created: DateTime<Utc>,
+    /// Format 2 only (docs/FORMAT.md section 16.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunker: Option<ChunkerParams>,
 }
 
 /// An opened (unlocked) repository.
@@ -155,6 +166,18 @@ pub struct Repository {
     master: Arc<MasterKey>,
     /// The key slot that opened it.
     pub slot_id: String,
+    /// The repository format version (`config`'s `version`).
+    pub format: u32,
+    /// Format 2: how writers cut chunks, and the keys derived for chunks.
+    pub chunked: Option<Arc<Chunked>>,
+}
+
+/// What a format 2 repository adds to an opened one (section 17).
+pub struct Chunked {
+    pub params: ChunkerParams,
+    pub keys: ChunkKeys,
+    /// Where every chunk is, loaded on first use by a reader.
+    fetcher: tokio::sync::OnceCell<Arc<Fetcher>>,
 }
 
 pub fn host_name() -> String {
@@ -164,8 +187,12 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Creates a new repository in `store`, openable by `cred`.
-pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoError> {
+/// Creates a new repository of format `format` (1 or 2) in `store`,
+/// openable by `cred`.
+pub async fn init(store: &Store, cred: &Credential, format: u32) -> Result<Repository, RepoError> {
+    if !(1..=REPO_VERSION).contains(&format) {
+        return Err(RepoError::NoSuchFormat(format));
+    }
     // A HEAD, not a read: whatever sits there, however large, is in the way.
     match store.size(CONFIG_OBJECT).await {
         Ok(_) => return Err(RepoError::AlreadyInitialised(store.url().to_string())),
@@ -178,9 +205,10 @@ pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
     let master = MasterKey::generate();
     let cfg = RepoConfig {
         format: REPO_FORMAT.into(),
-        version: REPO_VERSION,
+        version: format,
         id: id.clone(),
         created: Utc::now(),
+        chunker: (format >= 2).then_some(chunks::cut::DEFAULT_PARAMS),
     };
     let cfg_bytes = serde_json::to_vec_pretty(&cfg).expect("config serialises");
     let config_sha256 = sha256(&cfg_bytes);
@@ -203,13 +231,7 @@ pub async fn init(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
         }
         Err(e) => return Err(e.into()),
     }
-    Ok(Repository {
-        store: store.clone(),
-        id,
-        config_sha256,
-        master: Arc::new(master),
-        slot_id: slot.id,
-    })
+    Ok(Repository::new(store, &cfg, config_sha256, master, slot.id))
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -248,11 +270,30 @@ async fn read_config(store: &Store) -> Result<(RepoConfig, [u8; 32]), RepoError>
             reason: "its format version is 0, which no coffer writes".into(),
         });
     }
-    if cfg.version != REPO_VERSION {
+    if cfg.version > REPO_VERSION {
         return Err(RepoError::UnsupportedVersion {
             url: store.url().to_string(),
             version: cfg.version,
         });
+    }
+    match (&cfg.chunker, cfg.version) {
+        (None, 1) => {}
+        (Some(_), 1) => {
+            return Err(RepoError::DamagedConfig {
+                url: store.url().to_string(),
+                reason: "a format 1 config has a `chunker`".into(),
+            });
+        }
+        (None, _) => {
+            return Err(RepoError::DamagedConfig {
+                url: store.url().to_string(),
+                reason: format!("format {} needs a `chunker`", cfg.version),
+            });
+        }
+        (Some(p), _) => p.check().map_err(|e| RepoError::DamagedConfig {
+            url: store.url().to_string(),
+            reason: e.to_string(),
+        })?,
     }
     Ok((cfg, digest))
 }
@@ -349,13 +390,7 @@ pub async fn open(store: &Store, cred: &Credential) -> Result<Repository, RepoEr
         .map_err(RepoError::Credential)?
     };
     match found {
-        Some((master, slot_id)) => Ok(Repository {
-            store: store.clone(),
-            id: cfg.id,
-            config_sha256,
-            master: Arc::new(master),
-            slot_id,
-        }),
+        Some((master, slot_id)) => Ok(Repository::new(store, &cfg, config_sha256, master, slot_id)),
         None => Err(RepoError::WrongKey {
             credential: cred.describe(),
             url: store.url().to_string(),
@@ -399,6 +434,62 @@ pub fn listing_outcome(damaged: &[Damaged]) -> crate::Outcome {
 }
 
 impl Repository {
+    fn new(
+        store: &Store,
+        cfg: &RepoConfig,
+        config_sha256: [u8; 32],
+        master: MasterKey,
+        slot_id: String,
+    ) -> Repository {
+        let chunked = cfg.chunker.map(|params| {
+            Arc::new(Chunked {
+                params,
+                keys: ChunkKeys::derive(&master, &cfg.id),
+                fetcher: tokio::sync::OnceCell::new(),
+            })
+        });
+        Repository {
+            store: store.clone(),
+            id: cfg.id.clone(),
+            config_sha256,
+            master: Arc::new(master),
+            slot_id,
+            format: cfg.version,
+            chunked,
+        }
+    }
+
+    /// The context a manifest is sealed with: section 7 in format 1,
+    /// section 21 in format 2.
+    pub fn manifest_context(&self, snapshot_id: &str) -> Vec<u8> {
+        if self.format >= 2 {
+            format!("coffer/v2\0{}\0{snapshot_id}", self.id).into_bytes()
+        } else {
+            seal_context(&self.id, snapshot_id, None)
+        }
+    }
+
+    /// Format 2: reads chunks back by id, once the index objects are loaded
+    /// (the first call loads them).
+    pub async fn fetcher(&self) -> Result<Arc<Fetcher>, ChunkStoreError> {
+        let Some(c) = &self.chunked else {
+            return Err(ChunkStoreError::Internal(
+                "a format 1 repository has no chunks".into(),
+            ));
+        };
+        c.fetcher
+            .get_or_try_init(|| async {
+                let locations = ChunkLocations::load(&self.store, &c.keys, &self.id).await?;
+                Ok(Arc::new(Fetcher::new(
+                    &self.store,
+                    Arc::clone(c),
+                    Arc::new(locations),
+                )))
+            })
+            .await
+            .cloned()
+    }
+
     pub fn master(&self) -> &MasterKey {
         &self.master
     }
@@ -482,7 +573,7 @@ impl Repository {
         let sealed = crypto::seal_bytes(
             &self.master,
             ObjectKind::Manifest,
-            &seal_context(&self.id, &m.id, None),
+            &self.manifest_context(&m.id),
             &plain,
         );
         // Never commit what no reader would open.
@@ -519,7 +610,7 @@ impl Repository {
         let plain = crypto::open_bytes(
             &self.master,
             ObjectKind::Manifest,
-            &seal_context(&self.id, id, None),
+            &self.manifest_context(id),
             &raw,
         )
         .map_err(|e| damaged(e.to_string()))?;
@@ -537,6 +628,14 @@ impl Repository {
                 object,
                 version: m.version,
             });
+        }
+        // Format 1 repositories hold version 1 manifests, format 2 ones
+        // version 2 (their contexts differ, so only a bug could mix them).
+        if (m.version >= 2) != (self.format >= 2) {
+            return Err(damaged(format!(
+                "manifest version {} in a format {} repository",
+                m.version, self.format
+            )));
         }
         Ok(m)
     }

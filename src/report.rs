@@ -656,6 +656,11 @@ pub struct ShowSource<'a> {
     pub origin: Option<&'a str>,
     pub archive: Option<&'a ObjectRef>,
     pub index: Option<&'a ObjectRef>,
+    /// Format 2: what this source added to the repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_chunks: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reused_files: Option<u64>,
     pub details: &'a serde_json::Map<String, serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<ShowFile<'a>>>,
@@ -727,6 +732,8 @@ impl<'a> ShowDoc<'a> {
                     origin: s.origin.as_deref(),
                     archive: s.archive.as_ref(),
                     index: s.index.as_ref(),
+                    new_chunks: s.new_chunks,
+                    reused_files: s.reused_files,
                     details: &s.details,
                     files: files.map(|f| f[i].iter().map(ShowFile::of).collect()),
                     file_count: files.map(|_| s.files),
@@ -777,6 +784,20 @@ pub fn show_text(
         )?;
         if let Some(a) = &s.archive {
             writeln!(out, "  archive   {} sha256:{}", a.object, a.sha256)?;
+        }
+        if let (Some(n), Some(l)) = (s.new_chunks, &s.list) {
+            writeln!(
+                out,
+                "  chunks    {n} new; file list of {} in {} chunks",
+                human_bytes(l.size),
+                l.chunks.len()
+            )?;
+        }
+        if let Some(r) = s.reused_files.filter(|r| *r > 0) {
+            writeln!(
+                out,
+                "  unchanged {r} files (taken from the previous snapshot unread)"
+            )?;
         }
         if let Some(e) = &s.error {
             writeln!(out, "  error     {e}")?;
@@ -1635,6 +1656,11 @@ mod tests {
             stored: true,
             error: None,
             object: None,
+            chunks: None,
+            more: false,
+            ino: None,
+            ctime: None,
+            ctime_nsec: None,
         }
     }
 

@@ -13,15 +13,18 @@ use std::time::Instant;
 use chrono::Utc;
 
 use crate::archive::{IndexWriter, TarWriter, stage_channel};
+use crate::chunks::storage::{self, ChunkStoreError};
+use crate::chunks::write::ChunkWriter;
 use crate::config::{Config, SourceConfig, SourceKind, VanishedPolicy};
 use crate::crypto::{self, ObjectKind, SealWriter};
 use crate::manifest::{
-    MANIFEST_VERSION, Manifest, ObjectRef, SnapshotStatus, SourceRecord, SourceStatus, seal_context,
+    Manifest, ObjectRef, SnapshotStatus, SourceRecord, SourceStatus, seal_context,
 };
 use crate::outcome::ErrorKind;
 use crate::repo::{DATA_PREFIX, RepoError, Repository, host_name};
 use crate::source::fs::{self as fs_source, FsSourceError, Walked};
-use crate::source::{self, SourceError, stream};
+use crate::source::stream::StreamSink;
+use crate::source::{self, SourceError};
 use crate::store::{CountingSink, Sink, StoreError, Written};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,12 +39,15 @@ pub enum SnapshotError {
     AllFailed(String),
     #[error(transparent)]
     Repo(#[from] RepoError),
+    #[error("the snapshot was not committed: storing its chunks failed: {0}")]
+    Chunks(#[from] ChunkStoreError),
 }
 
 impl SnapshotError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             SnapshotError::Repo(r) => r.kind(),
+            SnapshotError::Chunks(c) => c.kind(),
             SnapshotError::AllFailed(_) => ErrorKind::Operational,
             SnapshotError::UnknownSource(..)
             | SnapshotError::NoSources
@@ -117,8 +123,24 @@ pub async fn snapshot(
     let mut labels = cfg.labels.clone();
     labels.extend(opts.labels.clone());
     let mut records = Vec::new();
+    // Format 2: one packer and uploader for the whole snapshot, so that
+    // chunks shared between sources are stored once and packs fill up.
+    let mut chunk_writer = match &repo.chunked {
+        Some(c) => Some(ChunkWriter::start(
+            &repo.store,
+            &repo.id,
+            Arc::clone(c),
+            storage::known_chunks(&repo.store, &c.keys, &repo.id).await?,
+            opts.compression,
+            opts.dry_run,
+        )),
+        None => None,
+    };
     for src in sources {
-        let rec = run_source(repo, &id, src, opts).await;
+        let rec = match chunk_writer.as_mut() {
+            Some(w) => run_source_chunked(w, src).await,
+            None => run_source(repo, &id, src, opts).await,
+        };
         match (&rec.status, &rec.error) {
             (SourceStatus::Failed, Some(e)) => tracing::error!("source {}: {e}", rec.name),
             _ => tracing::info!("source {} stored", rec.name),
@@ -134,8 +156,29 @@ pub async fn snapshot(
             || !r.problems.is_empty()
             || (vanished_counts && !r.vanished.is_empty())
     });
+    let all_failed = records.iter().all(|r| r.status == SourceStatus::Failed);
+    if let Some(w) = chunk_writer.take_if(|_| all_failed) {
+        w.abandon().await;
+    }
+    if let Some(w) = chunk_writer {
+        // Every pack uploaded and indexed before the manifest names them.
+        let stored = w.finish().await?;
+        let charged = stored.charged.clone();
+        tracing::debug!(
+            "{} packs, {} bytes, index {:?}",
+            stored.packs,
+            stored.pack_bytes,
+            stored.index
+        );
+        for (r, bytes) in records.iter_mut().zip(charged) {
+            if r.list.is_some() {
+                r.new_bytes = Some(bytes);
+                r.bytes_stored = bytes;
+            }
+        }
+    }
     let manifest = Manifest {
-        version: MANIFEST_VERSION,
+        version: if repo.format >= 2 { 2 } else { 1 },
         id: id.clone(),
         time,
         host: host_name(),
@@ -202,6 +245,10 @@ fn failed(src: &SourceConfig, started: Instant, error: String) -> SourceRecord {
         origin: None,
         archive: None,
         index: None,
+        list: None,
+        new_chunks: None,
+        new_bytes: None,
+        reused_files: None,
         problems: Vec::new(),
         skipped: Vec::new(),
         vanished: Vec::new(),
@@ -238,11 +285,7 @@ async fn run_source(
     .unwrap_or_else(|e| Err(PipelineError::Io(io::Error::other(e.to_string()))));
     match res {
         Ok((walked, archive, index)) => {
-            let origin = match src.kind {
-                SourceKind::Directory => src.path.as_ref().map(|p| p.display().to_string()),
-                SourceKind::Files => Some("/".to_string()),
-                _ => None,
-            };
+            let origin = origin(src);
             SourceRecord {
                 name: src.name.clone(),
                 kind: src.kind.as_str().to_string(),
@@ -263,6 +306,10 @@ async fn run_source(
                     size: index.size,
                     sha256: index.sha256,
                 }),
+                list: None,
+                new_chunks: None,
+                new_bytes: None,
+                reused_files: None,
                 problems: walked.problems,
                 skipped: walked.skipped,
                 vanished: walked.vanished,
@@ -270,6 +317,69 @@ async fn run_source(
             }
         }
         Err(e) => failed(src, started, e.to_string()),
+    }
+}
+
+/// Reads one source into chunks (format 2) on a blocking thread.
+async fn run_source_chunked(writer: &mut ChunkWriter, src: &SourceConfig) -> SourceRecord {
+    let started = Instant::now();
+    let mut sink = writer.sink();
+    let src_owned = src.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<_, PipelineError> {
+        crate::progress::message(format!("source {}", src_owned.name));
+        let mut list = IndexWriter::new(sink.list());
+        let walked = match src_owned.kind {
+            SourceKind::Directory => fs_source::archive_directory(
+                src_owned.path.as_deref().expect("validated"),
+                src_owned.exclude.as_deref().unwrap_or(&[]),
+                &mut sink,
+                &mut list,
+            )?,
+            SourceKind::Files => fs_source::archive_files(
+                src_owned.paths.as_deref().expect("validated"),
+                &mut sink,
+                &mut list,
+            )?,
+            _ => dump_into(&src_owned, &mut sink, &mut list)?,
+        };
+        let (list, list_new) = list.finish().finish()?;
+        Ok((walked, list, sink.new_chunks + list_new))
+    })
+    .await
+    .unwrap_or_else(|e| Err(PipelineError::Io(io::Error::other(e.to_string()))));
+    match res {
+        Ok((walked, list, new_chunks)) => SourceRecord {
+            name: src.name.clone(),
+            kind: src.kind.as_str().to_string(),
+            status: SourceStatus::Ok,
+            error: summarize_problems(&walked),
+            files: walked.files,
+            bytes_read: walked.bytes_read,
+            // Set once the packs are written (ChunkWriter::finish).
+            bytes_stored: 0,
+            duration_ms: started.elapsed().as_millis() as u64,
+            origin: origin(src),
+            archive: None,
+            index: None,
+            list: Some(list),
+            new_chunks: Some(new_chunks),
+            new_bytes: Some(0),
+            reused_files: Some(walked.reused),
+            problems: walked.problems,
+            skipped: walked.skipped,
+            vanished: walked.vanished,
+            details: walked.details,
+        },
+        Err(e) => failed(src, started, e.to_string()),
+    }
+}
+
+/// Where a source lived, for restore without `--target`.
+fn origin(src: &SourceConfig) -> Option<String> {
+    match src.kind {
+        SourceKind::Directory => src.path.as_ref().map(|p| p.display().to_string()),
+        SourceKind::Files => Some("/".to_string()),
+        _ => None,
     }
 }
 
@@ -303,9 +413,9 @@ enum PipelineError {
 
 /// Reads a dump source's streams into `tar`, one after the other, checking
 /// each producer's exit status; the manifest details say what was stored.
-fn dump_into<W: io::Write, I: io::Write>(
+fn dump_into<T: StreamSink, I: io::Write>(
     src: &SourceConfig,
-    tar: &mut TarWriter<W>,
+    tar: &mut T,
     index: &mut IndexWriter<I>,
 ) -> Result<Walked, SourceError> {
     let mut dumper = source::dumper(src)?;
@@ -315,7 +425,7 @@ fn dump_into<W: io::Write, I: io::Write>(
     let mut stored = Vec::new();
     while let Some(s) = dumper.next_stream()? {
         let mut reader = s.reader;
-        let res = stream::archive_stream(&s.name, &mut reader, tar, index);
+        let res = tar.store_stream(&s.name, &mut reader, index);
         drop(reader);
         // The producer's verdict first: a dump tool that failed mid-way makes
         // any bytes read so far worthless, whatever the pipeline did.

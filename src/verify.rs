@@ -8,12 +8,15 @@
 //! ([`crate::read`]). Damage is collected, not fatal: one report names every
 //! damaged snapshot, source and file.
 
+use std::collections::BTreeSet;
 use std::io;
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::chunks::ChunkId;
 use crate::manifest::{EntryKind, Manifest, ObjectRef, SourceRecord, SourceStatus};
-use crate::read::{Flow, ReadError, SourceStreams, expected_files};
+use crate::read::{Flow, ReadError, SourceStreams, Where, expected_files, read_lines};
 use crate::repo::{RepoError, Repository};
 use crate::store::StoreError;
 
@@ -91,10 +94,12 @@ pub async fn verify(
             good
         }
     };
+    // Format 2: packs are shared between snapshots; each is checked once.
+    let mut packs = PackVerdicts::default();
     for m in manifests {
         let mut sources = Vec::new();
         for src in &m.sources {
-            sources.push(check_source(repo, &m, src, deep).await?);
+            sources.push(check_source(repo, &m, src, deep, &mut packs).await?);
         }
         checks.push(SnapshotCheck {
             ok: sources.iter().all(|s| s.ok),
@@ -116,8 +121,12 @@ async fn check_source(
     m: &Manifest,
     src: &SourceRecord,
     deep: bool,
+    packs: &mut PackVerdicts,
 ) -> Result<SourceCheck, RepoError> {
     let mut problems = Vec::new();
+    if src.list.is_some() && src.status != SourceStatus::Failed {
+        problems = check_chunks(repo, m, src, packs).await?;
+    }
     if src.status == SourceStatus::Failed {
         // Nothing was stored for it; the snapshot says so already.
         return Ok(SourceCheck {
@@ -150,6 +159,97 @@ async fn check_source(
         ok: problems.is_empty(),
         problems,
     })
+}
+
+/// What plain `verify` found of each pack it hashed: `None` when intact.
+type PackVerdicts = std::collections::HashMap<[u8; 32], Option<String>>;
+
+/// Format 2 (docs/FORMAT.md section 22, step 4): every chunk of the source
+/// (its list's and its files') is in an index, and every pack holding one
+/// is present and hashes to its name.
+async fn check_chunks(
+    repo: &Repository,
+    m: &Manifest,
+    src: &SourceRecord,
+    verdicts: &mut PackVerdicts,
+) -> Result<Vec<String>, RepoError> {
+    let at = Where::new(m, src);
+    let fetcher = match repo.fetcher().await {
+        Ok(f) => f,
+        Err(e) if e.kind() == crate::ErrorKind::Integrity => return Ok(vec![e.to_string()]),
+        Err(e) => return Err(RepoError::Internal(e.to_string())),
+    };
+    let (repo2, src2, f2) = (repo.clone(), src.clone(), Arc::clone(&fetcher));
+    let res = tokio::task::spawn_blocking(move || {
+        let locations = f2.locations();
+        let mut packs = BTreeSet::new();
+        let mut problems = Vec::new();
+        let mut place = |file: Option<&str>, id: &ChunkId| match locations.locate(id) {
+            Some((pack, _)) => {
+                packs.insert(*pack);
+            }
+            None => problems.push(match file {
+                Some(f) => format!("file {f}: chunk {id} is in no index (missing)"),
+                None => format!("file list: chunk {id} is in no index (missing)"),
+            }),
+        };
+        for id in &src2.list.as_ref().expect("format 2").chunks {
+            place(None, id);
+        }
+        let listed = read_lines(&repo2, &at, &src2, |e| {
+            if e.stored && e.kind == EntryKind::File {
+                for id in e.chunks.iter().flatten() {
+                    place(Some(&e.path), id);
+                }
+            }
+        });
+        (packs, problems, listed)
+    })
+    .await
+    .map_err(|e| RepoError::Internal(format!("a verify task failed: {e}")))?;
+    let (packs, mut problems, listed) = res;
+    match listed {
+        Ok(()) => {}
+        Err(ReadError::Store(e)) => return Err(RepoError::Store(e)),
+        Err(e) => problems.push(e.to_string()),
+    }
+    for p in packs {
+        if let std::collections::hash_map::Entry::Vacant(slot) = verdicts.entry(p) {
+            slot.insert(check_pack(repo, &p).await?);
+        }
+        if let Some(Some(problem)) = verdicts.get(&p) {
+            problems.push(problem.clone());
+        }
+    }
+    Ok(problems)
+}
+
+/// A pack is present and its bytes hash to its name.
+async fn check_pack(repo: &Repository, id: &[u8; 32]) -> Result<Option<String>, RepoError> {
+    let name = crate::chunks::pack::object_name(id);
+    let mut r = repo.store.download(&name);
+    let (r, res) = tokio::task::spawn_blocking(move || {
+        let res = io::copy(&mut r, &mut crate::progress::Counted(io::sink()));
+        (r, res)
+    })
+    .await
+    .map_err(|e| RepoError::Internal(format!("a verify task failed: {e}")))?;
+    if let Err(e) = res {
+        return match e.into_inner().map(|b| b.downcast::<StoreError>()) {
+            Some(Ok(s)) => match *s {
+                StoreError::NotFound { .. } => Ok(Some(format!("pack {name} is missing"))),
+                other => Err(other.into()),
+            },
+            _ => Ok(Some(format!("pack {name} could not be read"))),
+        };
+    }
+    let (_, sha) = r.digest();
+    if sha != hex::encode(id) {
+        return Ok(Some(format!(
+            "pack {name}: its bytes hash to {sha}, not to its name (damaged)"
+        )));
+    }
+    Ok(None)
 }
 
 /// Presence and size; with `hash`, also the SHA-256 of the stored bytes.
@@ -225,6 +325,12 @@ fn deep_check(
                 "file {}: content does not match its size/SHA-256 in the index",
                 e.rel
             )),
+            // Format 2: a damaged or missing chunk fails its file only.
+            Err(err @ ReadError::Chunk { file: Some(_), .. })
+                if err.kind() != crate::ErrorKind::Operational =>
+            {
+                problems.push(err.to_string())
+            }
             other => other?,
         }
         Ok(Flow::Next)

@@ -99,6 +99,12 @@ pub struct Chunker<R: Read> {
     source: R,
     buf: BytesMut,
     eof: bool,
+    cutter: Cutter,
+}
+
+/// Where the next chunk of a buffer ends: the cut point search alone, for
+/// callers that push bytes (a file list being written) rather than pull.
+pub struct Cutter {
     min: usize,
     avg: usize,
     max: usize,
@@ -106,13 +112,10 @@ pub struct Chunker<R: Read> {
     gear: (Cow<'static, [u64]>, Cow<'static, [u64]>),
 }
 
-impl<R: Read> Chunker<R> {
-    pub fn new(source: R, params: &ChunkerParams, seed: u64) -> Result<Self, BadParams> {
+impl Cutter {
+    pub fn new(params: &ChunkerParams, seed: u64) -> Result<Self, BadParams> {
         params.check()?;
-        Ok(Chunker {
-            source,
-            buf: BytesMut::new(),
-            eof: false,
+        Ok(Cutter {
             min: params.min as usize,
             avg: params.avg as usize,
             max: params.max as usize,
@@ -121,12 +124,48 @@ impl<R: Read> Chunker<R> {
         })
     }
 
+    /// The largest chunk this cutter makes.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// The length of the chunk at the start of `buf`. Only final when
+    /// `buf` holds at least [`Cutter::max`] bytes or all that is left.
+    pub fn cut(&self, buf: &[u8]) -> usize {
+        let (mask_s, mask_l) = self.masks;
+        let (_, end) = fastcdc::v2020::cut_gear(
+            buf,
+            self.min,
+            self.avg,
+            self.max,
+            mask_s,
+            mask_l,
+            mask_s << 1,
+            mask_l << 1,
+            &self.gear.0,
+            &self.gear.1,
+        );
+        end.max(1).min(buf.len())
+    }
+}
+
+impl<R: Read> Chunker<R> {
+    pub fn new(source: R, params: &ChunkerParams, seed: u64) -> Result<Self, BadParams> {
+        Ok(Chunker {
+            source,
+            buf: BytesMut::new(),
+            eof: false,
+            cutter: Cutter::new(params, seed)?,
+        })
+    }
+
     /// Reads until the buffer holds a maximum chunk, or the source ends.
     fn fill(&mut self) -> io::Result<()> {
-        if self.eof || self.buf.len() >= self.max {
+        let max = self.cutter.max;
+        if self.eof || self.buf.len() >= max {
             return Ok(());
         }
-        while !self.eof && self.buf.len() < self.max * READ_AHEAD_CHUNKS {
+        while !self.eof && self.buf.len() < max * READ_AHEAD_CHUNKS {
             let at = self.buf.len();
             // Reads of a bounded size: each is zero-filled first, and a
             // small file must not cost a buffer of the maximum chunk size.
@@ -158,23 +197,8 @@ impl<R: Read> Iterator for Chunker<R> {
         if self.buf.is_empty() {
             return None;
         }
-        let (mask_s, mask_l) = self.masks;
-        let (_, end) = fastcdc::v2020::cut_gear(
-            &self.buf,
-            self.min,
-            self.avg,
-            self.max,
-            mask_s,
-            mask_l,
-            mask_s << 1,
-            mask_l << 1,
-            &self.gear.0,
-            &self.gear.1,
-        );
-        Some(Ok(self
-            .buf
-            .split_to(end.max(1).min(self.buf.len()))
-            .freeze()))
+        let end = self.cutter.cut(&self.buf);
+        Some(Ok(self.buf.split_to(end).freeze()))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod index;
 pub mod known;
 pub mod pack;
 pub mod storage;
+pub mod write;
 
 use std::fmt;
 
@@ -31,6 +32,23 @@ impl fmt::Display for ChunkId {
 impl fmt::Debug for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ChunkId({self})")
+    }
+}
+
+/// In JSON (file lists, manifests): 64 lowercase hex digits.
+impl serde::Serialize for ChunkId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut buf).expect("64 hex digits");
+        s.serialize_str(std::str::from_utf8(&buf).expect("hex is ASCII"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ChunkId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse()
+            .map_err(|_| serde::de::Error::custom("a chunk id is 64 hex digits"))
     }
 }
 

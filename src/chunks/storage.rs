@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -14,6 +15,7 @@ use super::pack::{
 use super::{ChunkId, ChunkKeys};
 use crate::crypto::{MasterKey, ObjectKind, OpenReader, SealWriter};
 use crate::outcome::ErrorKind;
+use crate::repo::Chunked;
 use crate::store::{Store, StoreError};
 
 pub const INDEX_PREFIX: &str = "index/";
@@ -36,6 +38,10 @@ pub enum ChunkStoreError {
     },
     #[error("chunk {0} is in no index: it is missing from the repository")]
     Missing(ChunkId),
+    #[error("pack {0} is missing from the repository")]
+    MissingPack(String),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ChunkStoreError {
@@ -45,7 +51,9 @@ impl ChunkStoreError {
             ChunkStoreError::Pack { source, .. } => source.kind(),
             ChunkStoreError::Index { .. }
             | ChunkStoreError::Sealed { .. }
-            | ChunkStoreError::Missing(_) => ErrorKind::Integrity,
+            | ChunkStoreError::Missing(_)
+            | ChunkStoreError::MissingPack(_) => ErrorKind::Integrity,
+            ChunkStoreError::Internal(_) => ErrorKind::Operational,
         }
     }
 }
@@ -134,29 +142,41 @@ impl<'a> PackUploader<'a> {
         if self.written.is_empty() {
             return Ok(done);
         }
-        let id = crate::crypto::random_id(8);
-        let name = format!("{INDEX_PREFIX}{id}");
-        let content = IndexContent {
-            superseded: Vec::new(),
-            packs: std::mem::take(&mut self.written),
-        };
-        let mut plain = Vec::new();
-        let mut z = zstd::stream::Encoder::new(&mut plain, 3).map_err(sealed_err(&name))?;
-        content.write_to(&mut z).map_err(sealed_err(&name))?;
-        z.finish().map_err(sealed_err(&name))?;
-        let mut w = SealWriter::new(
-            Vec::new(),
-            &index_sealing_key(self.keys),
-            ObjectKind::ChunkIndex,
-            &index_context(repo_id, &id),
-        )
-        .map_err(sealed_err(&name))?;
-        w.write_all(&plain).map_err(sealed_err(&name))?;
-        let bytes = w.finish().map_err(sealed_err(&name))?;
-        self.store.put(&name, Bytes::from(bytes), true).await?;
-        done.index = Some(name);
+        let packs = std::mem::take(&mut self.written);
+        done.index = Some(store_index(self.store, self.keys, repo_id, packs).await?);
         Ok(done)
     }
+}
+
+/// Stores an index object listing `packs` (section 19), create-only under
+/// a new random id; returns its name.
+pub async fn store_index(
+    store: &Store,
+    keys: &ChunkKeys,
+    repo_id: &str,
+    packs: Vec<IndexedPack>,
+) -> Result<String, ChunkStoreError> {
+    let id = crate::crypto::random_id(8);
+    let name = format!("{INDEX_PREFIX}{id}");
+    let content = IndexContent {
+        superseded: Vec::new(),
+        packs,
+    };
+    let mut plain = Vec::new();
+    let mut z = zstd::stream::Encoder::new(&mut plain, 3).map_err(sealed_err(&name))?;
+    content.write_to(&mut z).map_err(sealed_err(&name))?;
+    z.finish().map_err(sealed_err(&name))?;
+    let mut w = SealWriter::new(
+        Vec::new(),
+        &index_sealing_key(keys),
+        ObjectKind::ChunkIndex,
+        &index_context(repo_id, &id),
+    )
+    .map_err(sealed_err(&name))?;
+    w.write_all(&plain).map_err(sealed_err(&name))?;
+    let bytes = w.finish().map_err(sealed_err(&name))?;
+    store.put(&name, Bytes::from(bytes), true).await?;
+    Ok(name)
 }
 
 /// What a [`PackUploader`] stored.
@@ -220,31 +240,59 @@ impl ChunkLocations {
         repo_id: &str,
     ) -> Result<ChunkLocations, ChunkStoreError> {
         let mut all = ChunkLocations::default();
-        let key = index_sealing_key(keys);
-        for (name, _) in store.list(INDEX_PREFIX).await? {
-            let Some(id) = name.strip_prefix(INDEX_PREFIX) else {
-                continue;
-            };
-            let bytes = store.get_capped(&name, MAX_INDEX_OBJECT).await?;
-            let ctx = index_context(repo_id, id);
-            let content = (|| -> Result<IndexContent, ChunkStoreError> {
-                let open = OpenReader::new(&bytes[..], &key, ObjectKind::ChunkIndex, &ctx)
-                    .map_err(sealed_err(&name))?;
-                let mut z = zstd::stream::Decoder::new(open).map_err(sealed_err(&name))?;
-                let c =
-                    IndexContent::read_from(&mut z).map_err(|source| ChunkStoreError::Index {
-                        object: name.clone(),
-                        source,
-                    })?;
-                // Read to the authenticated end: a cut after the records
-                // must not go unnoticed.
-                std::io::copy(&mut z, &mut std::io::sink()).map_err(sealed_err(&name))?;
-                Ok(c)
-            })()?;
-            all.add(content);
-        }
+        for_each_index(store, keys, repo_id, |c| all.add(c)).await?;
         Ok(all)
     }
+}
+
+/// What a writer deduplicates against: the id of every chunk in every
+/// index object, 12 bytes each ([`KnownChunks`]), never the whole index.
+pub async fn known_chunks(
+    store: &Store,
+    keys: &ChunkKeys,
+    repo_id: &str,
+) -> Result<super::known::KnownChunks, ChunkStoreError> {
+    let mut ids = Vec::new();
+    for_each_index(store, keys, repo_id, |c| {
+        for p in c.packs {
+            ids.extend(p.blobs.into_iter().map(|b| b.id));
+        }
+    })
+    .await?;
+    Ok(super::known::KnownChunks::from_ids(ids))
+}
+
+/// Reads and authenticates every index object, one at a time, handing each
+/// one's content to `f`.
+async fn for_each_index(
+    store: &Store,
+    keys: &ChunkKeys,
+    repo_id: &str,
+    mut f: impl FnMut(IndexContent),
+) -> Result<(), ChunkStoreError> {
+    let key = index_sealing_key(keys);
+    for (name, _) in store.list(INDEX_PREFIX).await? {
+        let Some(id) = name.strip_prefix(INDEX_PREFIX) else {
+            continue;
+        };
+        let bytes = store.get_capped(&name, MAX_INDEX_OBJECT).await?;
+        let ctx = index_context(repo_id, id);
+        let content = (|| -> Result<IndexContent, ChunkStoreError> {
+            let open = OpenReader::new(&bytes[..], &key, ObjectKind::ChunkIndex, &ctx)
+                .map_err(sealed_err(&name))?;
+            let mut z = zstd::stream::Decoder::new(open).map_err(sealed_err(&name))?;
+            let c = IndexContent::read_from(&mut z).map_err(|source| ChunkStoreError::Index {
+                object: name.clone(),
+                source,
+            })?;
+            // Read to the authenticated end: a cut after the records
+            // must not go unnoticed.
+            std::io::copy(&mut z, &mut std::io::sink()).map_err(sealed_err(&name))?;
+            Ok(c)
+        })()?;
+        f(content);
+    }
+    Ok(())
 }
 
 /// Reads chunks back by id: a ranged read of the pack's header once per
@@ -296,6 +344,86 @@ impl<'a> ChunkFetcher<'a> {
         self.readers[pack_id]
             .open(self.keys, entry, &blob)
             .map_err(pack_err)
+    }
+}
+
+/// Reads chunks back by id for many readers at once (one per source
+/// being restored, and their prefetchers): pack headers are read once and
+/// shared, and each blob is opened on a blocking thread.
+pub struct Fetcher {
+    store: Store,
+    chunked: Arc<Chunked>,
+    locations: Arc<ChunkLocations>,
+    readers: Mutex<HashMap<[u8; 32], Arc<PackReader>>>,
+}
+
+impl Fetcher {
+    pub fn new(store: &Store, chunked: Arc<Chunked>, locations: Arc<ChunkLocations>) -> Self {
+        Fetcher {
+            store: store.clone(),
+            chunked,
+            locations,
+            readers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn locations(&self) -> &ChunkLocations {
+        &self.locations
+    }
+
+    /// The plaintext of a chunk, checked against its id.
+    pub async fn fetch(&self, id: ChunkId) -> Result<Bytes, ChunkStoreError> {
+        let (pack_id, entry) = self
+            .locations
+            .locate(&id)
+            .ok_or(ChunkStoreError::Missing(id))?;
+        let (pack_id, entry) = (*pack_id, *entry);
+        let name = pack::object_name(&pack_id);
+        let missing = |e: StoreError| match e {
+            StoreError::NotFound { .. } => ChunkStoreError::MissingPack(name.clone()),
+            e => ChunkStoreError::Store(e),
+        };
+        let known = self
+            .readers
+            .lock()
+            .expect("readers lock")
+            .get(&pack_id)
+            .cloned();
+        let reader = match known {
+            Some(r) => r,
+            None => {
+                let header = self
+                    .store
+                    .get_range(&name, 0, HEADER_LEN as u64)
+                    .await
+                    .map_err(missing)?;
+                let r = PackReader::new(&self.chunked.keys, &header, self.chunked.params.max)
+                    .map_err(|source| ChunkStoreError::Pack {
+                        pack: name.clone(),
+                        source,
+                    })?;
+                let r = Arc::new(r);
+                self.readers
+                    .lock()
+                    .expect("readers lock")
+                    .insert(pack_id, Arc::clone(&r));
+                r
+            }
+        };
+        let blob = self
+            .store
+            .get_range(&name, entry.offset as u64, entry.stored_len as u64)
+            .await
+            .map_err(missing)?;
+        let chunked = Arc::clone(&self.chunked);
+        tokio::task::spawn_blocking(move || {
+            reader
+                .open(&chunked.keys, &entry, &blob)
+                .map(Bytes::from)
+                .map_err(|source| ChunkStoreError::Pack { pack: name, source })
+        })
+        .await
+        .map_err(|e| ChunkStoreError::Internal(format!("chunk reader task: {e}")))?
     }
 }
 

@@ -27,10 +27,43 @@ impl ChunkStreams {
     pub fn open(repo: &Repository, m: &Manifest, src: &SourceRecord) -> Result<Self, RestoreError> {
         let mut streams = SourceStreams::open(repo, m, src)?;
         let at = streams.at.clone();
-        let object = streams.archive_ref.object.clone();
+        let object = streams.content_object().to_string();
+        let chunked = src.list.is_some();
         let (tx, rx) = std::sync::mpsc::sync_channel::<ChunkMsg>(2);
         let thread = std::thread::spawn(move || -> Result<(), RestoreError> {
             let res = streams.walk(|e| -> Result<Flow, RestoreError> {
+                if chunked {
+                    // Format 2: a stream is one line; it is handed on in
+                    // pieces, each checked against its chunk ids as read,
+                    // and the last piece only once the stream's length and
+                    // SHA-256 matched (the read that returns 0 checks them).
+                    if e.kind != EntryKind::File {
+                        return Err(e.integrity(Fault::NotAChunk(e.rel.clone())).into());
+                    }
+                    let name = e.rel.clone();
+                    let mut piece = vec![0u8; crate::source::stream::CHUNK];
+                    let mut held: Option<Vec<u8>> = None;
+                    loop {
+                        let k = e.read_full(&mut piece)?;
+                        if let Some(h) = held.take()
+                            && tx.send(ChunkMsg::Chunk(name.clone(), h)).is_err()
+                        {
+                            return Ok(Flow::Stop);
+                        }
+                        if k < piece.len() {
+                            // The end: read_full saw the checked end.
+                            if k > 0 || e.index.size == 0 {
+                                let last = piece[..k].to_vec();
+                                if tx.send(ChunkMsg::Chunk(name.clone(), last)).is_err() {
+                                    return Ok(Flow::Stop);
+                                }
+                            }
+                            break;
+                        }
+                        held = Some(piece.clone());
+                    }
+                    return Ok(Flow::Next);
+                }
                 let chunk = match crate::source::stream::parse_chunk_path(&e.rel) {
                     Some((stream, _)) if e.kind == EntryKind::File => stream.to_string(),
                     _ => {

@@ -54,13 +54,14 @@ pub(super) fn dump_blocking<W: Write>(
     if is_dump_source(&src.kind) {
         return dump_stream(repo, m, src, path, &mut out);
     }
-    let (Some(archive_ref), Some(index_ref)) = (src.archive.clone(), src.index.clone()) else {
+    let stored = src.list.is_some() || (src.archive.is_some() && src.index.is_some());
+    if !stored {
         return Err(RestoreError::Read(ReadError::SourceFailed {
             snapshot: m.id.clone(),
             source_name: src.name.clone(),
             reason: src.error.clone().unwrap_or_default(),
         }));
-    };
+    }
     // The index is small: read and authenticate it whole before a byte goes
     // out, and use it to find the file asked for.
     let mut wanted: Option<IndexEntry> = None;
@@ -75,13 +76,19 @@ pub(super) fn dump_blocking<W: Write>(
         ),
         None => None,
     };
-    read_index(repo, &at, &index_ref, |e| {
+    read_lines(repo, &at, src, |e| {
         if want_rel.as_deref() == Some(e.path.as_str()) {
             wanted = Some(e);
         }
     })?;
     let Some(want) = path else {
-        let mut stream = ObjectStream::open(repo, &at, &archive_ref, ObjectKind::Archive);
+        if src.list.is_some() {
+            return tar_of_chunks(repo, m, src, out);
+        }
+        let (Some(archive_ref), Some(_)) = (&src.archive, &src.index) else {
+            unreachable!("checked above");
+        };
+        let mut stream = ObjectStream::open(repo, &at, archive_ref, ObjectKind::Archive);
         let reader = stream.take_reader();
         let res = (|| -> Result<u64, RestoreError> {
             let mut dec = zstd::stream::read::Decoder::new(reader)
@@ -190,6 +197,58 @@ pub(super) fn dump_blocking<W: Write>(
     Ok(written)
 }
 
+/// `coffer dump` of a whole format 2 directory or files source: the tar
+/// stream format 1 would have stored (docs/FORMAT.md section 22), built
+/// entry by entry from the file list and the chunks. Every byte that goes
+/// out was checked against its chunk id first, and each file's length and
+/// SHA-256 at its end.
+fn tar_of_chunks<W: Write>(
+    repo: &Repository,
+    m: &Manifest,
+    src: &SourceRecord,
+    out: W,
+) -> Result<u64, RestoreError> {
+    let mut tar = crate::archive::TarWriter::new(Counting { inner: out, n: 0 });
+    let mut streams = SourceStreams::open(repo, m, src)?;
+    let res = streams.walk(|e| -> Result<Flow, RestoreError> {
+        let line = e.index.clone();
+        let name = crate::archive::tar_name(&line);
+        let data: Option<&mut dyn Read> = match e.kind {
+            EntryKind::File => Some(e),
+            _ => None,
+        };
+        tar.append(&line, &name, data).map_err(|err| {
+            if err.get_ref().is_some_and(|i| i.is::<ReadError>()) {
+                RestoreError::Read(classify(err, &Where::new(m, src), "chunks"))
+            } else {
+                output_error(err)
+            }
+        })?;
+        Ok(Flow::Next)
+    });
+    streams.finish(res)?;
+    let mut out = tar.finish().map_err(output_error)?;
+    out.flush().map_err(output_error)?;
+    Ok(out.n)
+}
+
+/// A writer that counts what went through it.
+struct Counting<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(b)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// `coffer dump` of a dump source: the main stream (or the stream named by
 /// `path`), exactly as its tool wrote it.
 pub(super) fn dump_stream<W: Write>(
@@ -268,14 +327,12 @@ pub async fn list_files(
     m: &Manifest,
     src: &SourceRecord,
 ) -> Result<Vec<IndexEntry>, RestoreError> {
-    let Some(index_ref) = src.index.clone() else {
-        return Ok(Vec::new());
-    };
     let at = Where::new(m, src);
     let repo = repo.clone();
+    let src = src.clone();
     tokio::task::spawn_blocking(move || {
         let mut v = Vec::new();
-        read_index(&repo, &at, &index_ref, |e| v.push(e))?;
+        read_lines(&repo, &at, &src, |e| v.push(e))?;
         Ok(v)
     })
     .await

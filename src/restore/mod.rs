@@ -39,7 +39,7 @@ use crate::manifest::{EntryKind, IndexEntry, Manifest, SourceRecord, SourceStatu
 use crate::outcome::ErrorKind;
 use crate::read::{
     Entry, Fault, Flow, ObjectStream, ReadError, SourceStreams, Where, classify, is_dump_source,
-    read_index,
+    read_lines,
 };
 use crate::repo::Repository;
 use crate::store::StoreError;

@@ -142,19 +142,19 @@ pub(super) async fn dry_run(
     let include = include.clone();
     tokio::task::spawn_blocking(move || {
         let at = Where::new(&m, &src);
-        let index_ref = src.index.clone().ok_or_else(|| {
-            RestoreError::Read(ReadError::SourceFailed {
+        if src.index.is_none() && src.list.is_none() {
+            return Err(RestoreError::Read(ReadError::SourceFailed {
                 snapshot: m.id.clone(),
                 source_name: src.name.clone(),
                 reason: "no index".into(),
-            })
-        })?;
+            }));
+        }
         let mut out = RestoredSource::new(&src, plan_root(&plan).display().to_string());
         let mut stored_flagged = Vec::new();
         // Flagged files this dry run would write, by archive path, for the
         // hard links to them.
         let mut flagged_here = BTreeMap::new();
-        read_index(&repo, &at, &index_ref, |e| {
+        read_lines(&repo, &at, &src, |e| {
             if !e.stored {
                 return;
             }

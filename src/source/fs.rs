@@ -25,7 +25,7 @@ use rustix::fs::{
     AtFlags, CWD, Dir, FileType, Mode, OFlags, Stat, fstat, openat, readlinkat, statat,
 };
 
-use crate::archive::{IndexWriter, TarWriter, tar_name};
+use crate::archive::{EntrySink, IndexWriter, tar_name};
 use crate::manifest::{EntryKind, IndexEntry, Problem};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,8 @@ pub enum FsSourceError {
 pub struct Walked {
     pub files: u64,
     pub bytes_read: u64,
+    /// Format 2: files taken from the parent snapshot without a read.
+    pub reused: u64,
     pub problems: Vec<Problem>,
     pub skipped: Vec<Problem>,
     /// Files and directories the walk listed that were gone when it came to
@@ -132,6 +134,8 @@ struct Meta {
     size: u64,
     mtime: i64,
     mtime_nsec: u32,
+    ctime: i64,
+    ctime_nsec: u32,
 }
 
 impl Meta {
@@ -149,7 +153,21 @@ impl Meta {
             size: st.st_size as u64,
             mtime: st.st_mtime as i64,
             mtime_nsec: st.st_mtime_nsec as u32,
+            ctime: st.st_ctime as i64,
+            ctime_nsec: st.st_ctime_nsec as u32,
         }
+    }
+
+    /// A file entry with what format 2 records of it (section 20).
+    fn file_entry(&self, rel: &str, identity: bool) -> IndexEntry {
+        let mut e = self.entry(rel, EntryKind::File);
+        e.size = self.size;
+        if identity {
+            e.ino = Some(self.ino);
+            e.ctime = Some(self.ctime);
+            e.ctime_nsec = Some(self.ctime_nsec);
+        }
+        e
     }
 
     fn same_file(&self, other: &Meta) -> bool {
@@ -172,6 +190,11 @@ impl Meta {
             stored: true,
             error: None,
             object: None,
+            chunks: None,
+            more: false,
+            ino: None,
+            ctime: None,
+            ctime_nsec: None,
         }
     }
 }
@@ -213,19 +236,19 @@ struct Level {
 /// the owner of a backed-up tree cannot make this walk read, or record as
 /// theirs, anything outside it. The root itself is opened through the
 /// configured path, symlinks included: that path is the administrator's.
-pub fn archive_directory<W: Write, I: Write>(
+pub fn archive_directory<T: EntrySink, I: Write>(
     root: &Path,
     exclude: &[String],
-    tar: &mut TarWriter<W>,
+    tar: &mut T,
     index: &mut IndexWriter<I>,
 ) -> Result<Walked, FsSourceError> {
     walk_directory(root, exclude, tar, index, Walker::default())
 }
 
-fn walk_directory<W: Write, I: Write>(
+fn walk_directory<T: EntrySink, I: Write>(
     root: &Path,
     exclude: &[String],
-    tar: &mut TarWriter<W>,
+    tar: &mut T,
     index: &mut IndexWriter<I>,
     mut w: Walker,
 ) -> Result<Walked, FsSourceError> {
@@ -298,9 +321,9 @@ fn walk_directory<W: Write, I: Write>(
 /// Archives each listed file under its absolute path (without the leading '/').
 /// Each file is looked up and opened relative to a handle on its parent
 /// directory, with the same identity check as a directory walk.
-pub fn archive_files<W: Write, I: Write>(
+pub fn archive_files<T: EntrySink, I: Write>(
     paths: &[PathBuf],
-    tar: &mut TarWriter<W>,
+    tar: &mut T,
     index: &mut IndexWriter<I>,
 ) -> Result<Walked, FsSourceError> {
     let mut w = Walker::default();
@@ -393,13 +416,13 @@ impl Walker {
     /// Archives the entry `name` of the directory open at `dir`; `shown` is
     /// its path for messages, `rel` its path in the archive. Returns the
     /// handle of a directory, for the caller to walk.
-    fn add<W: Write, I: Write>(
+    fn add<T: EntrySink, I: Write>(
         &mut self,
         dir: BorrowedFd<'_>,
         name: &str,
         shown: &str,
         rel: &str,
-        tar: &mut TarWriter<W>,
+        tar: &mut T,
         index: &mut IndexWriter<I>,
     ) -> Result<Option<OwnedFd>, FsSourceError> {
         let werr = FsSourceError::Write;
@@ -484,6 +507,22 @@ impl Walker {
             index.push(&e).map_err(werr)?;
             return Ok(None);
         }
+        if tar.records_identity()
+            && let Some(line) = tar.unchanged(&seen.file_entry(rel, true))
+        {
+            // Unchanged since the parent snapshot (section 21.2): its line,
+            // chunks and all, stands for the file without a read.
+            self.done.files += 1;
+            self.done.reused += 1;
+            if seen.nlink > 1 {
+                self.links.insert(
+                    (seen.dev, seen.ino),
+                    (line.path.clone(), line.size, line.sha256.clone()),
+                );
+            }
+            index.push(&line).map_err(werr)?;
+            return Ok(None);
+        }
         self.between_lookup_and_open(dir, name, rel);
         // Until the file is open, only what the lookup saw is known: an entry
         // that cannot be stored is recorded with that.
@@ -518,8 +557,7 @@ impl Walker {
             }
         };
         let file = File::from(fd);
-        let mut e = before.entry(rel, EntryKind::File);
-        e.size = before.size;
+        let mut e = before.file_entry(rel, tar.records_identity());
         let mut reader = ReadErrorCatcher {
             inner: &file,
             error: None,
@@ -531,6 +569,7 @@ impl Walker {
         self.done.files += 1;
         self.done.bytes_read += outcome.read;
         e.sha256 = Some(outcome.sha256);
+        e.chunks = outcome.chunks;
         let after = fstat_meta(file.as_fd()).ok();
         let changed = after.is_none_or(|a| {
             a.size != before.size || a.mtime != before.mtime || a.mtime_nsec != before.mtime_nsec
@@ -626,6 +665,7 @@ impl io::Read for ReadErrorCatcher<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::TarWriter;
 
     use std::os::unix::fs::{MetadataExt, symlink};
 

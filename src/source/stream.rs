@@ -46,6 +46,29 @@ pub struct StoredStream {
     pub sha256: String,
 }
 
+/// Where a dump stream goes: chunk entries of a tar stream (format 1) or
+/// content-defined chunks (format 2, `chunks::write::ChunkSink`).
+pub trait StreamSink {
+    /// Reads `r` to its end and writes the stream's index lines.
+    fn store_stream<I: Write>(
+        &mut self,
+        name: &str,
+        r: &mut dyn Read,
+        index: &mut IndexWriter<I>,
+    ) -> Result<StoredStream, SourceError>;
+}
+
+impl<W: Write> StreamSink for TarWriter<W> {
+    fn store_stream<I: Write>(
+        &mut self,
+        name: &str,
+        r: &mut dyn Read,
+        index: &mut IndexWriter<I>,
+    ) -> Result<StoredStream, SourceError> {
+        archive_stream(name, r, self, index)
+    }
+}
+
 /// Reads `r` to its end into chunk entries of `tar`, indexed in `index`.
 /// An empty stream still gets one (empty) chunk, so restore knows it exists.
 /// Read errors are the producer's failure; write errors are the pipeline's.
@@ -82,6 +105,11 @@ pub fn archive_stream<W: Write, I: Write>(
             stored: true,
             error: None,
             object: None,
+            chunks: None,
+            more: false,
+            ino: None,
+            ctime: None,
+            ctime_nsec: None,
         };
         let mut data = &buf[..k];
         let outcome = tar

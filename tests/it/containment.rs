@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use coffer::crypto::{Credential, ObjectKind, SealWriter};
 use coffer::manifest::{
-    EntryKind, IndexEntry, MANIFEST_VERSION, Manifest, ObjectRef, SnapshotStatus, SourceRecord,
-    SourceStatus, seal_context,
+    EntryKind, IndexEntry, Manifest, ObjectRef, SnapshotStatus, SourceRecord, SourceStatus,
+    seal_context,
 };
 use sha2::{Digest, Sha256};
 
@@ -366,6 +366,11 @@ fn index_entry(
         stored: true,
         error: None,
         object: None,
+        chunks: None,
+        more: false,
+        ino: None,
+        ctime: None,
+        ctime_nsec: None,
     }
 }
 
@@ -553,7 +558,7 @@ fn commit_crafted_source(
             .filter(|e| matches!(e, E::File(..) | E::PaxFile(..) | E::GnuLongFile(..)))
             .count() as u64;
         let m = Manifest {
-            version: MANIFEST_VERSION,
+            version: 1,
             id: id.clone(),
             time: chrono::Utc::now(),
             host: "attacker".into(),
@@ -574,6 +579,10 @@ fn commit_crafted_source(
                 origin,
                 archive: Some(aref),
                 index: Some(iref),
+                list: None,
+                new_chunks: None,
+                new_bytes: None,
+                reused_files: None,
                 problems: Vec::new(),
                 skipped: Vec::new(),
                 vanished: Vec::new(),

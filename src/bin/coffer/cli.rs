@@ -58,13 +58,22 @@ pub struct Global {
     pub ping: Option<String>,
 }
 
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Repository format: 1 (one archive per source and snapshot) or 2
+    /// (content-defined chunks, deduplicated; being built: prune does not
+    /// handle it yet)
+    #[arg(long, value_name = "N", default_value_t = coffer::repo::DEFAULT_FORMAT)]
+    pub format: u32,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Manage keys: generate a key file, add, list or remove a repository's keys
     #[command(subcommand)]
     Key(KeyCommand),
     /// Create a repository at the configured URL for the configured key
-    Init,
+    Init(InitArgs),
     /// Take every configured source (or those named) into one snapshot
     Snapshot(SnapshotArgs),
     /// List complete snapshots, oldest first

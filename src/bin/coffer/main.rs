@@ -166,7 +166,7 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<Outcome, Error> {
         Command::Man => cmd::generated::man(),
         Command::Key(KeyCommand::Generate { path }) => cmd::key::generate(g, &path),
         Command::Key(c) => cmd::key::run(g, c).await,
-        Command::Init => cmd::init::run(g).await,
+        Command::Init(a) => cmd::init::run(g, &a).await,
         Command::Snapshot(a) => cmd::snapshot::run(g, a, rec).await,
         Command::Snapshots(a) => cmd::snapshots::run(g, a).await,
         Command::Show(a) => cmd::show::run(g, a).await,

@@ -3,15 +3,15 @@
 use coffer::report::{self, InitDoc};
 use coffer::{Error, Outcome, repo};
 
-use crate::cli::Global;
+use crate::cli::{Global, InitArgs};
 use crate::output::{print_doc, stdout_text};
 use crate::settings::{credential, load_settings, open_store};
 
-pub async fn run(g: &Global) -> Result<Outcome, Error> {
+pub async fn run(g: &Global, a: &InitArgs) -> Result<Outcome, Error> {
     let s = load_settings(g)?;
     let cred = credential(g, &s)?;
     let store = open_store(&s, true)?;
-    let r = repo::init(&store, &cred).await?;
+    let r = repo::init(&store, &cred, a.format).await?;
     let doc = InitDoc {
         ok: true,
         url: store.url(),

@@ -42,10 +42,13 @@ use sha2::{Digest, Sha256};
 use crate::archive::{
     ChanReader, IndexReader, TarGuard, TarLimit, UnsafeName, safe_path, stage_channel,
 };
+use crate::chunks::storage::{ChunkStoreError, Fetcher};
 use crate::crypto::{self, CryptoError, ObjectKind, OpenReader};
 use crate::manifest::{EntryKind, IndexEntry, Manifest, ObjectRef, SourceRecord, seal_context};
 use crate::repo::Repository;
 use crate::store::StoreError;
+
+pub mod chunked;
 
 /// Why reading a source failed. [`ReadError::is_integrity`] tells damaged
 /// or hostile stored data (exit 3) from operational failures.
@@ -100,6 +103,17 @@ pub enum ReadError {
     /// A reading thread died.
     #[error("{0}")]
     Thread(String),
+    /// Format 2: a chunk could not be read, or is damaged or missing.
+    #[error(
+        "snapshot {snapshot}, source {source_name}{}: {source}",
+        file.as_ref().map(|f| format!(", file {f:?}")).unwrap_or_default()
+    )]
+    Chunk {
+        snapshot: String,
+        source_name: String,
+        file: Option<String>,
+        source: ChunkStoreError,
+    },
 }
 
 /// What an integrity check found wrong with stored data: each variant is a
@@ -156,6 +170,17 @@ pub enum Fault {
     },
     #[error("stream name {0:?} is not a plain file name")]
     StreamName(String),
+    /// Format 2: the list's length or SHA-256 is not the manifest's.
+    #[error(
+        "it has {size} bytes or more and a SHA-256 other than the manifest records ({recorded} bytes)"
+    )]
+    ListDigest { size: u64, recorded: u64 },
+    /// Format 2: a stored file's line lists no chunks.
+    #[error("the line of {0:?} lists no chunks")]
+    NoChunks(String),
+    /// Format 2: a line's path is not in the normal form writers use.
+    #[error("the line of {0:?} does not hold a normalised path")]
+    NotNormal(String),
 }
 
 /// The reason a [`ReadError::Content`] gives.
@@ -170,6 +195,7 @@ impl ReadError {
                 crate::ErrorKind::Integrity
             }
             ReadError::Store(s) => s.kind(),
+            ReadError::Chunk { source, .. } => source.kind(),
             _ => crate::ErrorKind::Operational,
         }
     }
@@ -199,7 +225,7 @@ impl Where {
         }
     }
 
-    fn unsafe_path(&self, path: &str, reason: UnsafeName) -> ReadError {
+    pub(crate) fn unsafe_path(&self, path: &str, reason: UnsafeName) -> ReadError {
         ReadError::Unsafe {
             snapshot: self.snapshot.clone(),
             source_name: self.source.clone(),
@@ -321,9 +347,34 @@ fn decoder(r: ChanReader, at: &Where, object: &str) -> Result<Decoded, ReadError
     zstd::stream::read::Decoder::new(r).map_err(|e| at.integrity(object, Fault::Decompression(e)))
 }
 
-/// Reads a source's index alone to its authenticated end on this (blocking)
+/// Reads a source's index (format 1) or file list (format 2) alone, to its
+/// authenticated end, on this (blocking) thread, handing every line to `f`.
+/// A source that stored nothing has no lines.
+pub fn read_lines(
+    repo: &Repository,
+    at: &Where,
+    src: &SourceRecord,
+    mut f: impl FnMut(IndexEntry),
+) -> Result<(), ReadError> {
+    if let Some(list) = &src.list {
+        let handle = tokio::runtime::Handle::current();
+        let reader = chunked::ListReader::new(fetcher(repo, at)?, handle, list.clone(), at.clone());
+        let mut lines = IndexReader::new(BufReader::new(reader));
+        let err = |e| classify(e, at, chunked::LIST_OBJECT);
+        while let Some(e) = lines.next_entry().map_err(err)? {
+            f(e);
+        }
+        return Ok(());
+    }
+    match &src.index {
+        Some(index_ref) => read_index(repo, at, index_ref, f),
+        None => Ok(()),
+    }
+}
+
+/// Reads a format 1 index alone to its authenticated end on this (blocking)
 /// thread, handing every line to `f`.
-pub fn read_index(
+fn read_index(
     repo: &Repository,
     at: &Where,
     index_ref: &ObjectRef,
@@ -350,13 +401,28 @@ pub fn read_index(
 
 // ------------------------------------------------------------------ sources
 
-/// A source's archive and index, read side by side by [`SourceStreams::walk`].
+/// A source's stored content, read by [`SourceStreams::walk`]: format 1's
+/// archive and index side by side, or format 2's file list and chunks.
 pub struct SourceStreams {
     pub at: Where,
-    pub archive_ref: ObjectRef,
-    pub index_ref: ObjectRef,
+    inner: Inner,
+}
+
+enum Inner {
+    Tar(TarSource),
+    Chunked(ChunkedSource),
+}
+
+struct TarSource {
+    archive_ref: ObjectRef,
+    index_ref: ObjectRef,
     archive: ObjectStream,
     index: ObjectStream,
+}
+
+struct ChunkedSource {
+    lines: Option<IndexReader<BufReader<chunked::ListReader>>>,
+    prefetch: chunked::Prefetch,
 }
 
 /// What a consumer of [`SourceStreams::walk`] wants next.
@@ -372,10 +438,33 @@ pub struct Walked {
     pub files: u64,
 }
 
+/// Format 2: the fetcher of the repository's chunks, from a blocking
+/// thread inside the runtime.
+fn fetcher(repo: &Repository, at: &Where) -> Result<std::sync::Arc<Fetcher>, ReadError> {
+    tokio::runtime::Handle::current()
+        .block_on(repo.fetcher())
+        .map_err(|e| at.chunk_error(None, e))
+}
+
 impl SourceStreams {
-    /// Starts reading both objects of a source that was stored.
+    /// Starts reading a source that was stored. Call from a blocking
+    /// thread inside the runtime.
     pub fn open(repo: &Repository, m: &Manifest, src: &SourceRecord) -> Result<Self, ReadError> {
         let at = Where::new(m, src);
+        if let Some(list) = &src.list {
+            let handle = tokio::runtime::Handle::current();
+            let f = fetcher(repo, &at)?;
+            let reader =
+                chunked::ListReader::new(f.clone(), handle.clone(), list.clone(), at.clone());
+            let prefetch = chunked::Prefetch::start(f, handle, list.clone(), at.clone());
+            return Ok(SourceStreams {
+                at,
+                inner: Inner::Chunked(ChunkedSource {
+                    lines: Some(IndexReader::new(BufReader::new(reader))),
+                    prefetch,
+                }),
+            });
+        }
         let (Some(archive_ref), Some(index_ref)) = (src.archive.clone(), src.index.clone()) else {
             return Err(ReadError::SourceFailed {
                 snapshot: m.id.clone(),
@@ -387,54 +476,158 @@ impl SourceStreams {
         let index = ObjectStream::open(repo, &at, &index_ref, ObjectKind::Index);
         Ok(SourceStreams {
             at,
-            archive_ref,
-            index_ref,
-            archive,
-            index,
+            inner: Inner::Tar(TarSource {
+                archive_ref,
+                index_ref,
+                archive,
+                index,
+            }),
         })
     }
 
-    fn archive_error(&self, e: io::Error) -> ReadError {
-        classify(e, &self.at, &self.archive_ref.object)
+    /// What integrity errors about file content name as their object.
+    pub fn content_object(&self) -> &str {
+        match &self.inner {
+            Inner::Tar(t) => &t.archive_ref.object,
+            Inner::Chunked(_) => chunked::CHUNKS_OBJECT,
+        }
     }
 
-    fn index_error(&self, e: io::Error) -> ReadError {
-        classify(e, &self.at, &self.index_ref.object)
-    }
-
-    /// Walks the archive's entries and the index's lines side by side,
-    /// handing each authenticated entry to `visit` (checks 3-8 of the module
-    /// doc). Call [`SourceStreams::finish`] with the result.
+    /// Walks the source's entries, handing each authenticated entry to
+    /// `visit` (checks 3-8 of the module doc; section 22 in format 2).
+    /// Call [`SourceStreams::finish`] with the result.
     pub fn walk<E: From<ReadError>>(
         &mut self,
+        visit: impl FnMut(&mut Entry<'_>) -> Result<Flow, E>,
+    ) -> Result<Walked, E> {
+        match &mut self.inner {
+            Inner::Tar(t) => t.walk(&self.at, visit),
+            Inner::Chunked(c) => c.walk(&self.at, visit),
+        }
+    }
+
+    /// Joins the reading threads. A failure there is the real cause of any
+    /// error the consumer saw, so it wins; otherwise the consumer's result
+    /// is returned.
+    pub fn finish<T, E: From<ReadError>>(self, consumer: Result<T, E>) -> Result<T, E> {
+        match self.inner {
+            Inner::Tar(mut t) => {
+                let a = t.archive.join();
+                let i = t.index.join();
+                a?;
+                i?;
+            }
+            Inner::Chunked(mut c) => {
+                c.lines.take();
+                c.prefetch.finish();
+            }
+        }
+        consumer
+    }
+}
+
+impl ChunkedSource {
+    fn walk<E: From<ReadError>>(
+        &mut self,
+        at: &Where,
+        mut visit: impl FnMut(&mut Entry<'_>) -> Result<Flow, E>,
+    ) -> Result<Walked, E> {
+        let list_err = |e: io::Error| classify(e, at, chunked::LIST_OBJECT);
+        let mut lines = self.lines.take().expect("walked once");
+        let mut files = 0u64;
+        let mut stored = StoredFiles::default();
+        while let Some(line) = lines.next_stored().map_err(list_err)? {
+            let rel = safe_path(line.path.as_bytes()).map_err(|r| at.unsafe_path(&line.path, r))?;
+            if rel != line.path {
+                return Err(at
+                    .integrity(chunked::LIST_OBJECT, Fault::NotNormal(line.path))
+                    .into());
+            }
+            let kind = line.kind;
+            let (data, size) = match kind {
+                EntryKind::File => {
+                    let Some(ids) = line.chunks.clone() else {
+                        return Err(at
+                            .integrity(chunked::LIST_OBJECT, Fault::NoChunks(rel))
+                            .into());
+                    };
+                    files += 1;
+                    stored.add(&line);
+                    (
+                        EntryData::Chunks(chunked::ChunkData::new(
+                            ids,
+                            line.size,
+                            &mut self.prefetch,
+                            at,
+                            rel.clone(),
+                        )),
+                        line.size,
+                    )
+                }
+                _ => (EntryData::None, 0),
+            };
+            let link = (kind == EntryKind::Hardlink).then(|| line.clone());
+            let mut e = Entry {
+                kind,
+                size,
+                data,
+                hash: Sha256::new(),
+                read: 0,
+                checked: kind != EntryKind::File,
+                at,
+                object: chunked::CHUNKS_OBJECT,
+                rel,
+                index: line,
+            };
+            if let Flow::Stop = visit(&mut e)? {
+                return Ok(Walked { files });
+            }
+            e.skip()?;
+            drop(e);
+            if let Some(l) = link {
+                stored
+                    .check_link(&l)
+                    .map_err(|f| at.integrity(chunked::LIST_OBJECT, f))?;
+            }
+        }
+        // next_stored read the list to its end, where its digest is checked.
+        Ok(Walked { files })
+    }
+}
+
+impl TarSource {
+    fn archive_error(&self, at: &Where, e: io::Error) -> ReadError {
+        classify(e, at, &self.archive_ref.object)
+    }
+
+    fn index_error(&self, at: &Where, e: io::Error) -> ReadError {
+        classify(e, at, &self.index_ref.object)
+    }
+
+    fn walk<E: From<ReadError>>(
+        &mut self,
+        at: &Where,
         mut visit: impl FnMut(&mut Entry<'_>) -> Result<Flow, E>,
     ) -> Result<Walked, E> {
         let a = self.archive.take_reader();
         let i = self.index.take_reader();
-        let mut tar: TarStream = tar::Archive::new(TarGuard::new(decoder(
-            a,
-            &self.at,
-            &self.archive_ref.object,
-        )?));
-        let mut index: IndexStream = IndexReader::new(BufReader::new(decoder(
-            i,
-            &self.at,
-            &self.index_ref.object,
-        )?));
+        let mut tar: TarStream =
+            tar::Archive::new(TarGuard::new(decoder(a, at, &self.archive_ref.object)?));
+        let mut index: IndexStream =
+            IndexReader::new(BufReader::new(decoder(i, at, &self.index_ref.object)?));
         let mut files = 0u64;
         let mut stored = StoredFiles::default();
-        for entry in tar.entries().map_err(|e| self.archive_error(e))? {
-            let entry = entry.map_err(|e| self.archive_error(e))?;
+        for entry in tar.entries().map_err(|e| self.archive_error(at, e))? {
+            let entry = entry.map_err(|e| self.archive_error(at, e))?;
             let name = entry.path_bytes().into_owned();
-            let rel = safe_path(&name)
-                .map_err(|r| self.at.unsafe_path(&String::from_utf8_lossy(&name), r))?;
+            let rel =
+                safe_path(&name).map_err(|r| at.unsafe_path(&String::from_utf8_lossy(&name), r))?;
             let ty = entry.header().entry_type();
             let Some(kind) = entry_kind(ty) else {
                 if ty.is_pax_global_extensions() || ty.is_pax_local_extensions() {
                     continue;
                 }
-                return Err(self
-                    .at
+                return Err(at
                     .integrity(
                         &self.archive_ref.object,
                         Fault::EntryType {
@@ -444,7 +637,7 @@ impl SourceStreams {
                     )
                     .into());
             };
-            let line = self.expect_entry(&mut index, &rel, kind)?;
+            let line = self.expect_entry(at, &mut index, &rel, kind)?;
             // A hard link is checked after the consumer saw it: where it
             // points is the consumer's to refuse first (step 6), and a link
             // only ever points at bytes that were checked themselves.
@@ -460,11 +653,11 @@ impl SourceStreams {
             let mut e = Entry {
                 kind,
                 size: entry.size(),
-                data: entry,
+                data: EntryData::Tar(entry),
                 hash: Sha256::new(),
                 read: 0,
                 checked: kind != EntryKind::File,
-                at: &self.at,
+                at,
                 object: &self.archive_ref.object,
                 rel,
                 index: line,
@@ -477,38 +670,37 @@ impl SourceStreams {
             if let Some(l) = link {
                 stored
                     .check_link(&l)
-                    .map_err(|f| self.at.integrity(&self.index_ref.object, f))?;
+                    .map_err(|f| at.integrity(&self.index_ref.object, f))?;
             }
         }
-        if let Some(extra) = index.next_stored().map_err(|e| self.index_error(e))? {
-            return Err(self
-                .at
+        if let Some(extra) = index.next_stored().map_err(|e| self.index_error(at, e))? {
+            return Err(at
                 .integrity(&self.index_ref.object, Fault::NotInArchive(extra.path))
                 .into());
         }
         // Tar stops at its end-of-archive marker: a cut after it must not go
         // unnoticed, so both streams are read to their authenticated end.
-        io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(|e| self.archive_error(e))?;
-        io::copy(&mut index.into_inner(), &mut io::sink()).map_err(|e| self.index_error(e))?;
+        io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(|e| self.archive_error(at, e))?;
+        io::copy(&mut index.into_inner(), &mut io::sink()).map_err(|e| self.index_error(at, e))?;
         Ok(Walked { files })
     }
 
     /// Reads the next stored index line and checks that the tar entry agrees.
     fn expect_entry(
         &self,
+        at: &Where,
         index: &mut IndexStream,
         path: &str,
         kind: EntryKind,
     ) -> Result<IndexEntry, ReadError> {
         let e = index
             .next_stored()
-            .map_err(|e| self.index_error(e))?
+            .map_err(|e| self.index_error(at, e))?
             .ok_or_else(|| {
-                self.at
-                    .integrity(&self.index_ref.object, Fault::NotInIndex(path.to_string()))
+                at.integrity(&self.index_ref.object, Fault::NotInIndex(path.to_string()))
             })?;
         if e.path != path || e.kind != kind {
-            return Err(self.at.integrity(
+            return Err(at.integrity(
                 &self.archive_ref.object,
                 Fault::Mismatch {
                     path: path.to_string(),
@@ -519,17 +711,6 @@ impl SourceStreams {
             ));
         }
         Ok(e)
-    }
-
-    /// Joins both reading threads. A failure there is the real cause of any
-    /// error the consumer saw, so it wins; otherwise the consumer's result
-    /// is returned.
-    pub fn finish<T, E: From<ReadError>>(mut self, consumer: Result<T, E>) -> Result<T, E> {
-        let a = self.archive.join();
-        let i = self.index.join();
-        a?;
-        i?;
-        consumer
     }
 }
 
@@ -591,7 +772,7 @@ pub struct Entry<'a> {
     pub index: IndexEntry,
     /// The size the tar header gives (what reading will yield at most).
     pub size: u64,
-    data: tar::Entry<'a, TarInner>,
+    data: EntryData<'a>,
     hash: Sha256,
     read: u64,
     /// Set once the content check ran (or for entries without content).
@@ -626,9 +807,36 @@ impl Entry<'_> {
     }
 }
 
+/// Where an entry's bytes come from. One lives at a time, on the walk's
+/// stack: boxing the tar entry would cost an allocation per entry.
+#[allow(clippy::large_enum_variant)]
+enum EntryData<'a> {
+    Tar(tar::Entry<'a, TarInner>),
+    Chunks(chunked::ChunkData<'a>),
+    None,
+}
+
+impl Read for EntryData<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            EntryData::Tar(t) => t.read(buf),
+            EntryData::Chunks(c) => c.read(buf),
+            EntryData::None => Ok(0),
+        }
+    }
+}
+
 impl Read for Entry<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let k = self.data.read(buf)?;
+        let k = match self.data.read(buf) {
+            Ok(k) => k,
+            Err(e) => {
+                // Reported once: a consumer that goes on (verify) is not
+                // told again that this entry's content is unchecked.
+                self.checked = true;
+                return Err(e);
+            }
+        };
         if self.checked {
             return Ok(k);
         }
@@ -678,7 +886,8 @@ pub fn is_dump_source(kind: &str) -> bool {
 /// source's `files`; for a dump source, the sum of `chunks` over
 /// `details.streams` (its `files` counts streams).
 pub fn expected_files(src: &SourceRecord) -> u64 {
-    if is_dump_source(&src.kind) {
+    // Format 2 stores a stream as one line, not as 4 MiB chunk entries.
+    if is_dump_source(&src.kind) && src.list.is_none() {
         src.details
             .get("streams")
             .and_then(|v| v.as_array())

@@ -1,0 +1,468 @@
+//! Writing a snapshot as chunks (format 2, docs/FORMAT.md sections 17 to
+//! 21): the [`ChunkSink`] a source's walk or dump writes into, and the
+//! [`ChunkWriter`] behind it that seals new chunks into packs and uploads
+//! them.
+//!
+//! Work is split so that both cores stay busy: the source's own thread
+//! reads, hashes (SHA-256 of the file, the keyed chunk id) and cuts; a
+//! packer thread compresses and seals the chunks the repository does not
+//! hold yet; pack uploads run on the async runtime, at most
+//! [`UPLOADS`] at a time. The channels between them are bounded, so memory
+//! holds a few chunks and at most `UPLOADS + 1` packs whatever the size of
+//! the source.
+
+use std::io::{self, Read, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use super::ChunkId;
+use super::cut::{Chunker, Cutter};
+use super::index::IndexedPack;
+use super::known::KnownChunks;
+use super::pack::{BlobType, PACK_TARGET, PackWriter, SealedPack};
+use super::storage::{ChunkStoreError, store_index};
+use crate::archive::{Announced, DataOutcome, EntrySink, IndexWriter};
+use crate::manifest::{EntryKind, IndexEntry, ListRef};
+use crate::repo::Chunked;
+use crate::source::SourceError;
+use crate::source::stream::{StoredStream, StreamSink};
+use crate::store::Store;
+
+/// Pack uploads in flight at once.
+pub const UPLOADS: usize = 2;
+/// Chunks waiting for the packer.
+const QUEUED_CHUNKS: usize = 4;
+
+/// One chunk on its way to a pack, with the source it is charged to.
+struct Job {
+    id: ChunkId,
+    kind: BlobType,
+    data: Bytes,
+    source: usize,
+}
+
+/// What every source's sink shares: the chunker, the keys, what the
+/// repository holds, and the way to the packer.
+struct Shared {
+    chunked: Arc<Chunked>,
+    known: Mutex<KnownChunks>,
+    tx: Mutex<Option<SyncSender<Job>>>,
+    /// Stored bytes (sealed blobs) per source, filled in by the packer.
+    stored: Mutex<Vec<u64>>,
+}
+
+/// The packs of one snapshot: started before its first source, finished
+/// (last pack uploaded, index object stored) before its manifest.
+pub struct ChunkWriter {
+    shared: Arc<Shared>,
+    packer: Option<JoinHandle<Result<(), ChunkStoreError>>>,
+    uploader: tokio::task::JoinHandle<Result<Vec<IndexedPack>, ChunkStoreError>>,
+    store: Store,
+    repo_id: String,
+    sources: usize,
+    dry_run: bool,
+}
+
+/// What a finished [`ChunkWriter`] stored.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub index: Option<String>,
+    pub packs: u64,
+    pub pack_bytes: u64,
+    /// Stored bytes (sealed blobs) per source, in the order of the sinks.
+    pub charged: Vec<u64>,
+}
+
+impl ChunkWriter {
+    /// Starts the packer and the uploader. `known` is what the repository
+    /// holds; `dry_run` seals packs but uploads nothing. Call from within
+    /// the runtime.
+    pub fn start(
+        store: &Store,
+        repo_id: &str,
+        chunked: Arc<Chunked>,
+        known: KnownChunks,
+        level: i32,
+        dry_run: bool,
+    ) -> ChunkWriter {
+        let (tx, rx) = sync_channel::<Job>(QUEUED_CHUNKS);
+        let (ptx, prx) = tokio::sync::mpsc::channel::<SealedPack>(1);
+        let shared = Arc::new(Shared {
+            chunked: Arc::clone(&chunked),
+            known: Mutex::new(known),
+            tx: Mutex::new(Some(tx)),
+            stored: Mutex::new(Vec::new()),
+        });
+        let packer_shared = Arc::clone(&shared);
+        let packer = std::thread::spawn(move || pack_loop(rx, ptx, &packer_shared, level));
+        let up_store = store.clone();
+        let uploader = tokio::spawn(upload_loop(up_store, prx, dry_run));
+        ChunkWriter {
+            shared,
+            packer: Some(packer),
+            uploader,
+            store: store.clone(),
+            repo_id: repo_id.to_string(),
+            sources: 0,
+            dry_run,
+        }
+    }
+
+    /// A sink for the next source.
+    pub fn sink(&mut self) -> ChunkSink {
+        let source = self.sources;
+        self.sources += 1;
+        self.shared.stored.lock().expect("stored lock").push(0);
+        ChunkSink {
+            shared: Arc::clone(&self.shared),
+            source,
+            new_chunks: 0,
+        }
+    }
+
+    /// Uploads the last pack and stores the index object that lists every
+    /// pack of this snapshot. An upload that failed fails the whole
+    /// snapshot: its chunks were counted as stored by every file after them.
+    pub async fn finish(mut self) -> Result<Written, ChunkStoreError> {
+        self.shared.tx.lock().expect("tx lock").take();
+        let packer = self.packer.take().expect("finished once");
+        let packed = tokio::task::spawn_blocking(move || packer.join())
+            .await
+            .map_err(|e| ChunkStoreError::Internal(e.to_string()))?
+            .map_err(|_| ChunkStoreError::Internal("the packer thread panicked".into()))?;
+        let uploaded = (&mut self.uploader)
+            .await
+            .map_err(|e| ChunkStoreError::Internal(e.to_string()))?;
+        // The uploader's failure is the cause when the packer saw its end.
+        let packs = uploaded?;
+        packed?;
+        let mut w = Written {
+            packs: packs.len() as u64,
+            charged: self.shared.stored.lock().expect("stored lock").clone(),
+            ..Written::default()
+        };
+        if !packs.is_empty() && !self.dry_run {
+            let keys = &self.shared.chunked.keys;
+            w.pack_bytes = self.stored_total();
+            w.index = Some(store_index(&self.store, keys, &self.repo_id, packs).await?);
+        }
+        Ok(w)
+    }
+
+    fn stored_total(&self) -> u64 {
+        self.shared.stored.lock().expect("stored lock").iter().sum()
+    }
+
+    /// Stops without storing an index: a failed snapshot. Packs already
+    /// uploaded stay until `prune` removes them.
+    pub async fn abandon(mut self) {
+        self.shared.tx.lock().expect("tx lock").take();
+        if let Some(p) = self.packer.take() {
+            let _ = tokio::task::spawn_blocking(move || p.join()).await;
+        }
+        self.uploader.abort();
+    }
+}
+
+fn pack_loop(
+    rx: Receiver<Job>,
+    out: tokio::sync::mpsc::Sender<SealedPack>,
+    shared: &Shared,
+    level: i32,
+) -> Result<(), ChunkStoreError> {
+    let keys = &shared.chunked.keys;
+    let mut pack: Option<PackWriter> = None;
+    let send = |p: PackWriter| -> Result<(), ChunkStoreError> {
+        out.blocking_send(p.finish())
+            .map_err(|_| ChunkStoreError::Internal("the pack uploader stopped".into()))
+    };
+    for job in rx {
+        // A pack closes before a chunk would take it past the target, so
+        // packs stay near 16 MiB and their buffers are allocated once.
+        if let Some(p) = pack.take_if(|p| !p.is_empty() && p.len() + job.data.len() > PACK_TARGET) {
+            send(p)?;
+        }
+        let p = pack.get_or_insert_with(|| PackWriter::new(keys, level));
+        let before = p.len();
+        p.add(job.id, job.kind, &job.data);
+        let grew = (p.len() - before) as u64;
+        shared.stored.lock().expect("stored lock")[job.source] += grew;
+    }
+    if let Some(p) = pack.filter(|p| !p.is_empty()) {
+        send(p)?;
+    }
+    Ok(())
+}
+
+async fn upload_loop(
+    store: Store,
+    rx: tokio::sync::mpsc::Receiver<SealedPack>,
+    dry_run: bool,
+) -> Result<Vec<IndexedPack>, ChunkStoreError> {
+    let packs = tokio_stream_of(rx)
+        .map(|sealed| {
+            let store = store.clone();
+            async move {
+                let name = sealed.object_name();
+                if !dry_run {
+                    // Create-only: a pack's name is the hash of its bytes,
+                    // so one already there (a retry after a lost answer)
+                    // holds exactly these bytes.
+                    match store.put(&name, Bytes::from(sealed.bytes), true).await {
+                        Ok(()) | Err(crate::store::StoreError::AlreadyExists { .. }) => {}
+                        Err(e) => return Err(ChunkStoreError::Store(e)),
+                    }
+                }
+                Ok(IndexedPack {
+                    pack: sealed.id,
+                    blobs: sealed.entries,
+                })
+            }
+        })
+        .buffer_unordered(UPLOADS);
+    futures::pin_mut!(packs);
+    let mut done = Vec::new();
+    while let Some(p) = packs.next().await {
+        done.push(p?);
+    }
+    Ok(done)
+}
+
+fn tokio_stream_of<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// One source's way into the packs: cuts, names and deduplicates its
+/// content on the source's own thread.
+pub struct ChunkSink {
+    shared: Arc<Shared>,
+    pub source: usize,
+    /// Chunks this source added to the repository.
+    pub new_chunks: u64,
+}
+
+/// Why a chunk could not be queued: the packer or the upload behind it
+/// stopped, and [`ChunkWriter::finish`] says why.
+#[derive(Debug, thiserror::Error)]
+#[error("the pack writer stopped (an upload failed)")]
+pub struct PackerStopped;
+
+/// Whether an I/O error is [`PackerStopped`].
+pub fn is_packer_stopped(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<PackerStopped>())
+}
+
+impl Shared {
+    /// Queues a chunk for packing unless the repository holds it; true
+    /// when it was new.
+    fn queue(&self, id: ChunkId, kind: BlobType, data: Bytes, source: usize) -> io::Result<bool> {
+        if !self.known.lock().expect("known lock").insert(&id) {
+            return Ok(false);
+        }
+        let tx = self.tx.lock().expect("tx lock").clone();
+        let stopped = || io::Error::other(PackerStopped);
+        tx.ok_or_else(stopped)?
+            .send(Job {
+                id,
+                kind,
+                data,
+                source,
+            })
+            .map_err(|_| stopped())?;
+        Ok(true)
+    }
+}
+
+impl ChunkSink {
+    /// Cuts `r` into chunks, queues the new ones for packing, and returns
+    /// the ids of all of them in order.
+    fn store(&mut self, r: impl Read, kind: BlobType) -> io::Result<Vec<ChunkId>> {
+        let chunked = Arc::clone(&self.shared.chunked);
+        let mut ids = Vec::new();
+        for c in Chunker::new(r, &chunked.params, chunked.keys.chunker_seed)
+            .expect("parameters checked when the repository was opened")
+        {
+            let c = c?;
+            let id = chunked.keys.id_of(&c);
+            if self.shared.queue(id, kind, c, self.source)? {
+                self.new_chunks += 1;
+            }
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// A writer for this source's file list, whose bytes are cut and
+    /// stored as list chunks (section 20) as they come.
+    pub fn list(&self) -> ListWriter {
+        ListWriter {
+            shared: Arc::clone(&self.shared),
+            cutter: Cutter::new(
+                &self.shared.chunked.params,
+                self.shared.chunked.keys.chunker_seed,
+            )
+            .expect("parameters checked when the repository was opened"),
+            source: self.source,
+            buf: BytesMut::new(),
+            chunks: Vec::new(),
+            new_chunks: 0,
+            size: 0,
+            hash: Sha256::new(),
+        }
+    }
+}
+
+/// A file list on its way into chunks: its bytes are cut as they come, so
+/// it is never held whole, whatever the number of files.
+pub struct ListWriter {
+    shared: Arc<Shared>,
+    cutter: Cutter,
+    source: usize,
+    buf: BytesMut,
+    chunks: Vec<ChunkId>,
+    new_chunks: u64,
+    size: u64,
+    hash: Sha256,
+}
+
+impl ListWriter {
+    /// Stores the list chunks that are final: all of them at the end, else
+    /// those before the last maximum chunk's worth of bytes.
+    fn drain(&mut self, all: bool) -> io::Result<()> {
+        while !self.buf.is_empty() && (all || self.buf.len() >= 2 * self.cutter.max()) {
+            let end = self.cutter.cut(&self.buf);
+            let c = self.buf.split_to(end).freeze();
+            let id = self.shared.chunked.keys.id_of(&c);
+            if self.shared.queue(id, BlobType::List, c, self.source)? {
+                self.new_chunks += 1;
+            }
+            self.chunks.push(id);
+        }
+        Ok(())
+    }
+
+    /// Stores what is left and says where the list is, and how many
+    /// chunks it added to the repository.
+    pub fn finish(mut self) -> io::Result<(ListRef, u64)> {
+        self.drain(true)?;
+        Ok((
+            ListRef {
+                chunks: self.chunks,
+                size: self.size,
+                sha256: hex::encode(self.hash.finalize()),
+            },
+            self.new_chunks,
+        ))
+    }
+}
+
+impl Write for ListWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        self.hash.update(b);
+        self.size += b.len() as u64;
+        self.drain(false)?;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl EntrySink for ChunkSink {
+    fn append(
+        &mut self,
+        e: &IndexEntry,
+        _tar_path: &str,
+        data: Option<&mut dyn Read>,
+    ) -> io::Result<Option<DataOutcome>> {
+        let (Some(data), EntryKind::File) = (data, e.kind) else {
+            return Ok(None);
+        };
+        let mut r = Announced::new(data, e.size);
+        let chunks = self.store(&mut r, BlobType::Data)?;
+        let (sha256, read, short) = r.finish();
+        Ok(Some(DataOutcome {
+            sha256,
+            read,
+            short,
+            chunks: Some(chunks),
+        }))
+    }
+
+    fn records_identity(&self) -> bool {
+        true
+    }
+}
+
+impl StreamSink for ChunkSink {
+    fn store_stream<I: Write>(
+        &mut self,
+        name: &str,
+        r: &mut dyn Read,
+        index: &mut IndexWriter<I>,
+    ) -> Result<StoredStream, SourceError> {
+        let started = chrono::Utc::now();
+        let mut hashed = Hashed {
+            inner: r,
+            hash: Sha256::new(),
+            size: 0,
+        };
+        let chunks = self.store(&mut hashed, BlobType::Data).map_err(|e| {
+            if is_packer_stopped(&e) {
+                SourceError::Io(e)
+            } else {
+                SourceError::Failed(format!("reading the {name} stream failed: {e}"))
+            }
+        })?;
+        let sha256 = hex::encode(hashed.hash.finalize());
+        let line = IndexEntry {
+            path: name.to_string(),
+            kind: EntryKind::File,
+            size: hashed.size,
+            mode: 0o600,
+            mtime: started.timestamp(),
+            mtime_nsec: started.timestamp_subsec_nanos(),
+            uid: 0,
+            gid: 0,
+            target: None,
+            sha256: Some(sha256.clone()),
+            stored: true,
+            error: None,
+            object: None,
+            chunks: Some(chunks.clone()),
+            more: false,
+            ino: None,
+            ctime: None,
+            ctime_nsec: None,
+        };
+        index.push(&line)?;
+        Ok(StoredStream {
+            name: name.to_string(),
+            bytes: hashed.size,
+            chunks: chunks.len() as u64,
+            sha256,
+        })
+    }
+}
+
+/// A stream's bytes, hashed and counted on the way to the chunker.
+struct Hashed<'a> {
+    inner: &'a mut dyn Read,
+    hash: Sha256,
+    size: u64,
+}
+
+impl Read for Hashed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}

@@ -14,11 +14,11 @@ use chrono::Utc;
 
 use crate::archive::{IndexWriter, TarWriter, stage_channel};
 use crate::chunks::storage::{self, ChunkStoreError};
-use crate::chunks::write::ChunkWriter;
+use crate::chunks::write::{ChunkWriter, ParentList};
 use crate::config::{Config, SourceConfig, SourceKind, VanishedPolicy};
 use crate::crypto::{self, ObjectKind, SealWriter};
 use crate::manifest::{
-    Manifest, ObjectRef, SnapshotStatus, SourceRecord, SourceStatus, seal_context,
+    ListRef, Manifest, ObjectRef, SnapshotStatus, SourceRecord, SourceStatus, seal_context,
 };
 use crate::outcome::ErrorKind;
 use crate::repo::{DATA_PREFIX, RepoError, Repository, host_name};
@@ -69,6 +69,8 @@ pub struct SnapshotOptions {
     /// CLI offers no way to, so no snapshot can be dated into the future to
     /// stay `latest` and keep `check --max-age` green.
     pub time: Option<chrono::DateTime<Utc>>,
+    /// Format 2: read every file, also those unchanged since the parent.
+    pub reread: bool,
 }
 
 /// The result of a snapshot run: the manifest (committed unless dry run).
@@ -136,9 +138,22 @@ pub async fn snapshot(
         )),
         None => None,
     };
+    // Format 2: the newest earlier snapshot of this host, per source name,
+    // whose unchanged files need not be read (section 21.2).
+    let parents = match (&chunk_writer, opts.reread) {
+        (Some(_), false) => newest_per_source(repo).await,
+        _ => BTreeMap::new(),
+    };
+    let mut parent_ids = Vec::new();
     for src in sources {
         let rec = match chunk_writer.as_mut() {
-            Some(w) => run_source_chunked(w, src).await,
+            Some(w) => {
+                let parent = parents.get(&src.name);
+                if let Some((id, t, _)) = parent {
+                    parent_ids.push((id.clone(), *t));
+                }
+                run_source_chunked(repo, w, src, parent).await
+            }
             None => run_source(repo, &id, src, opts).await,
         };
         match (&rec.status, &rec.error) {
@@ -190,7 +205,12 @@ pub async fn snapshot(
         } else {
             SnapshotStatus::Ok
         },
-        parent: None,
+        // Informational: the snapshot the directory sources compared
+        // against (the newest of them when sources had different ones).
+        parent: parent_ids
+            .into_iter()
+            .max_by_key(|(_, t)| *t)
+            .map(|(id, _)| id),
         sources: records,
     };
     if manifest
@@ -320,10 +340,63 @@ async fn run_source(
     }
 }
 
+/// Per source name, the newest snapshot of this host that stored it whole
+/// enough to stand for unchanged files: its id, time and file list. A
+/// repository whose manifests cannot be listed just gets no parent.
+async fn newest_per_source(
+    repo: &Repository,
+) -> BTreeMap<String, (String, chrono::DateTime<Utc>, ListRef)> {
+    let host = host_name();
+    let mut out: BTreeMap<String, (String, chrono::DateTime<Utc>, ListRef)> = BTreeMap::new();
+    let Ok((manifests, _)) = repo.manifests().await else {
+        return out;
+    };
+    for m in manifests.iter().filter(|m| m.host == host) {
+        for s in &m.sources {
+            let (Some(list), SourceStatus::Ok, "directory") = (&s.list, s.status, s.kind.as_str())
+            else {
+                continue;
+            };
+            if out.get(&s.name).is_none_or(|(_, t, _)| *t <= m.time) {
+                out.insert(s.name.clone(), (m.id.clone(), m.time, list.clone()));
+            }
+        }
+    }
+    out
+}
+
 /// Reads one source into chunks (format 2) on a blocking thread.
-async fn run_source_chunked(writer: &mut ChunkWriter, src: &SourceConfig) -> SourceRecord {
+async fn run_source_chunked(
+    repo: &Repository,
+    writer: &mut ChunkWriter,
+    src: &SourceConfig,
+    parent: Option<&(String, chrono::DateTime<Utc>, ListRef)>,
+) -> SourceRecord {
     let started = Instant::now();
     let mut sink = writer.sink();
+    if src.kind == SourceKind::Directory {
+        let lines = match (parent, repo.fetcher().await) {
+            (Some((id, _, list)), Ok(f)) => {
+                let at = crate::read::Where {
+                    snapshot: id.clone(),
+                    source: src.name.clone(),
+                };
+                let lines = crate::read::chunked::list_lines(
+                    f,
+                    tokio::runtime::Handle::current(),
+                    list.clone(),
+                    at,
+                );
+                Some(ParentList::new(Box::new(lines)))
+            }
+            (Some(_), Err(e)) => {
+                tracing::warn!("the previous snapshot cannot be used ({e}); every file is read");
+                None
+            }
+            _ => None,
+        };
+        sink.directory(lines);
+    }
     let src_owned = src.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<_, PipelineError> {
         crate::progress::message(format!("source {}", src_owned.name));

@@ -124,7 +124,10 @@ async fn check_source(
     packs: &mut PackVerdicts,
 ) -> Result<SourceCheck, RepoError> {
     let mut problems = Vec::new();
-    if src.list.is_some() && src.status != SourceStatus::Failed {
+    // Format 2: plain verify hashes the packs; --deep reads and checks
+    // every chunk instead (as format 1's --deep authenticates every
+    // segment instead of hashing the objects).
+    if src.list.is_some() && src.status != SourceStatus::Failed && !deep {
         problems = check_chunks(repo, m, src, packs).await?;
     }
     if src.status == SourceStatus::Failed {

@@ -122,6 +122,8 @@ impl ChunkWriter {
             shared: Arc::clone(&self.shared),
             source,
             new_chunks: 0,
+            identity: false,
+            parent: None,
         }
     }
 
@@ -244,6 +246,70 @@ pub struct ChunkSink {
     pub source: usize,
     /// Chunks this source added to the repository.
     pub new_chunks: u64,
+    /// Directory sources: lines record inode and change time.
+    identity: bool,
+    /// The previous snapshot's list of this source (section 21.2).
+    parent: Option<ParentList>,
+}
+
+/// The previous snapshot's file list of a directory source, read as a
+/// stream beside the walk: both are in walk order (section 9), so each
+/// lookup only moves forward, and memory holds one line.
+pub struct ParentList {
+    lines: Box<dyn Iterator<Item = io::Result<IndexEntry>> + Send>,
+    pending: Option<IndexEntry>,
+    failed: bool,
+}
+
+/// Walk order: component by component, bytewise, a directory before what
+/// it holds; the root `.` first.
+fn walk_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(p: &str) -> impl Iterator<Item = &[u8]> {
+        (p != ".")
+            .then_some(p)
+            .into_iter()
+            .flat_map(|p| p.split('/'))
+            .map(str::as_bytes)
+    }
+    parts(a).cmp(parts(b))
+}
+
+impl ParentList {
+    pub fn new(lines: Box<dyn Iterator<Item = io::Result<IndexEntry>> + Send>) -> Self {
+        ParentList {
+            lines,
+            pending: None,
+            failed: false,
+        }
+    }
+
+    /// The parent's line for `path`, if it has one. A list that cannot be
+    /// read is given up (every file is then read), never trusted further.
+    fn find(&mut self, path: &str) -> Option<IndexEntry> {
+        use std::cmp::Ordering;
+        while !self.failed {
+            if self.pending.is_none() {
+                match self.lines.next() {
+                    Some(Ok(l)) => self.pending = Some(l),
+                    Some(Err(e)) => {
+                        tracing::warn!(
+                            "the previous snapshot's file list could not be read ({e}); every file is read again"
+                        );
+                        self.failed = true;
+                        return None;
+                    }
+                    None => return None,
+                }
+            }
+            let line = self.pending.as_ref().expect("filled above");
+            match walk_order(&line.path, path) {
+                Ordering::Less => self.pending = None,
+                Ordering::Equal => return self.pending.take(),
+                Ordering::Greater => return None,
+            }
+        }
+        None
+    }
 }
 
 /// Why a chunk could not be queued: the packer or the upload behind it
@@ -279,6 +345,13 @@ impl Shared {
 }
 
 impl ChunkSink {
+    /// A directory source: its lines record inode and change time, and
+    /// `parent` (when given) stands for files that did not change.
+    pub fn directory(&mut self, parent: Option<ParentList>) {
+        self.identity = true;
+        self.parent = parent;
+    }
+
     /// Cuts `r` into chunks, queues the new ones for packing, and returns
     /// the ids of all of them in order.
     fn store(&mut self, r: impl Read, kind: BlobType) -> io::Result<Vec<ChunkId>> {
@@ -396,7 +469,26 @@ impl EntrySink for ChunkSink {
     }
 
     fn records_identity(&self) -> bool {
-        true
+        self.identity
+    }
+
+    fn unchanged(&mut self, e: &IndexEntry) -> Option<IndexEntry> {
+        let line = self.parent.as_mut()?.find(&e.path)?;
+        let same = line.kind == EntryKind::File
+            && line.stored
+            && line.error.is_none()
+            && line.chunks.is_some()
+            && line.size == e.size
+            && line.mtime == e.mtime
+            && line.mtime_nsec == e.mtime_nsec
+            && line.ino == e.ino
+            && line.ctime == e.ctime
+            && line.ctime_nsec == e.ctime_nsec;
+        same.then(|| IndexEntry {
+            sha256: line.sha256,
+            chunks: line.chunks,
+            ..e.clone()
+        })
     }
 }
 
@@ -464,5 +556,45 @@ impl Read for Hashed<'_> {
         self.hash.update(&buf[..n]);
         self.size += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_order_is_the_order_of_the_walk() {
+        // A directory's entries come right after it, before its next
+        // sibling, whatever bytes the sibling's name holds.
+        let walked = [
+            ".", " x", "-y", "a", "a/b", "a/b/c", "a/z", "a-b", "a.txt", "b",
+        ];
+        for w in walked.windows(2) {
+            assert_eq!(walk_order(w[0], w[1]), std::cmp::Ordering::Less, "{w:?}");
+        }
+        assert_eq!(walk_order("a/b", "a/b"), std::cmp::Ordering::Equal);
+    }
+
+    fn line(path: &str) -> IndexEntry {
+        serde_json::from_str(&format!(
+            r#"{{"path":{path:?},"type":"file","size":1,"mode":420,"mtime":1,"uid":0,"gid":0,"stored":true,"chunks":[]}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_parent_list_is_read_forward_once() {
+        let lines: Vec<io::Result<IndexEntry>> = [".", "a", "a/b", "c", "d/e"]
+            .iter()
+            .map(|p| Ok(line(p)))
+            .collect();
+        let mut p = ParentList::new(Box::new(lines.into_iter()));
+        assert!(p.find("a/a").is_none());
+        assert_eq!(p.find("a/b").unwrap().path, "a/b");
+        assert!(p.find("b").is_none());
+        assert_eq!(p.find("c").unwrap().path, "c");
+        assert_eq!(p.find("d/e").unwrap().path, "d/e");
+        assert!(p.find("z").is_none());
     }
 }

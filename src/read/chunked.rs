@@ -24,7 +24,7 @@ use super::{Fault, ReadError, Where, classify};
 use crate::archive::IndexReader;
 use crate::chunks::ChunkId;
 use crate::chunks::storage::{ChunkStoreError, Fetcher};
-use crate::manifest::{EntryKind, ListRef};
+use crate::manifest::{EntryKind, IndexEntry, ListRef};
 
 /// Chunk fetches in flight per source being read.
 pub const PREFETCH: usize = 8;
@@ -118,6 +118,18 @@ impl Read for ListReader {
         self.cur.advance(n);
         Ok(n)
     }
+}
+
+/// The lines of a file list, read as a stream (the previous snapshot's
+/// list, beside a walk: `chunks::write::ParentList`).
+pub fn list_lines(
+    fetcher: Arc<Fetcher>,
+    handle: Handle,
+    list: ListRef,
+    at: Where,
+) -> impl Iterator<Item = io::Result<IndexEntry>> + Send {
+    let mut lines = IndexReader::new(BufReader::new(ListReader::new(fetcher, handle, list, at)));
+    std::iter::from_fn(move || lines.next_entry().transpose())
 }
 
 type Fetched = Result<(ChunkId, Bytes), ReadError>;

@@ -562,7 +562,7 @@ fn newer_repository_version_is_exit_1() {
     let cfg = fs::read(repo.join("config")).expect("config");
     fs::write(
         repo.join("config"),
-        replace_once(&cfg, b"\"version\": 1", b"\"version\": 2"),
+        replace_once(&cfg, b"\"version\": 1", b"\"version\": 3"),
     )
     .expect("write config");
     for args in [
@@ -571,10 +571,10 @@ fn newer_repository_version_is_exit_1() {
         &["restore", "latest", "--target", "out"],
     ] {
         let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(args));
-        assert_eq!(code, 1, "{args:?} on a version-2 repository\n{out}");
+        assert_eq!(code, 1, "{args:?} on a version-3 repository\n{out}");
         assert!(
             out.contains("written by a newer coffer")
-                && out.contains("format version 2")
+                && out.contains("format version 3")
                 && out.contains("upgrade coffer"),
             "{args:?}: the message says why and what to do\n{out}"
         );
@@ -590,7 +590,7 @@ fn newer_manifest_version_is_exit_1() {
     let (tmp, repo) = repo_copy();
     let old = snapshot_id();
     let mut m = fixture_manifest(&repo);
-    m.version = 2;
+    m.version = 3;
     // A later snapshot, so it would be `latest`.
     m.id = "ffffffffffffffff".into();
     m.time += chrono::Duration::hours(1);
@@ -598,7 +598,7 @@ fn newer_manifest_version_is_exit_1() {
     let newer_msg = |out: &str| {
         out.contains("ffffffffffffffff")
             && out.contains("written by a newer coffer")
-            && out.contains("format version 2")
+            && out.contains("format version 3")
             && out.contains("upgrade coffer")
     };
     for args in [
@@ -610,7 +610,7 @@ fn newer_manifest_version_is_exit_1() {
         &["snapshots"],
     ] {
         let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(args));
-        assert_eq!(code, 1, "{args:?} with a version-2 manifest\n{out}");
+        assert_eq!(code, 1, "{args:?} with a version-3 manifest\n{out}");
         assert!(newer_msg(&out), "{args:?}: names it and says why\n{out}");
     }
     assert!(!tmp.path().join("out").exists());
@@ -626,7 +626,7 @@ fn newer_manifest_version_is_exit_1() {
     let v: Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v[0]["id"], json!(old), "{v}");
     assert_eq!(v[1]["id"], json!("ffffffffffffffff"), "{v}");
-    assert_eq!(v[1]["newer_version"], json!(2), "{v}");
+    assert_eq!(v[1]["newer_version"], json!(3), "{v}");
     assert_eq!(v[1]["object"], json!("snapshots/ffffffffffffffff"), "{v}");
     assert!(v[1].get("damaged").is_none(), "{v}");
     let (code, out) = code_of(coffer_at(&repo, tmp.path()).args(["verify", "--deep", &old]));

@@ -53,6 +53,7 @@ mod crash;
 mod damage;
 mod faults;
 mod format;
+mod format2;
 mod hostile_restore;
 mod keys;
 mod mysql;

@@ -139,6 +139,10 @@ pub struct SnapshotArgs {
     /// Read and report, write nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Read every file, even those unchanged since the previous snapshot
+    /// (format 2; format 1 always reads every file)
+    #[arg(long)]
+    pub reread: bool,
 }
 
 #[derive(Args, Debug)]

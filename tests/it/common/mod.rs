@@ -131,10 +131,27 @@ impl Env {
         e
     }
 
-    /// Same, and `coffer init` already run.
+    /// Same, and `coffer init` already run (of the format in
+    /// `COFFER_TEST_FORMAT` when set, to run the whole suite on another
+    /// format; else the default).
     pub fn init(backend: Backend) -> Env {
         let e = Env::new(backend);
-        e.cmd().arg("init").assert().success();
+        let mut c = e.cmd();
+        c.arg("init");
+        if let Ok(f) = std::env::var("COFFER_TEST_FORMAT") {
+            c.args(["--format", &f]);
+        }
+        c.assert().success();
+        e
+    }
+
+    /// A new world with a repository of format `format`.
+    pub fn init_format(backend: Backend, format: u32) -> Env {
+        let e = Env::new(backend);
+        e.cmd()
+            .args(["init", "--format", &format.to_string()])
+            .assert()
+            .success();
         e
     }
 

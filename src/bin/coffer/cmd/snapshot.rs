@@ -19,6 +19,7 @@ pub async fn run(g: &Global, a: SnapshotArgs, rec: &mut RunRecord) -> Result<Out
         tag,
         label,
         dry_run,
+        reread,
     } = a;
     let s = load_settings(g)?;
     let mut hooks = Hooks::new(
@@ -44,6 +45,7 @@ pub async fn run(g: &Global, a: SnapshotArgs, rec: &mut RunRecord) -> Result<Out
             dry_run,
             compression: s.config.repository.compression.unwrap_or(3),
             time: None,
+            reread,
         };
         match snapshot::snapshot(&r, &s.config, &opts).await {
             Ok(out) => {

@@ -1,0 +1,448 @@
+//! Repository format 2 (docs/FORMAT.md Part II): content-defined chunks,
+//! deduplicated across snapshots, sources and hosts, read back by every
+//! read command; damage to packs and indexes found and named.
+
+use crate::common::*;
+
+use std::fs;
+use std::process::Output;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_code(o: &Output, code: i32, what: &str) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: exit code\nstdout:\n{}\nstderr:\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+/// Bytes of every pack in the repository: what its content costs.
+fn pack_bytes(env: &Env) -> u64 {
+    block_on(env.store().list("packs/"))
+        .expect("list packs")
+        .iter()
+        .map(|(_, n)| n)
+        .sum()
+}
+
+fn packs(env: &Env) -> Vec<String> {
+    let mut v: Vec<String> = block_on(env.store().list("packs/"))
+        .expect("list packs")
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Path on disk of a stored object (filesystem backend).
+fn object_path(env: &Env, name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(&env.url).join(name)
+}
+
+fn round_trip(b: Backend) {
+    let mut env = Env::init_format(b, 2);
+    let data = env.path("data");
+    sample_tree(&data, Some(20 << 20));
+    env.add_dir_source("media", &data, &[]);
+    let id = env.snapshot_ok();
+    let target = env.path("restored");
+    env.cmd()
+        .args(["restore", &id, "--target"])
+        .arg(&target)
+        .assert()
+        .success();
+    assert_same_tree(&data, &target.join("media"));
+    assert!(same_inode(
+        &target.join("media/a/b/c/deep.txt"),
+        &target.join("media/hardlink.txt")
+    ));
+    env.cmd().args(["verify", "--deep", &id]).assert().success();
+    // One file's bytes, and the whole source as a tar stream GNU tar reads.
+    let o = env
+        .cmd()
+        .args(["dump", &id, "media", "big/video.mp4"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "dump one file");
+    assert!(o.stdout == fs::read(data.join("big/video.mp4")).unwrap());
+    let tar_out = env.path("untarred");
+    fs::create_dir_all(&tar_out).unwrap();
+    let o = env.cmd().args(["dump", &id, "media"]).output().unwrap();
+    assert_code(&o, 0, "dump");
+    let mut tar = std::process::Command::new("tar")
+        .args(["-xpf", "-", "-C"])
+        .arg(&tar_out)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    tar.stdin.take().unwrap().write_all(&o.stdout).unwrap();
+    assert!(tar.wait().unwrap().success());
+    assert_eq!(
+        fs::read(tar_out.join("big/video.mp4")).unwrap(),
+        fs::read(data.join("big/video.mp4")).unwrap()
+    );
+}
+
+#[test]
+fn round_trip_fs() {
+    round_trip(Backend::Fs);
+}
+
+#[test]
+fn round_trip_s3() {
+    round_trip(Backend::S3);
+}
+
+#[test]
+fn round_trip_gcs() {
+    round_trip(Backend::Gcs);
+}
+
+/// `coffer dump` of a format 2 source writes the very tar stream format 1
+/// stores (section 22), so every pipe in the runbooks keeps working.
+#[test]
+fn dump_writes_the_same_tar_stream_as_format_1() {
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path(), Some(3 << 20));
+    let mut dumps = Vec::new();
+    for format in [1, 2] {
+        let mut env = Env::init_format(Backend::Fs, format);
+        env.add_dir_source("media", data.path(), &[]);
+        let id = env.snapshot_ok();
+        let o = env.cmd().args(["dump", &id, "media"]).output().unwrap();
+        assert_code(&o, 0, "dump");
+        dumps.push(o.stdout);
+    }
+    assert!(dumps[0].len() > 3 << 20);
+    assert!(
+        dumps[0] == dumps[1],
+        "format 1 and format 2 dumps differ ({} and {} bytes)",
+        dumps[0].len(),
+        dumps[1].len()
+    );
+}
+
+/// The same file in two sources, a file renamed, a file moved to another
+/// directory, a big file with a few bytes changed in its middle: each
+/// stores the shared chunks once.
+#[test]
+fn chunks_are_stored_once_across_sources_renames_and_edits() {
+    let mut env = Env::init_format(Backend::Fs, 2);
+    let a = env.path("a");
+    let b = env.path("b");
+    let big = pseudo_random(24 << 20, 11);
+    write(&a.join("video.mp4"), &big);
+    write(&a.join("dir1/photo.jpg"), &pseudo_random(3 << 20, 12));
+    write(&b.join("copy-of-video.mp4"), &big);
+    env.add_dir_source("a", &a, &[]);
+    env.add_dir_source("b", &b, &[]);
+    env.snapshot_ok();
+    let first = pack_bytes(&env);
+    // The video once, not twice (incompressible, so stored ~ its size).
+    assert!(
+        first < (24 << 20) + (3 << 20) + (1 << 20),
+        "two sources holding the same 24 MiB stored {first} bytes"
+    );
+    // Rename, move, and change 100 bytes in the middle of the video.
+    fs::rename(a.join("dir1/photo.jpg"), a.join("photo-renamed.jpg")).unwrap();
+    fs::create_dir_all(a.join("dir2")).unwrap();
+    fs::rename(a.join("video.mp4"), a.join("dir2/video.mp4")).unwrap();
+    let mut edited = big.clone();
+    edited[12 << 20..(12 << 20) + 100].copy_from_slice(&pseudo_random(100, 13));
+    write(&b.join("copy-of-video.mp4"), &edited);
+    let doc = env.snapshot_json(&[], 0);
+    let grown = pack_bytes(&env) - first;
+    assert!(
+        grown < 9 << 20,
+        "a rename, a move and a 100-byte edit grew the repository by {grown} bytes"
+    );
+    // What the snapshot reports matches what it stored.
+    let reported: u64 = doc["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["bytes_stored"].as_u64().unwrap())
+        .sum();
+    assert!(reported <= grown && reported + (64 << 10) >= grown);
+    // Both snapshots still read back whole.
+    env.verify_all_deep("after the edit");
+    let target = env.path("restored");
+    env.cmd()
+        .args(["restore", "latest", "--target"])
+        .arg(&target)
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read(target.join("b/copy-of-video.mp4")).unwrap(),
+        edited
+    );
+    assert_eq!(fs::read(target.join("a/dir2/video.mp4")).unwrap(), big);
+}
+
+/// Two hosts (two configs) writing the same tree into one repository store
+/// it once.
+#[test]
+fn two_hosts_writing_the_same_tree_store_it_once() {
+    let mut one = Env::init_format(Backend::Fs, 2);
+    let tree = one.path("tree");
+    write(&tree.join("shared.bin"), &pseudo_random(12 << 20, 21));
+    one.add_dir_source("media", &tree, &[]);
+    one.snapshot_ok();
+    let first = pack_bytes(&one);
+    // A second config, its own copy of the tree, the same repository and key.
+    let mut two = Env::new(Backend::Fs);
+    two.url = one.url.clone();
+    fs::copy(&one.key, &two.key).unwrap();
+    let copy = two.path("tree");
+    write(
+        &copy.join("shared.bin"),
+        &fs::read(tree.join("shared.bin")).unwrap(),
+    );
+    two.add_dir_source("media", &copy, &[]);
+    let doc = two.snapshot_json(&[], 0);
+    // Only its file list is new (other inodes and times).
+    let stored = doc["sources"][0]["bytes_stored"].as_u64().unwrap();
+    assert!(stored < 4096, "the second host stored {stored} bytes");
+    let grown = pack_bytes(&one) - first;
+    assert!(
+        grown < 64 << 10,
+        "the second host's copy of the tree grew the repository by {grown} bytes"
+    );
+    two.verify_all_deep("after the second host");
+}
+
+fn add_command_source(env: &mut Env, name: &str, script: &str, restore_to: &std::path::Path) {
+    env.sources.push_str(&format!(
+        "[[sources]]\nname = {name:?}\ntype = \"command\"\ndump = [\"sh\", \"-c\", {script:?}]\nrestore = [\"sh\", \"-c\", {:?}]\n\n",
+        format!("cat > {}", restore_to.display())
+    ));
+    env.write_config();
+}
+
+/// A dump stream deduplicates from night to night: a few changed bytes in
+/// a 30 MiB dump add a few chunks, and both nights restore exactly.
+#[test]
+fn a_dump_stream_deduplicates_from_night_to_night() {
+    let mut env = Env::init_format(Backend::Fs, 2);
+    let src = env.path("dump.bin");
+    let night1 = pseudo_random(30 << 20, 31);
+    write(&src, &night1);
+    let restored = env.path("restored.bin");
+    add_command_source(
+        &mut env,
+        "app",
+        &format!("cat {}", src.display()),
+        &restored,
+    );
+    let first = env.snapshot_ok();
+    let after_first = pack_bytes(&env);
+    let mut night2 = night1.clone();
+    night2[7 << 20..(7 << 20) + 4096].copy_from_slice(&pseudo_random(4096, 32));
+    night2.extend_from_slice(b"one more row\n");
+    write(&src, &night2);
+    let second = env.snapshot_ok();
+    let grown = pack_bytes(&env) - after_first;
+    assert!(
+        grown < after_first / 5,
+        "a 4 KiB change in a 30 MiB dump grew the repository by {grown} of {after_first} bytes"
+    );
+    for (id, want) in [(&first, &night1), (&second, &night2)] {
+        let o = env.cmd().args(["dump", id, "app"]).output().unwrap();
+        assert_code(&o, 0, "dump the stream");
+        assert!(o.stdout == *want, "snapshot {id}'s dump differs");
+        env.cmd()
+            .args(["restore", id, "--force"])
+            .assert()
+            .success();
+        assert!(fs::read(&restored).unwrap() == *want);
+    }
+    env.cmd()
+        .args(["verify", "--all", "--deep"])
+        .assert()
+        .success();
+}
+
+/// Damage to a pack: plain verify finds the pack whose bytes no longer hash
+/// to its name; verify --deep, restore and dump exit 3 naming the file; the
+/// restore destination is untouched.
+#[test]
+fn a_flipped_byte_in_a_pack_is_found_and_named() {
+    let mut env = Env::init_format(Backend::Fs, 2);
+    let data = env.path("data");
+    write(&data.join("one.bin"), &pseudo_random(2 << 20, 41));
+    env.add_dir_source("media", &data, &[]);
+    let id = env.snapshot_ok();
+    let all = packs(&env);
+    assert_eq!(all.len(), 1, "{all:?}");
+    let path = object_path(&env, &all[0]);
+    let mut bytes = fs::read(&path).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x40;
+    fs::write(&path, &bytes).unwrap();
+
+    let o = env.cmd().args(["verify", &id]).output().unwrap();
+    assert_code(&o, 3, "verify");
+    assert!(text(&o.stdout).contains(&all[0]), "{}", text(&o.stdout));
+
+    let o = env.cmd().args(["verify", "--deep", &id]).output().unwrap();
+    assert_code(&o, 3, "verify --deep");
+    let out = text(&o.stdout) + &text(&o.stderr);
+    assert!(out.contains("one.bin"), "{out}");
+
+    let target = env.path("restored");
+    let o = env
+        .cmd()
+        .args(["restore", &id, "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_code(&o, 3, "restore");
+    assert!(text(&o.stderr).contains("one.bin"), "{}", text(&o.stderr));
+    assert!(
+        !target.join("media").exists(),
+        "a failed restore wrote its destination"
+    );
+
+    let o = env.cmd().args(["dump", &id, "media"]).output().unwrap();
+    assert_code(&o, 3, "dump");
+}
+
+/// A missing pack, and a damaged index object: exit 3, named.
+#[test]
+fn a_missing_pack_or_damaged_index_is_integrity_failure() {
+    let mut env = Env::init_format(Backend::Fs, 2);
+    let data = env.path("data");
+    write(&data.join("one.bin"), &pseudo_random(1 << 20, 51));
+    env.add_dir_source("media", &data, &[]);
+    let id = env.snapshot_ok();
+    let pack = packs(&env).remove(0);
+    let saved = fs::read(object_path(&env, &pack)).unwrap();
+    fs::remove_file(object_path(&env, &pack)).unwrap();
+    for args in [
+        vec!["verify", id.as_str()],
+        vec!["verify", "--deep", id.as_str()],
+    ] {
+        let o = env.cmd().args(&args).output().unwrap();
+        assert_code(&o, 3, &args.join(" "));
+        let out = text(&o.stdout) + &text(&o.stderr);
+        assert!(out.contains("missing"), "{out}");
+    }
+    let o = env
+        .cmd()
+        .args(["dump", &id, "media", "one.bin"])
+        .output()
+        .unwrap();
+    assert_code(&o, 3, "dump of a file in a missing pack");
+    fs::write(object_path(&env, &pack), &saved).unwrap();
+    env.cmd().args(["verify", "--deep", &id]).assert().success();
+
+    let (index, _) = block_on(env.store().list("index/")).unwrap().remove(0);
+    let ipath = object_path(&env, &index);
+    let mut ib = fs::read(&ipath).unwrap();
+    let n = ib.len();
+    ib[n - 3] ^= 1;
+    fs::write(&ipath, &ib).unwrap();
+    let o = env.cmd().args(["verify", "--deep", &id]).output().unwrap();
+    assert_code(&o, 3, "verify with a damaged index");
+    let out = text(&o.stdout) + &text(&o.stderr);
+    assert!(out.contains(&index), "{out}");
+}
+
+#[test]
+fn init_refuses_a_format_it_does_not_write() {
+    let env = Env::new(Backend::Fs);
+    let o = env.cmd().args(["init", "--format", "3"]).output().unwrap();
+    assert_code(&o, 2, "init --format 3");
+    assert!(text(&o.stderr).contains("format 3"), "{}", text(&o.stderr));
+}
+
+fn show_source(env: &Env, id: &str, name: &str) -> serde_json::Value {
+    let o = env.cmd().args(["show", id, "--json"]).output().unwrap();
+    assert_code(&o, 0, "show --json");
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    doc["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .expect("source in show --json")
+}
+
+/// An unchanged file is not read again: its line comes from the previous
+/// snapshot. A file whose bytes changed while its size and mtime were put
+/// back (`touch -d`) is read, because its change time moved; `--reread`
+/// reads everything.
+#[test]
+fn unchanged_files_are_taken_from_the_parent_and_ctime_catches_a_put_back_mtime() {
+    let mut env = Env::init_format(Backend::Fs, 2);
+    let data = env.path("data");
+    sample_tree(&data, Some(4 << 20));
+    write(&data.join("notes.txt"), b"version one\n");
+    env.add_dir_source("media", &data, &[]);
+    let first = env.snapshot_ok();
+    let files = show_source(&env, &first, "media")["files"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(show_source(&env, &first, "media")["reused_files"], 0);
+
+    // Nothing changed: every file is taken from the parent, none is read.
+    let doc = env.snapshot_json(&[], 0);
+    let second = doc["id"].as_str().unwrap().to_string();
+    assert_eq!(doc["sources"][0]["bytes_read"], 0, "{doc}");
+    let s = show_source(&env, &second, "media");
+    assert_eq!(s["reused_files"].as_u64(), Some(files), "{s}");
+
+    // Same size, mtime put back: ctime still tells.
+    let stamp = fs::metadata(data.join("notes.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    write(&data.join("notes.txt"), b"version two\n");
+    filetime::set_file_mtime(
+        data.join("notes.txt"),
+        filetime::FileTime::from_system_time(stamp),
+    )
+    .unwrap();
+    let third = env.snapshot_ok();
+    let s = show_source(&env, &third, "media");
+    assert_eq!(s["reused_files"].as_u64(), Some(files - 1), "{s}");
+    let o = env
+        .cmd()
+        .args(["dump", &third, "media", "notes.txt"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "dump notes.txt");
+    assert_eq!(o.stdout, b"version two\n");
+
+    // --reread reads every file.
+    let doc = env.snapshot_json(&["--reread"], 0);
+    let id = doc["id"].as_str().unwrap().to_string();
+    assert_eq!(show_source(&env, &id, "media")["reused_files"], 0);
+    assert!(doc["sources"][0]["bytes_read"].as_u64().unwrap() > 4 << 20);
+    env.verify_all_deep("after the reused snapshots");
+    let target = env.path("restored");
+    env.cmd()
+        .args(["restore", &second, "--target"])
+        .arg(&target)
+        .assert()
+        .success();
+    let mut want = describe_tree(&data);
+    let got = describe_tree(&target.join("media"));
+    // The second snapshot holds version one of notes.txt.
+    want.remove("notes.txt");
+    let mut got_without = got.clone();
+    got_without.remove("notes.txt");
+    assert_eq!(want, got_without);
+    assert_eq!(
+        fs::read(target.join("media/notes.txt")).unwrap(),
+        b"version one\n"
+    );
+}

@@ -36,6 +36,8 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # `coffer copy` against `rclone copy` lives in its own script (issue 4).
 case " ${TOOLS:-} " in *" copy "*) exec bash "$ROOT/scripts/bench-copy.sh" "$@" ;; esac
+# The nightly scenario of issue 13 (format 2 beside restic) lives in its own script.
+case " ${TOOLS:-} " in *" nightly "*) exec bash "$ROOT/scripts/bench-nightly.sh" "$@" ;; esac
 CORPUS=$(realpath -m "${1:-/tmp/benchdata/corpus}")
 export WORK=${WORK:-/tmp/benchdata/coffer-bench}
 export REPS=${REPS:-3}

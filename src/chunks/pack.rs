@@ -209,10 +209,14 @@ impl PackWriter {
         header[8] = LAYOUT_VERSION;
         header[9] = KEY_MODE_SYMMETRIC;
         header[12..].copy_from_slice(&salt);
+        // Allocated once: a pack closes before a chunk would take it past
+        // the target (growing by doubling would reserve twice that).
+        let mut bytes = Vec::with_capacity(PACK_TARGET + 64 * 1024);
+        bytes.extend_from_slice(&header);
         PackWriter {
             cipher: blob_cipher(keys, &header),
             header,
-            bytes: header.to_vec(),
+            bytes,
             entries: Vec::new(),
             level,
         }

@@ -33,34 +33,30 @@ impl ChunkStreams {
         let thread = std::thread::spawn(move || -> Result<(), RestoreError> {
             let res = streams.walk(|e| -> Result<Flow, RestoreError> {
                 if chunked {
-                    // Format 2: a stream is one line; it is handed on in
-                    // pieces, each checked against its chunk ids as read,
-                    // and the last piece only once the stream's length and
-                    // SHA-256 matched (the read that returns 0 checks them).
+                    // Format 2: a stream is one line, handed on in pieces
+                    // as read. Every byte comes from a chunk checked against
+                    // its id, named by a list checked against the manifest;
+                    // the stream's own length and SHA-256 are checked by the
+                    // read that reaches its end, before `Done` is sent.
                     if e.kind != EntryKind::File {
                         return Err(e.integrity(Fault::NotAChunk(e.rel.clone())).into());
                     }
                     let name = e.rel.clone();
-                    let mut piece = vec![0u8; crate::source::stream::CHUNK];
-                    let mut held: Option<Vec<u8>> = None;
+                    let mut sent = false;
                     loop {
+                        let mut piece = vec![0u8; crate::source::stream::CHUNK];
                         let k = e.read_full(&mut piece)?;
-                        if let Some(h) = held.take()
-                            && tx.send(ChunkMsg::Chunk(name.clone(), h)).is_err()
+                        piece.truncate(k);
+                        // An empty stream is still one (empty) piece.
+                        if (k > 0 || !sent)
+                            && tx.send(ChunkMsg::Chunk(name.clone(), piece)).is_err()
                         {
                             return Ok(Flow::Stop);
                         }
-                        if k < piece.len() {
-                            // The end: read_full saw the checked end.
-                            if k > 0 || e.index.size == 0 {
-                                let last = piece[..k].to_vec();
-                                if tx.send(ChunkMsg::Chunk(name.clone(), last)).is_err() {
-                                    return Ok(Flow::Stop);
-                                }
-                            }
+                        sent = true;
+                        if k < crate::source::stream::CHUNK {
                             break;
                         }
-                        held = Some(piece.clone());
                     }
                     return Ok(Flow::Next);
                 }

@@ -304,7 +304,7 @@ fn failing_restore_command_exits_1_with_its_stderr() {
 /// The restore command of the damage test: copies stdin to OUT.part and
 /// renames it to OUT only once stdin ended cleanly (a command that is killed,
 /// or whose read fails, never renames).
-const CAREFUL_RESTORE: &str = r#"
+pub const CAREFUL_RESTORE: &str = r#"
 import os, sys
 out = sys.argv[1]
 with open(out + ".part", "wb") as f:

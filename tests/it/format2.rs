@@ -446,3 +446,47 @@ fn unchanged_files_are_taken_from_the_parent_and_ctime_catches_a_put_back_mtime(
         b"version one\n"
     );
 }
+
+/// A damaged chunk in the middle of a dump stream never reaches the restore
+/// command as a clean end of its input: it gets the chunks before the
+/// damage, then an error, and coffer exits 3.
+#[test]
+fn a_damaged_chunk_never_reaches_a_restore_command_as_a_clean_end() {
+    let mut env = Env::init_format(Backend::Fs, 2);
+    let file = env.path("blob.bin");
+    write(&file, &pseudo_random(12 << 20, 61));
+    let script = env.path("careful_restore.py");
+    write(&script, crate::command_source::CAREFUL_RESTORE.as_bytes());
+    let out = env.path("restored.bin");
+    env.sources.push_str(&format!(
+        "[[sources]]\nname = \"blob\"\ntype = \"command\"\ndump = [\"cat\", {:?}]\nrestore = [\"python3\", {:?}, {:?}]\n\n",
+        file.display().to_string(),
+        script.display().to_string(),
+        out.display().to_string()
+    ));
+    env.write_config();
+    let id = env.snapshot_ok();
+    let pack = packs(&env).remove(0);
+    let path = object_path(&env, &pack);
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() * 2 / 3;
+    bytes[at] ^= 0x55;
+    fs::write(&path, &bytes).unwrap();
+
+    let o = env
+        .cmd()
+        .args(["restore", &id, "--force"])
+        .output()
+        .unwrap();
+    assert_code(&o, 3, "restore --force of a damaged stream");
+    assert!(text(&o.stderr).contains(&id), "{}", text(&o.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !out.exists(),
+        "the restore command saw a clean end of input from a damaged stream"
+    );
+    let part = fs::metadata(env.path("restored.bin.part")).map_or(0, |m| m.len());
+    assert!(part >= 1 << 20, "the restore command got {part} bytes");
+    let o = env.cmd().args(["dump", &id, "blob"]).output().unwrap();
+    assert_code(&o, 3, "dump of a damaged stream");
+}

@@ -57,6 +57,8 @@ pub struct RunRecord {
     /// Requests to the store that failed and were retried (None when the
     /// run opened no store).
     pub store_retries: Option<u64>,
+    /// Requests made of the stores, by kind (None when no store was opened).
+    pub store_requests: Option<crate::store::Requests>,
 }
 
 impl RunRecord {
@@ -72,6 +74,7 @@ impl RunRecord {
             error: None,
             summary: None,
             store_retries: None,
+            store_requests: None,
         }
     }
 
@@ -194,6 +197,10 @@ const METRICS: &[(&str, &str)] = &[
     (
         "coffer_store_retries",
         "Requests to the repository's store that failed with a transient error (connection, timeout, 5xx) and were retried, in the last run of this operation.",
+    ),
+    (
+        "coffer_store_requests",
+        "Requests made of the store in the last run of this operation, by kind (put, get, head, list, delete, copy); a listing counts once, a multipart upload its creation, parts and completion.",
     ),
 ];
 
@@ -357,6 +364,20 @@ pub fn merge(
     }
     if let Some(n) = rec.store_retries {
         new.push(op_sample("coffer_store_retries", op, n as f64));
+    }
+    if let Some(r) = rec.store_requests {
+        for (kind, n) in [
+            ("put", r.put),
+            ("get", r.get),
+            ("head", r.head),
+            ("list", r.list),
+            ("delete", r.delete),
+            ("copy", r.copy),
+        ] {
+            let mut s = op_sample("coffer_store_requests", op, n as f64);
+            s.labels.insert("kind".to_string(), kind.to_string());
+            new.push(s);
+        }
     }
     for s in &rec.sources {
         new.push(Sample {

@@ -74,6 +74,8 @@ impl ErrorDoc {
 pub struct StoreDoc {
     pub retries: u64,
     pub warnings: Vec<String>,
+    /// Requests made of the stores, by kind (what the run cost).
+    pub requests: crate::store::Requests,
 }
 
 impl StoreDoc {
@@ -82,6 +84,7 @@ impl StoreDoc {
         StoreDoc {
             retries: crate::store::run_retries(),
             warnings: crate::store::run_warnings(),
+            requests: crate::store::run_requests(),
         }
     }
 }

@@ -143,8 +143,14 @@ fn chunks_are_stored_once_across_sources_renames_and_edits() {
     write(&b.join("copy-of-video.mp4"), &big);
     env.add_dir_source("a", &a, &[]);
     env.add_dir_source("b", &b, &[]);
-    env.snapshot_ok();
+    let doc = env.snapshot_json(&[], 0);
     let first = pack_bytes(&env);
+    // A PUT per 16 MiB of new data, plus the index object and the manifest.
+    let puts = doc["store"]["requests"]["put"].as_u64().unwrap();
+    assert!(
+        puts <= first.div_ceil(16 << 20) + 2,
+        "{puts} PUT requests for {first} bytes of packs: {doc}"
+    );
     // The video once, not twice (incompressible, so stored ~ its size).
     assert!(
         first < (24 << 20) + (3 << 20) + (1 << 20),

@@ -93,6 +93,7 @@ fn main() -> ExitCode {
     rec.outcome = outcome;
     if coffer::store::run_opened() {
         rec.store_retries = Some(coffer::store::run_retries());
+        rec.store_requests = Some(coffer::store::run_requests());
         if !json {
             // Recovered faults (a lost answer to a write that did happen):
             // the run succeeded, and on-call should know the network was bad.

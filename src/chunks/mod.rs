@@ -13,13 +13,11 @@ pub mod write;
 
 use std::fmt;
 
-use hmac::{KeyInit, Mac};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::crypto::MasterKey;
 
-/// A chunk's id: HMAC-SHA256 of its plaintext under the id key (17.3).
+/// A chunk's id: keyed BLAKE3 of its plaintext under the id key (17.3).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId(pub [u8; 32]);
 
@@ -82,12 +80,10 @@ impl ChunkKeys {
         }
     }
 
-    /// The id of a chunk with this plaintext.
+    /// The id of a chunk with this plaintext: BLAKE3 in keyed mode under
+    /// the id key (section 17.3).
     pub fn id_of(&self, plaintext: &[u8]) -> ChunkId {
-        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(self.id.as_slice())
-            .expect("any key length");
-        mac.update(plaintext);
-        ChunkId(mac.finalize().into_bytes().into())
+        ChunkId(*blake3::keyed_hash(&self.id, plaintext).as_bytes())
     }
 
     pub(crate) fn pack_key(&self) -> &[u8; 32] {

@@ -758,7 +758,7 @@ fn sealed_object_vectors_open_or_fail_as_recorded() {
 
 // ------------------------------------------------------- independent reader
 
-fn venv_python() -> PathBuf {
+pub fn venv_python() -> PathBuf {
     let venv = std::env::var("COFFER_TEST_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {

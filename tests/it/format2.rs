@@ -496,3 +496,77 @@ fn a_damaged_chunk_never_reaches_a_restore_command_as_a_clean_end() {
     let o = env.cmd().args(["dump", &id, "blob"]).output().unwrap();
     assert_code(&o, 3, "dump of a damaged stream");
 }
+
+/// The independent reader (tests/support/independent_reader.py, written from
+/// docs/FORMAT.md) reads a format 2 repository written by this coffer:
+/// directory, files and command sources, a reused parent, and a stream of
+/// several chunks, byte for byte.
+#[test]
+fn the_independent_reader_reads_format_2() {
+    let mut env = Env::init_format(Backend::Fs, 2);
+    let tree = env.path("tree");
+    write(&tree.join("docs/notes.md"), b"# notes\n");
+    write(&tree.join("data/big.bin"), &pseudo_random(3 << 20, 71));
+    write(&tree.join("empty.txt"), b"");
+    std::os::unix::fs::symlink("docs/notes.md", tree.join("latest")).unwrap();
+    fs::hard_link(tree.join("docs/notes.md"), tree.join("hardlink.md")).unwrap();
+    env.add_dir_source("tree", &tree, &[]);
+    let env_file = env.path("etc/app.env");
+    write(&env_file, b"SECRET=x\n");
+    env.add_files_source("env", &[&env_file]);
+    let stream = env.path("stream.bin");
+    write(&stream, &pseudo_random(5 << 20, 72));
+    env.sources.push_str(&format!(
+        "[[sources]]\nname = \"dump\"\ntype = \"command\"\ndump = [\"cat\", {:?}]\n\n",
+        stream.display().to_string()
+    ));
+    env.write_config();
+    env.snapshot_ok();
+    // A second snapshot: most lines come from the first.
+    write(&tree.join("docs/new.md"), b"new\n");
+    let second = env.snapshot_ok();
+    let out = env.path("extracted");
+    let py = crate::format::venv_python();
+    let o = std::process::Command::new(py)
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/support/independent_reader.py"),
+        )
+        .args(["extract", "--repo"])
+        .arg(&env.url)
+        .arg("--key-file")
+        .arg(&env.key)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "independent_reader.py extract");
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["version"], 2, "{doc}");
+    assert_eq!(doc["snapshots"].as_array().unwrap().len(), 2);
+    let root = out.join(&second);
+    for rel in ["docs/notes.md", "docs/new.md", "data/big.bin", "empty.txt"] {
+        assert_eq!(
+            fs::read(root.join("tree").join(rel)).unwrap(),
+            fs::read(tree.join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    assert_eq!(
+        fs::read_link(root.join("tree/latest")).unwrap(),
+        std::path::PathBuf::from("docs/notes.md")
+    );
+    assert!(same_inode(
+        &root.join("tree/docs/notes.md"),
+        &root.join("tree/hardlink.md")
+    ));
+    let env_rel = env_file.display().to_string();
+    assert_eq!(
+        fs::read(root.join("env").join(env_rel.trim_start_matches('/'))).unwrap(),
+        b"SECRET=x\n"
+    );
+    assert_eq!(
+        fs::read(root.join("dump/stdout")).unwrap(),
+        fs::read(&stream).unwrap()
+    );
+}

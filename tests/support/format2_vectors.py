@@ -8,7 +8,7 @@ against bytes it did not write. Run from the repository root:
     python3 tests/support/format2_vectors.py
 """
 import hashlib
-import hmac
+import blake3
 import json
 import struct
 
@@ -37,7 +37,7 @@ SEED = struct.unpack(">Q", subkey("chunker-seed")[:8])[0]
 
 
 def chunk_id(data):
-    return hmac.new(ID_KEY, data, hashlib.sha256).digest()
+    return blake3.blake3(data, key=ID_KEY).digest()
 
 
 def build_pack(chunks):

@@ -7,6 +7,7 @@ document's description alone, with only these PyPI packages:
 
     cryptography   (AES-256-GCM, HKDF-SHA256, Argon2id)
     zstandard      (zstd decompression)
+    blake3         (format 2 chunk ids)
 
 Usage:
     independent_reader.py list    --repo DIR (--key-file KEY | --passphrase P)
@@ -38,6 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 import zstandard
+import blake3
 
 
 class IntegrityError(Exception):
@@ -71,8 +73,10 @@ def read_config(repo):
         raise IntegrityError("damaged-config", "not a coffer repository")
     if not is_int(cfg.get("version")) or cfg["version"] < 1:
         raise IntegrityError("damaged-config", f"repository version {cfg.get('version')!r}")
-    if cfg["version"] != 1:
+    if cfg["version"] not in (1, 2):
         raise IntegrityError("unsupported-version", f"repository version {cfg['version']}")
+    if (cfg["version"] == 2) != ("chunker" in cfg):
+        raise IntegrityError("damaged-config", "a chunker belongs to format 2 only, and format 2 needs one")
     if not isinstance(cfg.get("id"), str):
         raise IntegrityError("damaged-config", "config has no repository id")
     return cfg, raw
@@ -167,7 +171,7 @@ def unlock(repo, repo_id, config_raw, key_file_key=None, passphrase=None):
 HEADER_LEN = 44
 TAG_LEN = 16
 MAX_SEGMENT = 16777216
-KINDS = {"A": b"A", "I": b"I", "M": b"M"}
+KINDS = {"A": b"A", "I": b"I", "M": b"M", "X": b"X"}
 
 
 def context(repo_id, snapshot_id, source=None):
@@ -193,7 +197,7 @@ def open_sealed(stream, master, kind, ctx):
         raise IntegrityError("short-header", f"{len(header)} of 44 header bytes")
     if header[6] != 1:
         raise IntegrityError("unsupported-version", f"sealed-object version {header[6]}")
-    if header[7:8] not in (b"A", b"I", b"M"):
+    if header[7:8] not in (b"A", b"I", b"M", b"X"):
         raise IntegrityError("bad-magic", f"unknown kind byte {header[7]:#x}")
     if header[7:8] != KINDS[kind]:
         raise IntegrityError("wrong-kind", f"holds kind {header[7:8].decode()}, expected {kind}")
@@ -258,20 +262,24 @@ def time_key(t):
     return (secs, int((frac + "000000000")[:9]))
 
 
-def load_manifests(repo, repo_id, master):
+def load_manifests(repo, repo_id, master, version=1):
     snaps_dir = os.path.join(repo, "snapshots")
     out = []
     for sid in sorted(os.listdir(snaps_dir)) if os.path.isdir(snaps_dir) else []:
         with open(os.path.join(snaps_dir, sid), "rb") as f:
             raw = f.read()
-        plain = open_sealed_bytes(raw, master, "M", context(repo_id, sid))
+        # §21: format 2 manifests have their own context.
+        ctx = context(repo_id, sid) if version == 1 else b"coffer/v2\x00" + repo_id.encode() + b"\x00" + sid.encode()
+        plain = open_sealed_bytes(raw, master, "M", ctx)
         m = json.loads(plain.decode("utf-8"))
         if m.get("id") != sid:
             raise IntegrityError("manifest", f"snapshots/{sid} names snapshot {m.get('id')}")
         if not is_int(m.get("version")) or m["version"] < 1:
             raise IntegrityError("manifest", f"snapshots/{sid}: manifest version {m.get('version')!r}")
-        if m["version"] > 1:
+        if m["version"] > 2:
             raise IntegrityError("unsupported-version", f"manifest version {m.get('version')}")
+        if m["version"] != version:
+            raise IntegrityError("manifest", f"snapshots/{sid}: manifest version {m['version']} in a format {version} repository")
         out.append(m)
     out.sort(key=lambda m: (time_key(m["time"]), m["id"]))
     return out
@@ -428,6 +436,148 @@ def dump_streams(src, entries):
     return out
 
 
+# ---------------------------------------------------------------- Part II: format 2
+
+
+def v2_key(master, repo_id, name):
+    """§17.1: K(name)."""
+    return hkdf_sha256(repo_id.encode("ascii"), master, b"coffer/v2/" + name.encode())
+
+
+class Chunks:
+    """§18, §19: where every chunk is (the union of the index objects), and
+    reading one back, checked against its id."""
+
+    def __init__(self, repo, repo_id, master):
+        self.repo = repo
+        self.id_key = v2_key(master, repo_id, "chunk-id")
+        self.pack_key = v2_key(master, repo_id, "pack")
+        index_key = v2_key(master, repo_id, "index")
+        self.where = {}
+        idir = os.path.join(repo, "index")
+        for name in sorted(os.listdir(idir)) if os.path.isdir(idir) else []:
+            with open(os.path.join(idir, name), "rb") as f:
+                raw = f.read()
+            ctx = b"coffer/v2\x00" + repo_id.encode() + b"\x00index\x00" + name.encode()
+            plain = unzstd(open_sealed_bytes(raw, index_key, "X", ctx))
+            if plain[:4] != b"CIX1":
+                raise IntegrityError("index", f"index/{name} does not start with CIX1")
+            n = int.from_bytes(plain[4:8], "big")
+            at = 8 + 8 * n
+            while at < len(plain):
+                pack = plain[at:at + 32]
+                count = int.from_bytes(plain[at + 32:at + 36], "big")
+                at += 36
+                for _ in range(count):
+                    e = plain[at:at + 48]
+                    if len(e) != 48:
+                        raise IntegrityError("index", f"index/{name} ends inside an entry")
+                    at += 48
+                    self.where.setdefault(e[:32], (pack, e))
+            if at != len(plain):
+                raise IntegrityError("index", f"index/{name} ends inside a record")
+
+    def read(self, chunk_hex):
+        cid = bytes.fromhex(chunk_hex)
+        if cid not in self.where:
+            raise IntegrityError("missing", f"chunk {chunk_hex} is in no index")
+        pack, e = self.where[cid]
+        ph = pack.hex()
+        try:
+            with open(os.path.join(self.repo, "packs", ph[:2], ph), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise IntegrityError("missing", f"pack {ph} is missing")
+        header = data[:44]
+        if len(header) < 44 or header[:8] != b"COFFERPK" or header[8] != 1 or header[9] != 0 or header[10:12] != b"\x00\x00":
+            raise IntegrityError("pack", f"pack {ph} has no format 2 pack header")
+        kind, comp = e[32], e[33]
+        offset, stored_len, raw_len = (int.from_bytes(e[i:i + 4], "big") for i in (36, 40, 44))
+        blob_key = hkdf_sha256(header[12:44], self.pack_key, b"coffer/v2/pack-blob-key")
+        nonce_ = b"\x00" * 4 + offset.to_bytes(8, "big")
+        try:
+            stored = AESGCM(blob_key).decrypt(nonce_, data[offset:offset + stored_len], header + bytes([kind, comp]) + cid)
+        except InvalidTag:
+            raise IntegrityError("authentication", f"chunk {chunk_hex} in pack {ph} does not authenticate")
+        plain = unzstd(stored) if comp == 1 else stored
+        if comp not in (0, 1) or len(plain) != raw_len:
+            raise IntegrityError("pack", f"chunk {chunk_hex}: bad compression or length")
+        if blake3.blake3(plain, key=self.id_key).digest() != cid:
+            raise IntegrityError("checksum", f"chunk {chunk_hex}: bytes do not match the id")
+        return plain
+
+
+def list_lines(text):
+    """§20: JSON lines, a file's `more` lines joined to it."""
+    if text and not text.endswith("\n"):
+        raise IntegrityError("index", "the file list does not end with a newline")
+    out = []
+    pending = None
+    for line in text.split("\n")[:-1] if text else []:
+        v = json.loads(line)
+        if pending is not None:
+            if v.get("type") != "more":
+                raise IntegrityError("index", f"more chunks of {pending['path']!r} were to follow")
+            pending["chunks"] += v["chunks"]
+            if not v.get("more"):
+                pending.pop("more", None)
+                out.append(pending)
+                pending = None
+            continue
+        if v.get("more"):
+            pending = v
+        else:
+            out.append(v)
+    if pending is not None:
+        raise IntegrityError("index", "the file list ends where more chunks were to follow")
+    return out
+
+
+def read_source_v2(chunks, m, src):
+    """§22: the list from its chunks, then each stored file from its chunks."""
+    ref = src["list"]
+    text = b"".join(chunks.read(c) for c in ref["chunks"])
+    if len(text) != ref["size"] or hashlib.sha256(text).hexdigest() != ref["sha256"]:
+        raise IntegrityError("checksum", f"source {src['name']}: the file list differs from the manifest")
+    lines = list_lines(text.decode("utf-8"))
+    stored = [e for e in lines if e["stored"]]
+    unstored = [e for e in lines if not e["stored"]]
+    entries = []
+    by_path = {}
+    files = 0
+    for e in stored:
+        path = e["path"]
+        check_safe(path)
+        body = b""
+        if e["type"] == "file":
+            files += 1
+            if "chunks" not in e:
+                raise IntegrityError("index", f"file {path!r} lists no chunks")
+            body = b"".join(chunks.read(c) for c in e["chunks"])
+            if len(body) != e["size"] or hashlib.sha256(body).hexdigest() != e.get("sha256"):
+                raise IntegrityError("checksum", f"file {path!r} does not match its size/SHA-256")
+        elif e["type"] == "hardlink":
+            first = by_path.get(e.get("target"))
+            if first is None or first["type"] != "file":
+                raise IntegrityError("index", f"hard link {path!r} to {e.get('target')!r}, not an earlier file")
+            if e["size"] != first["size"] or e.get("sha256") != first.get("sha256"):
+                raise IntegrityError("index", f"hard link {path!r}: size/SHA-256 differ from {e['target']!r}")
+        elif e["type"] not in ("dir", "symlink"):
+            raise IntegrityError("index", f"{path!r} has type {e['type']!r}")
+        by_path[path] = e
+        entries.append((e, body, None))
+    streams = None
+    if src["type"] in DUMP_TYPES:
+        # §20: one line per stream, its name the line's path.
+        streams = [{"name": e["path"], "bytes": e["size"], "chunks": len(e["chunks"]), "sha256": e["sha256"]}
+                   for e, _, _ in entries]
+        if streams != src.get("details", {}).get("streams") or len(streams) != src["files"]:
+            raise IntegrityError("manifest", f"streams {streams} differ from the manifest's")
+    elif files != src["files"]:
+        raise IntegrityError("manifest", f"{files} files in the list, the manifest records {src['files']}")
+    return entries, unstored, streams
+
+
 # ---------------------------------------------------------------- §11 a source
 
 
@@ -546,15 +696,19 @@ def snapshot_summary(m):
 def read_repository(repo, key_file_key=None, passphrase=None, out=None):
     cfg, config_raw = read_config(repo)
     master = unlock(repo, cfg["id"], config_raw, key_file_key, passphrase)
-    manifests = load_manifests(repo, cfg["id"], master)
-    doc = {"repo_id": cfg["id"], "snapshots": []}
+    manifests = load_manifests(repo, cfg["id"], master, cfg["version"])
+    chunks = Chunks(repo, cfg["id"], master) if cfg["version"] == 2 else None
+    doc = {"repo_id": cfg["id"], "version": cfg["version"], "snapshots": []}
     for m in manifests:
         summary = snapshot_summary(m)
         if out is not None:
             for s, src in zip(summary["sources"], m["sources"]):
                 if src["status"] != "ok":
                     continue
-                entries, unstored, streams = read_source(repo, cfg["id"], master, m, src)
+                if chunks is not None:
+                    entries, unstored, streams = read_source_v2(chunks, m, src)
+                else:
+                    entries, unstored, streams = read_source(repo, cfg["id"], master, m, src)
                 extract_source(os.path.join(out, m["id"], src["name"]), entries)
                 s["files"] = src["files"]
                 s["entries"] = [

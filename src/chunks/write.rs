@@ -91,7 +91,11 @@ impl ChunkWriter {
         dry_run: bool,
     ) -> ChunkWriter {
         let (tx, rx) = sync_channel::<Job>(QUEUED_CHUNKS);
-        let (ptx, prx) = tokio::sync::mpsc::channel::<SealedPack>(1);
+        let (ptx, prx) = tokio::sync::mpsc::channel::<Sealed>(1);
+        // Finished packs held at once (queued or uploading): with the one
+        // being filled, memory holds at most UPLOADS + 1 packs.
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(UPLOADS));
+        let handle = tokio::runtime::Handle::current();
         let shared = Arc::new(Shared {
             chunked: Arc::clone(&chunked),
             known: Mutex::new(known),
@@ -99,7 +103,9 @@ impl ChunkWriter {
             stored: Mutex::new(Vec::new()),
         });
         let packer_shared = Arc::clone(&shared);
-        let packer = std::thread::spawn(move || pack_loop(rx, ptx, &packer_shared, level));
+        let packer = std::thread::spawn(move || {
+            pack_loop(rx, ptx, &packer_shared, level, &in_flight, &handle)
+        });
         let up_store = store.clone();
         let uploader = tokio::spawn(upload_loop(up_store, prx, dry_run));
         ChunkWriter {
@@ -171,17 +177,27 @@ impl ChunkWriter {
     }
 }
 
+/// A finished pack on its way to the store, with its share of the packs
+/// that may be held at once (released when its upload ends).
+type Sealed = (SealedPack, tokio::sync::OwnedSemaphorePermit);
+
 fn pack_loop(
     rx: Receiver<Job>,
-    out: tokio::sync::mpsc::Sender<SealedPack>,
+    out: tokio::sync::mpsc::Sender<Sealed>,
     shared: &Shared,
     level: i32,
+    in_flight: &Arc<tokio::sync::Semaphore>,
+    handle: &tokio::runtime::Handle,
 ) -> Result<(), ChunkStoreError> {
     let keys = &shared.chunked.keys;
     let mut pack: Option<PackWriter> = None;
+    let stopped = || ChunkStoreError::Internal("the pack uploader stopped".into());
     let send = |p: PackWriter| -> Result<(), ChunkStoreError> {
-        out.blocking_send(p.finish())
-            .map_err(|_| ChunkStoreError::Internal("the pack uploader stopped".into()))
+        let permit = handle
+            .block_on(Arc::clone(in_flight).acquire_owned())
+            .map_err(|_| stopped())?;
+        out.blocking_send((p.finish(), permit))
+            .map_err(|_| stopped())
     };
     for job in rx {
         // A pack closes before a chunk would take it past the target, so
@@ -203,13 +219,15 @@ fn pack_loop(
 
 async fn upload_loop(
     store: Store,
-    rx: tokio::sync::mpsc::Receiver<SealedPack>,
+    rx: tokio::sync::mpsc::Receiver<Sealed>,
     dry_run: bool,
 ) -> Result<Vec<IndexedPack>, ChunkStoreError> {
     let packs = tokio_stream_of(rx)
-        .map(|sealed| {
+        .map(|(sealed, permit)| {
             let store = store.clone();
             async move {
+                // Held until this pack's upload ends.
+                let _permit = permit;
                 let name = sealed.object_name();
                 if !dry_run {
                     // Create-only: a pack's name is the hash of its bytes,
@@ -362,6 +380,12 @@ impl ChunkSink {
         {
             let c = c?;
             let id = chunked.keys.id_of(&c);
+            // A new chunk goes to the packer as its own copy: a slice of
+            // the chunker's read-ahead buffer would keep that whole buffer
+            // (up to 16 MiB) alive while it waits, and the chunker would
+            // allocate another (the snapshot's peak RSS doubled).
+            let known = self.shared.known.lock().expect("known lock").contains(&id);
+            let c = if known { c } else { Bytes::copy_from_slice(&c) };
             if self.shared.queue(id, kind, c, self.source)? {
                 self.new_chunks += 1;
             }

@@ -18,7 +18,7 @@ use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::{Fault, ReadError, Where, classify};
 use crate::archive::IndexReader;
@@ -28,6 +28,9 @@ use crate::manifest::{EntryKind, IndexEntry, ListRef};
 
 /// Chunk fetches in flight per source being read.
 pub const PREFETCH: usize = 8;
+/// Plaintext bytes fetched ahead and not yet consumed, at most (in KiB):
+/// eight media chunks of 8 MiB must not make a restore hold 128 MiB.
+const PREFETCH_KIB: u32 = 24 * 1024;
 
 /// What integrity errors about a file list name as their object.
 pub const LIST_OBJECT: &str = "file list";
@@ -132,7 +135,9 @@ pub fn list_lines(
     std::iter::from_fn(move || lines.next_entry().transpose())
 }
 
-type Fetched = Result<(ChunkId, Bytes), ReadError>;
+/// A chunk fetched ahead, with its share of [`PREFETCH_KIB`], released
+/// once the walk has consumed it.
+type Fetched = Result<(ChunkId, Bytes, OwnedSemaphorePermit), ReadError>;
 
 /// The chunks of a source's files, in list order, fetched ahead.
 pub struct Prefetch {
@@ -168,6 +173,7 @@ impl Prefetch {
             }
         });
         let (tx, rx) = mpsc::channel::<Fetched>(PREFETCH);
+        let budget = Arc::new(Semaphore::new(PREFETCH_KIB as usize));
         handle.spawn(async move {
             let mut id_rx = id_rx;
             let ids = futures::stream::poll_fn(move |cx| id_rx.poll_recv(cx));
@@ -175,11 +181,23 @@ impl Prefetch {
                 .map(|r| {
                     let f = Arc::clone(&fetcher);
                     let at = at.clone();
+                    let budget = Arc::clone(&budget);
                     async move {
                         let id = r?;
+                        // Futures are polled in order and the semaphore is
+                        // fair, so a later chunk never takes the share an
+                        // earlier one waits for.
+                        let kib = f
+                            .locations()
+                            .locate(&id)
+                            .map_or(1, |(_, e)| e.raw_len.div_ceil(1024).clamp(1, PREFETCH_KIB));
+                        let permit = budget
+                            .acquire_many_owned(kib)
+                            .await
+                            .map_err(|_| ReadError::Thread("chunk prefetch stopped".into()))?;
                         f.fetch(id)
                             .await
-                            .map(|b| (id, b))
+                            .map(|b| (id, b, permit))
                             .map_err(|e| at.chunk_error(None, e))
                     }
                 })
@@ -216,6 +234,8 @@ pub struct ChunkData<'a> {
     ids: Vec<ChunkId>,
     next: usize,
     cur: Bytes,
+    /// The prefetch share of `cur`.
+    _permit: Option<OwnedSemaphorePermit>,
     left: u64,
     rx: &'a mut mpsc::Receiver<Fetched>,
     at: &'a Where,
@@ -234,6 +254,7 @@ impl<'a> ChunkData<'a> {
             ids,
             next: 0,
             cur: Bytes::new(),
+            _permit: None,
             left: size,
             rx: &mut prefetch.rx,
             at,
@@ -260,8 +281,11 @@ impl Read for ChunkData<'_> {
             let want = self.ids[self.next];
             self.next += 1;
             match self.rx.blocking_recv() {
-                Some(Ok((id, b))) if id == want => self.cur = b,
-                Some(Ok((id, _))) => {
+                Some(Ok((id, b, permit))) if id == want => {
+                    self.cur = b;
+                    self._permit = Some(permit);
+                }
+                Some(Ok((id, _, _))) => {
                     return Err(io::Error::other(ReadError::Thread(format!(
                         "chunk prefetch out of step: {id} came where {want} was due"
                     ))));

@@ -59,13 +59,15 @@ fn main() -> ExitCode {
         }
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if op == "copy" {
-        // copy's blocking tasks (local reads and writes, hashing) are short and
-        // never wait on each other, so a few threads suffice; each extra
-        // thread that allocates part buffers gets its own glibc malloc arena,
-        // and the arenas' freed buffers doubled the peak RSS (docs/BENCH.md).
-        rt.max_blocking_threads(2);
-    }
+    // Each thread that allocates buffers gets its own glibc malloc arena,
+    // which keeps what was freed in it: with tokio's default of up to 512
+    // blocking threads, format 2's many short chunk tasks (ranged reads,
+    // opening blobs) made a restore's peak RSS 4x its working set. copy's
+    // blocking tasks are short and never wait on each other: two threads.
+    // Other commands hold at most one blocking task that waits on others
+    // (a source's walk, whose chunk reads are blocking tasks too), so four
+    // leave three for those (docs/BENCH.md).
+    rt.max_blocking_threads(if op == "copy" { 2 } else { 4 });
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

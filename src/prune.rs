@@ -152,7 +152,14 @@ pub struct PruneReport {
     /// billed but no listing of objects shows them); `None` where the
     /// store cannot list them (anything but S3) or the listing failed.
     pub multipart_uploads: Option<MultipartUploads>,
+    /// What this prune could not do (format 2: unused chunks stay).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
+
+/// Said by every prune of a format 2 repository until its garbage
+/// collection (docs/FORMAT.md section 23) is built.
+pub const NO_CHUNK_GC: &str = "this is a format 2 repository: prune forgets the snapshots it removes, but does not yet delete the chunks no snapshot uses, so the repository does not shrink (docs/FORMAT.md section 23 is not built yet)";
 
 /// Multipart uploads under the repository's prefix, never completed.
 #[derive(Debug, Default, Serialize)]
@@ -484,6 +491,11 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
         leftovers_removed,
         temp_files,
         multipart_uploads,
+        warnings: if repo.format >= 2 {
+            vec![NO_CHUNK_GC.to_string()]
+        } else {
+            Vec::new()
+        },
     })
 }
 

@@ -519,6 +519,9 @@ pub fn prune_text(out: &mut impl Write, rep: &crate::prune::PruneReport) -> io::
             human_bytes(t.kept_bytes)
         )?;
     }
+    for w in &rep.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
     if let Some(m) = &rep.multipart_uploads
         && m.aborted + m.kept > 0
     {
@@ -1474,6 +1477,7 @@ mod tests {
                 aborted: 0,
                 kept: 0,
             }),
+            warnings: Vec::new(),
         }
     }
 

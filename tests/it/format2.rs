@@ -570,3 +570,41 @@ fn the_independent_reader_reads_format_2() {
         fs::read(&stream).unwrap()
     );
 }
+
+/// Until format 2's garbage collection lands, prune forgets snapshots, says
+/// that no space is reclaimed, and the snapshots it keeps stay whole.
+#[test]
+fn prune_of_format_2_keeps_what_it_keeps_whole_and_says_nothing_shrinks() {
+    let mut env = Env::init_format(Backend::Fs, 2);
+    let data = env.path("data");
+    write(&data.join("a.bin"), &pseudo_random(2 << 20, 81));
+    env.add_dir_source("media", &data, &[]);
+    env.snapshot_ok();
+    write(&data.join("b.bin"), &pseudo_random(1 << 20, 82));
+    let kept = env.snapshot_ok();
+    let before = pack_bytes(&env);
+    let o = env
+        .cmd()
+        .args(["prune", "--keep-last", "1"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "prune --keep-last 1");
+    assert!(
+        text(&o.stdout).contains("does not yet delete the chunks"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert_eq!(env.snapshot_ids(), vec![kept.clone()]);
+    assert_eq!(pack_bytes(&env), before);
+    env.verify_all_deep("after prune");
+    let o = env
+        .cmd()
+        .args(["prune", "--keep-last", "1", "--json"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        doc["warnings"][0].as_str().unwrap().contains("format 2"),
+        "{doc}"
+    );
+}

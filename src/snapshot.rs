@@ -304,38 +304,20 @@ async fn run_source(
     .await
     .unwrap_or_else(|e| Err(PipelineError::Io(io::Error::other(e.to_string()))));
     match res {
-        Ok((walked, archive, index)) => {
-            let origin = origin(src);
-            SourceRecord {
-                name: src.name.clone(),
-                kind: src.kind.as_str().to_string(),
-                status: SourceStatus::Ok,
-                error: summarize_problems(&walked),
-                files: walked.files,
-                bytes_read: walked.bytes_read,
-                bytes_stored: archive.size + index.size,
-                duration_ms: started.elapsed().as_millis() as u64,
-                origin,
-                archive: Some(ObjectRef {
-                    object: archive.path,
-                    size: archive.size,
-                    sha256: archive.sha256,
-                }),
-                index: Some(ObjectRef {
-                    object: index.path,
-                    size: index.size,
-                    sha256: index.sha256,
-                }),
-                list: None,
-                new_chunks: None,
-                new_bytes: None,
-                reused_files: None,
-                problems: walked.problems,
-                skipped: walked.skipped,
-                vanished: walked.vanished,
-                details: walked.details,
-            }
-        }
+        Ok((walked, archive, index)) => SourceRecord {
+            bytes_stored: archive.size + index.size,
+            archive: Some(ObjectRef {
+                object: archive.path,
+                size: archive.size,
+                sha256: archive.sha256,
+            }),
+            index: Some(ObjectRef {
+                object: index.path,
+                size: index.size,
+                sha256: index.sha256,
+            }),
+            ..stored(src, started, walked)
+        },
         Err(e) => failed(src, started, e.to_string()),
     }
 }
@@ -422,28 +404,40 @@ async fn run_source_chunked(
     .unwrap_or_else(|e| Err(PipelineError::Io(io::Error::other(e.to_string()))));
     match res {
         Ok((walked, list, new_chunks)) => SourceRecord {
-            name: src.name.clone(),
-            kind: src.kind.as_str().to_string(),
-            status: SourceStatus::Ok,
-            error: summarize_problems(&walked),
-            files: walked.files,
-            bytes_read: walked.bytes_read,
-            // Set once the packs are written (ChunkWriter::finish).
-            bytes_stored: 0,
-            duration_ms: started.elapsed().as_millis() as u64,
-            origin: origin(src),
-            archive: None,
-            index: None,
             list: Some(list),
             new_chunks: Some(new_chunks),
+            // Set once the packs are written (ChunkWriter::finish).
             new_bytes: Some(0),
             reused_files: Some(walked.reused),
-            problems: walked.problems,
-            skipped: walked.skipped,
-            vanished: walked.vanished,
-            details: walked.details,
+            ..stored(src, started, walked)
         },
         Err(e) => failed(src, started, e.to_string()),
+    }
+}
+
+/// The record of a source that was read: what the walk or dump found; the
+/// caller says where it went (format 1 objects, format 2 list).
+fn stored(src: &SourceConfig, started: Instant, walked: Walked) -> SourceRecord {
+    SourceRecord {
+        name: src.name.clone(),
+        kind: src.kind.as_str().to_string(),
+        status: SourceStatus::Ok,
+        error: summarize_problems(&walked),
+        files: walked.files,
+        bytes_read: walked.bytes_read,
+        bytes_stored: 0,
+        duration_ms: started.elapsed().as_millis() as u64,
+        origin: origin(src),
+        archive: None,
+        index: None,
+        list: None,
+        new_chunks: None,
+        new_bytes: None,
+        reused_files: None,
+        problems: walked.problems,
+        skipped: walked.skipped,
+        vanished: walked.vanished,
+        details: walked.details,
     }
 }
 

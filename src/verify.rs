@@ -230,7 +230,26 @@ async fn check_chunks(
 /// A pack is present and its bytes hash to its name.
 async fn check_pack(repo: &Repository, id: &[u8; 32]) -> Result<Option<String>, RepoError> {
     let name = crate::chunks::pack::object_name(id);
-    let mut r = repo.store.download(&name);
+    let sha = match hash_object(repo, &name, "pack").await? {
+        Ok((_, sha)) => sha,
+        Err(problem) => return Ok(Some(problem)),
+    };
+    if sha != hex::encode(id) {
+        return Ok(Some(format!(
+            "pack {name}: its bytes hash to {sha}, not to its name (damaged)"
+        )));
+    }
+    Ok(None)
+}
+
+/// Downloads an object whole and hashes it: its size and SHA-256, or the
+/// problem to report (missing, unreadable); a store failure is an error.
+async fn hash_object(
+    repo: &Repository,
+    name: &str,
+    what: &str,
+) -> Result<Result<(u64, String), String>, RepoError> {
+    let mut r = repo.store.download(name);
     let (r, res) = tokio::task::spawn_blocking(move || {
         let res = io::copy(&mut r, &mut crate::progress::Counted(io::sink()));
         (r, res)
@@ -240,19 +259,13 @@ async fn check_pack(repo: &Repository, id: &[u8; 32]) -> Result<Option<String>, 
     if let Err(e) = res {
         return match e.into_inner().map(|b| b.downcast::<StoreError>()) {
             Some(Ok(s)) => match *s {
-                StoreError::NotFound { .. } => Ok(Some(format!("pack {name} is missing"))),
+                StoreError::NotFound { .. } => Ok(Err(format!("{what} {name} is missing"))),
                 other => Err(other.into()),
             },
-            _ => Ok(Some(format!("pack {name} could not be read"))),
+            _ => Ok(Err(format!("{what} {name} could not be read"))),
         };
     }
-    let (_, sha) = r.digest();
-    if sha != hex::encode(id) {
-        return Ok(Some(format!(
-            "pack {name}: its bytes hash to {sha}, not to its name (damaged)"
-        )));
-    }
-    Ok(None)
+    Ok(Ok(r.digest()))
 }
 
 /// Presence and size; with `hash`, also the SHA-256 of the stored bytes.
@@ -280,24 +293,11 @@ async fn check_object(
     if !hash {
         return Ok(None);
     }
-    let mut r = repo.store.download(&o.object);
     let object = o.object.clone();
-    let (r, res) = tokio::task::spawn_blocking(move || {
-        let res = io::copy(&mut r, &mut crate::progress::Counted(io::sink()));
-        (r, res)
-    })
-    .await
-    .map_err(|e| RepoError::Internal(format!("a verify task failed: {e}")))?;
-    if let Err(e) = res {
-        return match e.into_inner().map(|b| b.downcast::<StoreError>()) {
-            Some(Ok(s)) => match *s {
-                StoreError::NotFound { .. } => Ok(Some(format!("object {object} is missing"))),
-                other => Err(other.into()),
-            },
-            _ => Ok(Some(format!("object {object} could not be read"))),
-        };
-    }
-    let (n, sha) = r.digest();
+    let (n, sha) = match hash_object(repo, &object, "object").await? {
+        Ok(d) => d,
+        Err(problem) => return Ok(Some(problem)),
+    };
     if n != o.size || sha != o.sha256 {
         return Ok(Some(format!(
             "object {object}: SHA-256 {sha} differs from the manifest's {}",

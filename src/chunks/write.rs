@@ -537,26 +537,9 @@ impl StreamSink for ChunkSink {
             }
         })?;
         let sha256 = hex::encode(hashed.hash.finalize());
-        let line = IndexEntry {
-            path: name.to_string(),
-            kind: EntryKind::File,
-            size: hashed.size,
-            mode: 0o600,
-            mtime: started.timestamp(),
-            mtime_nsec: started.timestamp_subsec_nanos(),
-            uid: 0,
-            gid: 0,
-            target: None,
-            sha256: Some(sha256.clone()),
-            stored: true,
-            error: None,
-            object: None,
-            chunks: Some(chunks.clone()),
-            more: false,
-            ino: None,
-            ctime: None,
-            ctime_nsec: None,
-        };
+        let mut line = crate::source::stream::stream_entry(name.to_string(), hashed.size, started);
+        line.sha256 = Some(sha256.clone());
+        line.chunks = Some(chunks.clone());
         index.push(&line)?;
         Ok(StoredStream {
             name: name.to_string(),

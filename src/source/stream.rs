@@ -69,6 +69,31 @@ impl<W: Write> StreamSink for TarWriter<W> {
     }
 }
 
+/// The index line of a stream's bytes (a format 1 chunk entry, or a format
+/// 2 stream line): mode 0600, owned by 0:0, dated `when`.
+pub fn stream_entry(path: String, size: u64, when: chrono::DateTime<chrono::Utc>) -> IndexEntry {
+    IndexEntry {
+        path,
+        kind: EntryKind::File,
+        size,
+        mode: 0o600,
+        mtime: when.timestamp(),
+        mtime_nsec: when.timestamp_subsec_nanos(),
+        uid: 0,
+        gid: 0,
+        target: None,
+        sha256: None,
+        stored: true,
+        error: None,
+        object: None,
+        chunks: None,
+        more: false,
+        ino: None,
+        ctime: None,
+        ctime_nsec: None,
+    }
+}
+
 /// Reads `r` to its end into chunk entries of `tar`, indexed in `index`.
 /// An empty stream still gets one (empty) chunk, so restore knows it exists.
 /// Read errors are the producer's failure; write errors are the pipeline's.
@@ -91,26 +116,7 @@ pub fn archive_stream<W: Write, I: Write>(
             break;
         }
         whole.update(&buf[..k]);
-        let mut e = IndexEntry {
-            path: chunk_path(name, n),
-            kind: EntryKind::File,
-            size: k as u64,
-            mode: 0o600,
-            mtime: now.timestamp(),
-            mtime_nsec: now.timestamp_subsec_nanos(),
-            uid: 0,
-            gid: 0,
-            target: None,
-            sha256: None,
-            stored: true,
-            error: None,
-            object: None,
-            chunks: None,
-            more: false,
-            ino: None,
-            ctime: None,
-            ctime_nsec: None,
-        };
+        let mut e = stream_entry(chunk_path(name, n), k as u64, now);
         let mut data = &buf[..k];
         let outcome = tar
             .append(&e, &e.path.clone(), Some(&mut data))?

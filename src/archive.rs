@@ -816,24 +816,12 @@ mod tests {
 
     fn entry(path: &str, kind: EntryKind, size: u64) -> IndexEntry {
         IndexEntry {
-            path: path.into(),
-            kind,
             size,
             mode: 0o644,
             mtime: 1_700_000_000,
-            mtime_nsec: 0,
             uid: 1000,
             gid: 1000,
-            target: None,
-            sha256: None,
-            stored: true,
-            error: None,
-            object: None,
-            chunks: None,
-            more: false,
-            ino: None,
-            ctime: None,
-            ctime_nsec: None,
+            ..IndexEntry::new(path.into(), kind)
         }
     }
 

@@ -189,6 +189,33 @@ pub struct IndexEntry {
     pub ctime_nsec: Option<u32>,
 }
 
+impl IndexEntry {
+    /// A stored entry at `path`: size, mode, times and owner 0, and every
+    /// optional field empty, for the caller to fill in.
+    pub fn new(path: String, kind: EntryKind) -> IndexEntry {
+        IndexEntry {
+            path,
+            kind,
+            size: 0,
+            mode: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            uid: 0,
+            gid: 0,
+            target: None,
+            sha256: None,
+            stored: true,
+            error: None,
+            object: None,
+            chunks: None,
+            more: false,
+            ino: None,
+            ctime: None,
+            ctime_nsec: None,
+        }
+    }
+}
+
 /// The context string bound into a sealed object's authentication: which
 /// repository, snapshot and source it belongs to. See docs/FORMAT.md.
 pub fn seal_context(repo_id: &str, snapshot_id: &str, source: Option<&str>) -> Vec<u8> {

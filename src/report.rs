@@ -1650,24 +1650,13 @@ mod tests {
 
     fn entry(path: &str, kind: EntryKind, target: Option<&str>) -> IndexEntry {
         IndexEntry {
-            path: path.into(),
-            kind,
             size: 8,
             mode: 0o644,
             mtime: 1_772_368_205,
             mtime_nsec: 5,
-            uid: 0,
-            gid: 0,
             target: target.map(str::to_string),
             sha256: (kind == EntryKind::File).then(|| "ab".into()),
-            stored: true,
-            error: None,
-            object: None,
-            chunks: None,
-            more: false,
-            ino: None,
-            ctime: None,
-            ctime_nsec: None,
+            ..IndexEntry::new(path.into(), kind)
         }
     }
 

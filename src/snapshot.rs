@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use chrono::Utc;
 
-use crate::archive::{IndexWriter, TarWriter, stage_channel};
+use crate::archive::{EntrySink, IndexWriter, TarWriter, stage_channel};
+use crate::chunks::known::KnownChunks;
 use crate::chunks::storage::{self, ChunkStoreError};
 use crate::chunks::write::{ChunkWriter, ParentList};
 use crate::config::{Config, SourceConfig, SourceKind, VanishedPolicy};
@@ -125,6 +126,12 @@ pub async fn snapshot(
     let mut labels = cfg.labels.clone();
     labels.extend(opts.labels.clone());
     let mut records = Vec::new();
+    // Format 2: the newest earlier snapshot of this host, per source name,
+    // whose unchanged files need not be read (section 21.2).
+    let parents = match (&repo.chunked, opts.reread) {
+        (Some(_), false) => newest_per_source(repo).await,
+        _ => BTreeMap::new(),
+    };
     // Format 2: one packer and uploader for the whole snapshot, so that
     // chunks shared between sources are stored once and packs fill up.
     let mut chunk_writer = match &repo.chunked {
@@ -132,17 +139,11 @@ pub async fn snapshot(
             &repo.store,
             &repo.id,
             Arc::clone(c),
-            storage::known_chunks(&repo.store, &c.keys, &repo.id).await?,
+            known_chunks(repo, c, !parents.is_empty()).await?,
             opts.compression,
             opts.dry_run,
         )),
         None => None,
-    };
-    // Format 2: the newest earlier snapshot of this host, per source name,
-    // whose unchanged files need not be read (section 21.2).
-    let parents = match (&chunk_writer, opts.reread) {
-        (Some(_), false) => newest_per_source(repo).await,
-        _ => BTreeMap::new(),
     };
     let mut parent_ids = Vec::new();
     for src in sources {
@@ -171,20 +172,13 @@ pub async fn snapshot(
             || !r.problems.is_empty()
             || (vanished_counts && !r.vanished.is_empty())
     });
-    let all_failed = records.iter().all(|r| r.status == SourceStatus::Failed);
-    if let Some(w) = chunk_writer.take_if(|_| all_failed) {
-        w.abandon().await;
-    }
     if let Some(w) = chunk_writer {
         // Every pack uploaded and indexed before the manifest names them.
+        // Also when every source failed: an upload that failed stopped the
+        // packer, which is why the sources failed, and its error says why.
         let stored = w.finish().await?;
         let charged = stored.charged.clone();
-        tracing::debug!(
-            "{} packs, {} bytes, index {:?}",
-            stored.packs,
-            stored.pack_bytes,
-            stored.index
-        );
+        tracing::debug!("{} packs, index {:?}", stored.packs, stored.index);
         for (r, bytes) in records.iter_mut().zip(charged) {
             if r.list.is_some() {
                 r.new_bytes = Some(bytes);
@@ -322,6 +316,22 @@ async fn run_source(
     }
 }
 
+/// What the repository holds, from one read of its index objects: a
+/// snapshot that reads parents' lists needs where every chunk is anyway
+/// (the fetcher), and takes the ids from there; one without keeps only
+/// 12 bytes per chunk.
+async fn known_chunks(
+    repo: &Repository,
+    c: &crate::repo::Chunked,
+    with_parents: bool,
+) -> Result<KnownChunks, ChunkStoreError> {
+    if with_parents {
+        let f = repo.fetcher().await?;
+        return Ok(KnownChunks::from_ids(f.locations().ids().copied()));
+    }
+    storage::known_chunks(&repo.store, &c.keys, &repo.id).await
+}
+
 /// Per source name, the newest snapshot of this host that stored it whole
 /// enough to stand for unchanged files: its id, time and file list. A
 /// repository whose manifests cannot be listed just gets no parent.
@@ -357,25 +367,29 @@ async fn run_source_chunked(
     let started = Instant::now();
     let mut sink = writer.sink();
     if src.kind == SourceKind::Directory {
-        let lines = match (parent, repo.fetcher().await) {
-            (Some((id, _, list)), Ok(f)) => {
-                let at = crate::read::Where {
-                    snapshot: id.clone(),
-                    source: src.name.clone(),
-                };
-                let lines = crate::read::chunked::list_lines(
-                    f,
-                    tokio::runtime::Handle::current(),
-                    list.clone(),
-                    at,
-                );
-                Some(ParentList::new(Box::new(lines)))
-            }
-            (Some(_), Err(e)) => {
-                tracing::warn!("the previous snapshot cannot be used ({e}); every file is read");
-                None
-            }
-            _ => None,
+        let lines = match parent {
+            Some((id, _, list)) => match repo.fetcher().await {
+                Ok(f) => {
+                    let at = crate::read::Where {
+                        snapshot: id.clone(),
+                        source: src.name.clone(),
+                    };
+                    let lines = crate::read::chunked::list_lines(
+                        f,
+                        tokio::runtime::Handle::current(),
+                        list.clone(),
+                        at,
+                    );
+                    Some(ParentList::new(Box::new(lines)))
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "the previous snapshot cannot be used ({e}); every file is read"
+                    );
+                    None
+                }
+            },
+            None => None,
         };
         sink.directory(lines);
     }
@@ -383,20 +397,7 @@ async fn run_source_chunked(
     let res = tokio::task::spawn_blocking(move || -> Result<_, PipelineError> {
         crate::progress::message(format!("source {}", src_owned.name));
         let mut list = IndexWriter::new(sink.list());
-        let walked = match src_owned.kind {
-            SourceKind::Directory => fs_source::archive_directory(
-                src_owned.path.as_deref().expect("validated"),
-                src_owned.exclude.as_deref().unwrap_or(&[]),
-                &mut sink,
-                &mut list,
-            )?,
-            SourceKind::Files => fs_source::archive_files(
-                src_owned.paths.as_deref().expect("validated"),
-                &mut sink,
-                &mut list,
-            )?,
-            _ => dump_into(&src_owned, &mut sink, &mut list)?,
-        };
+        let walked = read_source(&src_owned, &mut sink, &mut list)?;
         let (list, list_new) = list.finish().finish()?;
         Ok((walked, list, sink.new_chunks + list_new))
     })
@@ -478,6 +479,27 @@ enum PipelineError {
     Io(#[from] io::Error),
 }
 
+/// Reads one source into `sink` (a tar stream, or chunks) with its lines
+/// in `index`: a directory walk, a list of files, or a dump's streams.
+fn read_source<T: EntrySink + StreamSink, I: io::Write>(
+    src: &SourceConfig,
+    sink: &mut T,
+    index: &mut IndexWriter<I>,
+) -> Result<Walked, PipelineError> {
+    Ok(match src.kind {
+        SourceKind::Directory => fs_source::archive_directory(
+            src.path.as_deref().expect("validated"),
+            src.exclude.as_deref().unwrap_or(&[]),
+            sink,
+            index,
+        )?,
+        SourceKind::Files => {
+            fs_source::archive_files(src.paths.as_deref().expect("validated"), sink, index)?
+        }
+        _ => dump_into(src, sink, index)?,
+    })
+}
+
 /// Reads a dump source's streams into `tar`, one after the other, checking
 /// each producer's exit status; the manifest details say what was stored.
 fn dump_into<T: StreamSink, I: io::Write>(
@@ -542,20 +564,7 @@ fn archive_source(
         let mut tar = TarWriter::new(crate::progress::Counted(enc));
         let index_seal = SealWriter::new(index_sink, master, ObjectKind::Index, ctx)?;
         let mut index = IndexWriter::new(zstd::stream::write::Encoder::new(index_seal, 3)?);
-        let walked = match src.kind {
-            SourceKind::Directory => fs_source::archive_directory(
-                src.path.as_deref().expect("validated"),
-                src.exclude.as_deref().unwrap_or(&[]),
-                &mut tar,
-                &mut index,
-            )?,
-            SourceKind::Files => fs_source::archive_files(
-                src.paths.as_deref().expect("validated"),
-                &mut tar,
-                &mut index,
-            )?,
-            _ => dump_into(src, &mut tar, &mut index)?,
-        };
+        let walked = read_source(src, &mut tar, &mut index)?;
         tar.finish()?.into_inner().finish()?.finish()?;
         let index_written = index.finish().finish()?.finish()?.finish()?;
         Ok((walked, index_written))

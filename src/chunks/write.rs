@@ -64,7 +64,6 @@ pub struct ChunkWriter {
     uploader: tokio::task::JoinHandle<Result<Vec<IndexedPack>, ChunkStoreError>>,
     store: Store,
     repo_id: String,
-    sources: usize,
     dry_run: bool,
 }
 
@@ -73,7 +72,6 @@ pub struct ChunkWriter {
 pub struct Written {
     pub index: Option<String>,
     pub packs: u64,
-    pub pack_bytes: u64,
     /// Stored bytes (sealed blobs) per source, in the order of the sinks.
     pub charged: Vec<u64>,
 }
@@ -114,16 +112,17 @@ impl ChunkWriter {
             uploader,
             store: store.clone(),
             repo_id: repo_id.to_string(),
-            sources: 0,
             dry_run,
         }
     }
 
     /// A sink for the next source.
     pub fn sink(&mut self) -> ChunkSink {
-        let source = self.sources;
-        self.sources += 1;
-        self.shared.stored.lock().expect("stored lock").push(0);
+        let source = {
+            let mut stored = self.shared.stored.lock().expect("stored lock");
+            stored.push(0);
+            stored.len() - 1
+        };
         ChunkSink {
             shared: Arc::clone(&self.shared),
             source,
@@ -156,24 +155,9 @@ impl ChunkWriter {
         };
         if !packs.is_empty() && !self.dry_run {
             let keys = &self.shared.chunked.keys;
-            w.pack_bytes = self.stored_total();
             w.index = Some(store_index(&self.store, keys, &self.repo_id, packs).await?);
         }
         Ok(w)
-    }
-
-    fn stored_total(&self) -> u64 {
-        self.shared.stored.lock().expect("stored lock").iter().sum()
-    }
-
-    /// Stops without storing an index: a failed snapshot. Packs already
-    /// uploaded stay until `prune` removes them.
-    pub async fn abandon(mut self) {
-        self.shared.tx.lock().expect("tx lock").take();
-        if let Some(p) = self.packer.take() {
-            let _ = tokio::task::spawn_blocking(move || p.join()).await;
-        }
-        self.uploader.abort();
     }
 }
 
@@ -380,12 +364,6 @@ impl ChunkSink {
         {
             let c = c?;
             let id = chunked.keys.id_of(&c);
-            // A new chunk goes to the packer as its own copy: a slice of
-            // the chunker's read-ahead buffer would keep that whole buffer
-            // (up to 16 MiB) alive while it waits, and the chunker would
-            // allocate another (the snapshot's peak RSS doubled).
-            let known = self.shared.known.lock().expect("known lock").contains(&id);
-            let c = if known { c } else { Bytes::copy_from_slice(&c) };
             if self.shared.queue(id, kind, c, self.source)? {
                 self.new_chunks += 1;
             }

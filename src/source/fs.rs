@@ -177,24 +177,12 @@ impl Meta {
     /// An index entry at `rel` with these attributes.
     fn entry(&self, rel: &str, kind: EntryKind) -> IndexEntry {
         IndexEntry {
-            path: rel.to_string(),
-            kind,
-            size: 0,
             mode: self.mode,
             mtime: self.mtime,
             mtime_nsec: self.mtime_nsec,
             uid: self.uid,
             gid: self.gid,
-            target: None,
-            sha256: None,
-            stored: true,
-            error: None,
-            object: None,
-            chunks: None,
-            more: false,
-            ino: None,
-            ctime: None,
-            ctime_nsec: None,
+            ..IndexEntry::new(rel.to_string(), kind)
         }
     }
 }

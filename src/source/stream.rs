@@ -73,24 +73,11 @@ impl<W: Write> StreamSink for TarWriter<W> {
 /// 2 stream line): mode 0600, owned by 0:0, dated `when`.
 pub fn stream_entry(path: String, size: u64, when: chrono::DateTime<chrono::Utc>) -> IndexEntry {
     IndexEntry {
-        path,
-        kind: EntryKind::File,
         size,
         mode: 0o600,
         mtime: when.timestamp(),
         mtime_nsec: when.timestamp_subsec_nanos(),
-        uid: 0,
-        gid: 0,
-        target: None,
-        sha256: None,
-        stored: true,
-        error: None,
-        object: None,
-        chunks: None,
-        more: false,
-        ino: None,
-        ctime: None,
-        ctime_nsec: None,
+        ..IndexEntry::new(path, EntryKind::File)
     }
 }
 

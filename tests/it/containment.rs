@@ -353,24 +353,12 @@ fn index_entry(
     target: Option<&[u8]>,
 ) -> IndexEntry {
     IndexEntry {
-        path: String::from_utf8(path.to_vec()).expect("utf-8 name"),
-        kind,
         size: data.map_or(0, |d| d.len() as u64),
         mode: if kind == EntryKind::Dir { 0o755 } else { 0o644 },
         mtime: 1_700_000_000,
-        mtime_nsec: 0,
-        uid: 0,
-        gid: 0,
         target: target.map(|t| String::from_utf8(t.to_vec()).expect("utf-8 target")),
         sha256: data.map(|d| hex::encode(Sha256::digest(d))),
-        stored: true,
-        error: None,
-        object: None,
-        chunks: None,
-        more: false,
-        ino: None,
-        ctime: None,
-        ctime_nsec: None,
+        ..IndexEntry::new(String::from_utf8(path.to_vec()).expect("utf-8 name"), kind)
     }
 }
 

@@ -643,3 +643,24 @@ fn two_packs_swapped_are_found() {
         assert!(!target.join("media").exists());
     }
 }
+
+/// A pack that cannot be stored fails the snapshot: nothing is committed,
+/// and the message names the store's own error, not only that sources
+/// failed.
+#[test]
+fn a_pack_that_cannot_be_stored_commits_nothing_and_says_why() {
+    let mut env = Env::init_format(Backend::Fs, 2);
+    let data = env.path("data");
+    write(&data.join("big.bin"), &pseudo_random(40 << 20, 101));
+    env.add_dir_source("media", &data, &[]);
+    // Where packs go is a file: every pack upload fails.
+    write(&object_path(&env, "packs"), b"not a directory");
+    let o = env.cmd().arg("snapshot").output().unwrap();
+    assert_code(&o, 1, "snapshot with packs/ unwritable");
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("not committed") && err.contains("packs/"),
+        "{err}"
+    );
+    assert!(env.snapshot_ids().is_empty());
+}

@@ -98,6 +98,9 @@ pub enum ObjectKind {
     Manifest,
     /// Format 2: which pack holds which chunk (FORMAT.md section 19).
     ChunkIndex,
+    /// Format 2: a session, mark or watch of the garbage collection
+    /// (FORMAT.md section 23).
+    GcRecord,
 }
 
 impl ObjectKind {
@@ -107,6 +110,7 @@ impl ObjectKind {
             ObjectKind::Index => b'I',
             ObjectKind::Manifest => b'M',
             ObjectKind::ChunkIndex => b'X',
+            ObjectKind::GcRecord => b'G',
         }
     }
     fn name(self) -> &'static str {
@@ -115,6 +119,7 @@ impl ObjectKind {
             ObjectKind::Index => "an index",
             ObjectKind::Manifest => "a manifest",
             ObjectKind::ChunkIndex => "a chunk index",
+            ObjectKind::GcRecord => "a garbage collection record",
         }
     }
     fn from_byte(b: u8) -> Option<Self> {
@@ -123,6 +128,7 @@ impl ObjectKind {
             b'I' => Some(ObjectKind::Index),
             b'M' => Some(ObjectKind::Manifest),
             b'X' => Some(ObjectKind::ChunkIndex),
+            b'G' => Some(ObjectKind::GcRecord),
             _ => None,
         }
     }

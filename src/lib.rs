@@ -21,6 +21,7 @@ pub mod copy;
 pub mod credential;
 pub mod crypto;
 pub mod dirfd;
+pub mod gc;
 pub mod hooks;
 pub mod manifest;
 pub mod metrics;

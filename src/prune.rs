@@ -63,6 +63,10 @@ pub enum PruneError {
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error(
+        "the snapshots were pruned, but unused chunks were not collected: {0}; rerun `coffer prune` (what is already deleted stays consistent)"
+    )]
+    Gc(#[from] crate::gc::GcError),
+    #[error(
         "{what}: {source}; rerun `coffer prune` to finish (what is already deleted stays consistent)"
     )]
     Delete {
@@ -88,6 +92,7 @@ impl PruneError {
             PruneError::Damaged { .. } => ErrorKind::Integrity,
             PruneError::Newer { .. } | PruneError::TempFiles { .. } => ErrorKind::Operational,
             PruneError::Repo(r) => r.kind(),
+            PruneError::Gc(g) => g.kind(),
             PruneError::Delete { source, .. } => source.kind(),
         }
     }
@@ -152,14 +157,11 @@ pub struct PruneReport {
     /// billed but no listing of objects shows them); `None` where the
     /// store cannot list them (anything but S3) or the listing failed.
     pub multipart_uploads: Option<MultipartUploads>,
-    /// What this prune could not do (format 2: unused chunks stay).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
+    /// Format 2: the packs no kept snapshot needs, marked and deleted
+    /// (docs/FORMAT.md section 23); absent for format 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<crate::gc::collect::GcReport>,
 }
-
-/// Said by every prune of a format 2 repository until its garbage
-/// collection (docs/FORMAT.md section 23) is built.
-pub const NO_CHUNK_GC: &str = "this is a format 2 repository: prune forgets the snapshots it removes, but does not yet delete the chunks no snapshot uses, so the repository does not shrink (docs/FORMAT.md section 23 is not built yet)";
 
 /// Multipart uploads under the repository's prefix, never completed.
 #[derive(Debug, Default, Serialize)]
@@ -370,6 +372,29 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
         });
     }
 
+    // Format 2: the chunks of the snapshots removed, once no kept snapshot
+    // and no snapshot being written needs them.
+    let chunks = match &repo.chunked {
+        Some(c) => Some(
+            crate::gc::collect::collect(
+                repo,
+                c,
+                &crate::gc::collect::CollectOptions {
+                    grace: opts.grace,
+                    now: opts.now,
+                    dry_run: opts.dry_run,
+                    forget: decisions
+                        .iter()
+                        .filter(|d| !d.keep())
+                        .map(|d| d.id.clone())
+                        .collect(),
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
+
     let grace = chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX);
     let mut leftovers = Vec::new();
     let mut leftovers_removed = 0u64;
@@ -491,11 +516,7 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
         leftovers_removed,
         temp_files,
         multipart_uploads,
-        warnings: if repo.format >= 2 {
-            vec![NO_CHUNK_GC.to_string()]
-        } else {
-            Vec::new()
-        },
+        chunks,
     })
 }
 

@@ -519,8 +519,32 @@ pub fn prune_text(out: &mut impl Write, rep: &crate::prune::PruneReport) -> io::
             human_bytes(t.kept_bytes)
         )?;
     }
-    for w in &rep.warnings {
-        writeln!(out, "warning: {w}")?;
+    if let Some(c) = &rep.chunks {
+        let (deleted, marked) = if rep.dry_run {
+            ("would delete", "would mark")
+        } else {
+            ("deleted", "marked")
+        };
+        writeln!(
+            out,
+            "chunks: {deleted} {} packs ({}) marked by an earlier prune; {marked} {} packs ({}) that no kept snapshot uses, for a later prune to delete; {} packs ({}) in use",
+            c.deleted_packs,
+            human_bytes(c.deleted_bytes),
+            c.marked_packs,
+            human_bytes(c.marked_bytes),
+            c.packs_in_use,
+            human_bytes(c.bytes_in_use)
+        )?;
+        if c.kept_packs > 0 {
+            writeln!(
+                out,
+                "chunks: kept {} marked packs that a snapshot stored since needs",
+                c.kept_packs
+            )?;
+        }
+        for w in &c.waiting {
+            writeln!(out, "chunks: waiting: {w}")?;
+        }
     }
     if let Some(m) = &rep.multipart_uploads
         && m.aborted + m.kept > 0
@@ -1477,7 +1501,7 @@ mod tests {
                 aborted: 0,
                 kept: 0,
             }),
-            warnings: Vec::new(),
+            chunks: None,
         }
     }
 

@@ -5,7 +5,7 @@
 //! is written last and create-only: a snapshot interrupted at any point is
 //! simply absent (its left-over objects are removed by `prune` later).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,11 +13,11 @@ use std::time::Instant;
 use chrono::Utc;
 
 use crate::archive::{EntrySink, IndexWriter, TarWriter, stage_channel};
-use crate::chunks::known::KnownChunks;
-use crate::chunks::storage::{self, ChunkStoreError};
+use crate::chunks::storage::ChunkStoreError;
 use crate::chunks::write::{ChunkWriter, ParentList};
 use crate::config::{Config, SourceConfig, SourceKind, VanishedPolicy};
 use crate::crypto::{self, ObjectKind, SealWriter};
+use crate::gc::session::{self, Session, WriterView, ready_to_commit};
 use crate::manifest::{
     ListRef, Manifest, ObjectRef, SnapshotStatus, SourceRecord, SourceStatus, seal_context,
 };
@@ -42,6 +42,8 @@ pub enum SnapshotError {
     Repo(#[from] RepoError),
     #[error("the snapshot was not committed: storing its chunks failed: {0}")]
     Chunks(#[from] ChunkStoreError),
+    #[error("the snapshot was not committed: {0}")]
+    Gc(#[from] crate::gc::GcError),
 }
 
 impl SnapshotError {
@@ -49,6 +51,7 @@ impl SnapshotError {
         match self {
             SnapshotError::Repo(r) => r.kind(),
             SnapshotError::Chunks(c) => c.kind(),
+            SnapshotError::Gc(g) => g.kind(),
             SnapshotError::AllFailed(_) => ErrorKind::Operational,
             SnapshotError::UnknownSource(..)
             | SnapshotError::NoSources
@@ -121,6 +124,26 @@ pub async fn snapshot(
     opts: &SnapshotOptions,
 ) -> Result<SnapshotOutcome, SnapshotError> {
     let sources = select_sources(cfg, &opts.only)?;
+    // Format 2: the session that tells prune a snapshot is being written,
+    // stored before anything of the repository is read (FORMAT.md 23.2).
+    let session = match (&repo.chunked, opts.dry_run) {
+        (Some(c), false) => Some(Session::start(repo, c).await?),
+        _ => None,
+    };
+    let res = snapshot_in(repo, cfg, opts, sources, session.as_ref()).await;
+    if let Some(s) = session {
+        s.end().await;
+    }
+    res
+}
+
+async fn snapshot_in(
+    repo: &Repository,
+    cfg: &Config,
+    opts: &SnapshotOptions,
+    sources: Vec<&SourceConfig>,
+    session: Option<&Session>,
+) -> Result<SnapshotOutcome, SnapshotError> {
     let id = crypto::random_id(8);
     let time = opts.time.unwrap_or_else(Utc::now);
     let mut labels = cfg.labels.clone();
@@ -134,15 +157,26 @@ pub async fn snapshot(
     };
     // Format 2: one packer and uploader for the whole snapshot, so that
     // chunks shared between sources are stored once and packs fill up.
+    let mut view_packs = HashSet::new();
     let mut chunk_writer = match &repo.chunked {
-        Some(c) => Some(ChunkWriter::start(
-            &repo.store,
-            &repo.id,
-            Arc::clone(c),
-            known_chunks(repo, c, !parents.is_empty()).await?,
-            opts.compression,
-            opts.dry_run,
-        )),
+        Some(c) => {
+            let view = writer_view(repo, c, !parents.is_empty()).await?;
+            view_packs = view.packs;
+            let mut w = ChunkWriter::start(
+                &repo.store,
+                &repo.id,
+                Arc::clone(c),
+                view.known,
+                opts.compression,
+                opts.dry_run,
+            );
+            if session.is_some() {
+                w.log_refs().map_err(|e| {
+                    ChunkStoreError::Internal(format!("a temporary file for chunk ids: {e}"))
+                })?;
+            }
+            Some(w)
+        }
         None => None,
     };
     let mut parent_ids = Vec::new();
@@ -172,13 +206,16 @@ pub async fn snapshot(
             || !r.problems.is_empty()
             || (vanished_counts && !r.vanished.is_empty())
     });
+    let mut refs = None;
     if let Some(w) = chunk_writer {
         // Every pack uploaded and indexed before the manifest names them.
         // Also when every source failed: an upload that failed stopped the
         // packer, which is why the sources failed, and its error says why.
         let stored = w.finish().await?;
         let charged = stored.charged.clone();
-        tracing::debug!("{} packs, index {:?}", stored.packs, stored.index);
+        tracing::debug!("{} packs, index {:?}", stored.packs.len(), stored.index);
+        view_packs.extend(stored.packs.iter().copied());
+        refs = stored.refs;
         for (r, bytes) in records.iter_mut().zip(charged) {
             if r.list.is_some() {
                 r.new_bytes = Some(bytes);
@@ -228,6 +265,9 @@ pub async fn snapshot(
             manifest,
             committed: false,
         });
+    }
+    if let (Some(session), Some(c), Some(refs)) = (session, &repo.chunked, refs.as_mut()) {
+        ready_to_commit(repo, c, session, view_packs, refs, opts.compression).await?;
     }
     repo.commit_manifest(&manifest).await?;
     Ok(SnapshotOutcome {
@@ -320,16 +360,16 @@ async fn run_source(
 /// snapshot that reads parents' lists needs where every chunk is anyway
 /// (the fetcher), and takes the ids from there; one without keeps only
 /// 12 bytes per chunk.
-async fn known_chunks(
+async fn writer_view(
     repo: &Repository,
     c: &crate::repo::Chunked,
     with_parents: bool,
-) -> Result<KnownChunks, ChunkStoreError> {
+) -> Result<WriterView, SnapshotError> {
     if with_parents {
         let f = repo.fetcher().await?;
-        return Ok(KnownChunks::from_ids(f.locations().ids().copied()));
+        return Ok(session::writer_view(repo, c, Some(f.locations())).await?);
     }
-    storage::known_chunks(&repo.store, &c.keys, &repo.id).await
+    Ok(session::writer_view(repo, c, None).await?)
 }
 
 /// Per source name, the newest snapshot of this host that stored it whole

@@ -64,7 +64,7 @@ pub fn index_context(repo_id: &str, index_id: &str) -> Vec<u8> {
 }
 
 /// The index key as the input key material of a sealed object.
-fn index_sealing_key(keys: &ChunkKeys) -> MasterKey {
+pub(crate) fn index_sealing_key(keys: &ChunkKeys) -> MasterKey {
     MasterKey::from_bytes(*keys.index_key())
 }
 
@@ -156,12 +156,21 @@ pub async fn store_index(
     repo_id: &str,
     packs: Vec<IndexedPack>,
 ) -> Result<String, ChunkStoreError> {
+    store_index_superseding(store, keys, repo_id, Vec::new(), packs).await
+}
+
+/// As [`store_index`], naming the index objects this one replaces (prune,
+/// section 23.4).
+pub async fn store_index_superseding(
+    store: &Store,
+    keys: &ChunkKeys,
+    repo_id: &str,
+    superseded: Vec<[u8; 8]>,
+    packs: Vec<IndexedPack>,
+) -> Result<String, ChunkStoreError> {
     let id = crate::crypto::random_id(8);
     let name = format!("{INDEX_PREFIX}{id}");
-    let content = IndexContent {
-        superseded: Vec::new(),
-        packs,
-    };
+    let content = IndexContent { superseded, packs };
     let mut plain = Vec::new();
     let mut z = zstd::stream::Encoder::new(&mut plain, 3).map_err(sealed_err(&name))?;
     content.write_to(&mut z).map_err(sealed_err(&name))?;
@@ -201,6 +210,10 @@ fn sealed_err(object: &str) -> impl Fn(std::io::Error) -> ChunkStoreError + '_ {
 pub struct ChunkLocations {
     packs: Vec<[u8; 32]>,
     chunks: HashMap<ChunkId, (u32, BlobEntry)>,
+    /// Further copies of chunks that more than one pack holds (a chunk
+    /// copied out of a marked pack, section 23): a reader that finds the
+    /// first pack deleted by a prune takes the next.
+    extra: HashMap<ChunkId, Vec<(u32, BlobEntry)>>,
 }
 
 impl ChunkLocations {
@@ -223,14 +236,55 @@ impl ChunkLocations {
             .map(|(p, e)| (&self.packs[*p as usize], e))
     }
 
+    /// Every pack and table entry of a chunk, the first as [`Self::locate`].
+    pub fn locate_all(&self, id: &ChunkId) -> impl Iterator<Item = (&[u8; 32], &BlobEntry)> {
+        self.chunks
+            .get(id)
+            .into_iter()
+            .chain(self.extra.get(id).into_iter().flatten())
+            .map(|(p, e)| (&self.packs[*p as usize], e))
+    }
+
+    /// The ids of the chunks that some pack accepted by `ok` holds.
+    pub fn ids_in(&self, ok: impl Fn(&[u8; 32]) -> bool) -> Vec<ChunkId> {
+        self.chunks
+            .iter()
+            .filter(|(id, _)| self.locate_all(id).any(|(p, _)| ok(p)))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Every pack an index lists.
+    pub fn packs(&self) -> &[[u8; 32]] {
+        &self.packs
+    }
+
     fn add(&mut self, content: IndexContent) {
         for p in content.packs {
             let n = self.packs.len() as u32;
             self.packs.push(p.pack);
             for b in p.blobs {
-                self.chunks.entry(b.id).or_insert((n, b));
+                match self.chunks.entry(b.id) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert((n, b));
+                    }
+                    std::collections::hash_map::Entry::Occupied(o) if o.get().0 != n => {
+                        self.extra.entry(b.id).or_default().push((n, b));
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => {}
+                }
             }
         }
+    }
+
+    /// From index contents already read (tests, and the prune that read
+    /// them for its own reasons).
+    pub fn from_contents(contents: impl IntoIterator<Item = IndexContent>) -> ChunkLocations {
+        let mut all = ChunkLocations::default();
+        for c in contents {
+            all.add(c);
+        }
+        all
     }
 
     /// Loads every index object of the repository.
@@ -240,7 +294,7 @@ impl ChunkLocations {
         repo_id: &str,
     ) -> Result<ChunkLocations, ChunkStoreError> {
         let mut all = ChunkLocations::default();
-        for_each_index(store, keys, repo_id, |c| all.add(c)).await?;
+        for_each_index(store, keys, repo_id, |_, c| all.add(c)).await?;
         Ok(all)
     }
 }
@@ -253,7 +307,7 @@ pub async fn known_chunks(
     repo_id: &str,
 ) -> Result<super::known::KnownChunks, ChunkStoreError> {
     let mut ids = Vec::new();
-    for_each_index(store, keys, repo_id, |c| {
+    for_each_index(store, keys, repo_id, |_, c| {
         for p in c.packs {
             ids.extend(p.blobs.into_iter().map(|b| b.id));
         }
@@ -263,15 +317,56 @@ pub async fn known_chunks(
 }
 
 /// Reads and authenticates every index object, one at a time, handing each
-/// one's content to `f`.
-async fn for_each_index(
+/// one's name and content to `f`. An index object listed but gone when read
+/// was replaced by a prune (section 23.4) with one stored before it was
+/// deleted: the index is listed again for the names not read yet, so no
+/// chunk is missed.
+pub async fn for_each_index(
     store: &Store,
     keys: &ChunkKeys,
     repo_id: &str,
-    mut f: impl FnMut(IndexContent),
+    mut f: impl FnMut(&str, IndexContent),
+) -> Result<(), ChunkStoreError> {
+    let mut read = std::collections::HashSet::new();
+    for _ in 0..16 {
+        let names: Vec<String> = store
+            .list(INDEX_PREFIX)
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| !read.contains(n))
+            .collect();
+        let mut gone = false;
+        for name in names {
+            let res = for_each_index_of(store, keys, repo_id, [name.clone()], &mut f).await;
+            match res {
+                Ok(()) => {
+                    read.insert(name);
+                }
+                Err(ChunkStoreError::Store(StoreError::NotFound { .. })) => gone = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if !gone {
+            return Ok(());
+        }
+    }
+    Err(ChunkStoreError::Internal(
+        "the index objects kept changing while they were read (prunes replacing them); try again"
+            .into(),
+    ))
+}
+
+/// As [`for_each_index`], for index objects already listed.
+pub async fn for_each_index_of(
+    store: &Store,
+    keys: &ChunkKeys,
+    repo_id: &str,
+    names: impl IntoIterator<Item = String>,
+    mut f: impl FnMut(&str, IndexContent),
 ) -> Result<(), ChunkStoreError> {
     let key = index_sealing_key(keys);
-    for (name, _) in store.list(INDEX_PREFIX).await? {
+    for name in names {
         let Some(id) = name.strip_prefix(INDEX_PREFIX) else {
             continue;
         };
@@ -290,7 +385,7 @@ async fn for_each_index(
             std::io::copy(&mut z, &mut std::io::sink()).map_err(sealed_err(&name))?;
             Ok(c)
         })()?;
-        f(content);
+        f(&name, content);
     }
     Ok(())
 }
@@ -371,13 +466,30 @@ impl Fetcher {
         &self.locations
     }
 
-    /// The plaintext of a chunk, checked against its id.
+    /// The plaintext of a chunk, checked against its id. When its pack is
+    /// gone (a prune deleted one of two copies after this reader loaded
+    /// the index), the next copy is read.
     pub async fn fetch(&self, id: ChunkId) -> Result<Bytes, ChunkStoreError> {
-        let (pack_id, entry) = self
+        let places: Vec<([u8; 32], BlobEntry)> = self
             .locations
-            .locate(&id)
-            .ok_or(ChunkStoreError::Missing(id))?;
-        let (pack_id, entry) = (*pack_id, *entry);
+            .locate_all(&id)
+            .map(|(p, e)| (*p, *e))
+            .collect();
+        let mut last = ChunkStoreError::Missing(id);
+        for (pack_id, entry) in places {
+            match self.fetch_from(pack_id, entry).await {
+                Err(e @ ChunkStoreError::MissingPack(_)) => last = e,
+                r => return r,
+            }
+        }
+        Err(last)
+    }
+
+    async fn fetch_from(
+        &self,
+        pack_id: [u8; 32],
+        entry: BlobEntry,
+    ) -> Result<Bytes, ChunkStoreError> {
         let name = pack::object_name(&pack_id);
         let missing = |e: StoreError| match e {
             StoreError::NotFound { .. } => ChunkStoreError::MissingPack(name.clone()),

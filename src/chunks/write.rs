@@ -54,6 +54,10 @@ struct Shared {
     tx: Mutex<Option<SyncSender<Job>>>,
     /// Stored bytes (sealed blobs) per source, filled in by the packer.
     stored: Mutex<Vec<u64>>,
+    /// Every chunk the snapshot uses, when asked for ([`ChunkWriter::log_refs`]).
+    refs: Mutex<Option<io::BufWriter<std::fs::File>>>,
+    /// Why the log lost an id (the snapshot then cannot be checked).
+    refs_error: Mutex<Option<String>>,
 }
 
 /// The packs of one snapshot: started before its first source, finished
@@ -71,7 +75,10 @@ pub struct ChunkWriter {
 #[derive(Debug, Default)]
 pub struct Written {
     pub index: Option<String>,
-    pub packs: u64,
+    /// The packs uploaded.
+    pub packs: Vec<[u8; 32]>,
+    /// Every chunk the snapshot uses (with [`ChunkWriter::log_refs`]).
+    pub refs: Option<std::fs::File>,
     /// Stored bytes (sealed blobs) per source, in the order of the sinks.
     pub charged: Vec<u64>,
 }
@@ -99,6 +106,8 @@ impl ChunkWriter {
             known: Mutex::new(known),
             tx: Mutex::new(Some(tx)),
             stored: Mutex::new(Vec::new()),
+            refs: Mutex::new(None),
+            refs_error: Mutex::new(None),
         });
         let packer_shared = Arc::clone(&shared);
         let packer = std::thread::spawn(move || {
@@ -114,6 +123,16 @@ impl ChunkWriter {
             repo_id: repo_id.to_string(),
             dry_run,
         }
+    }
+
+    /// Keeps the id of every chunk the snapshot uses (new, deduplicated or
+    /// taken from the parent) in a temporary file, for the check before
+    /// the manifest (FORMAT.md 23.2): 32 bytes a chunk on disk, none in
+    /// memory.
+    pub fn log_refs(&mut self) -> io::Result<()> {
+        let f = tempfile::tempfile()?;
+        *self.shared.refs.lock().expect("refs lock") = Some(io::BufWriter::new(f));
+        Ok(())
     }
 
     /// A sink for the next source.
@@ -132,6 +151,16 @@ impl ChunkWriter {
         }
     }
 
+    /// Queues a chunk as it is, new whatever the repository holds (a chunk
+    /// copied out of a marked pack, FORMAT.md 23.2), charged to the first
+    /// sink.
+    pub async fn copy_chunk(&self, id: ChunkId, kind: BlobType, data: Bytes) -> io::Result<()> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.send(id, kind, data, 0))
+            .await
+            .map_err(io::Error::other)?
+    }
+
     /// Uploads the last pack and stores the index object that lists every
     /// pack of this snapshot. An upload that failed fails the whole
     /// snapshot: its chunks were counted as stored by every file after them.
@@ -148,8 +177,19 @@ impl ChunkWriter {
         // The uploader's failure is the cause when the packer saw its end.
         let packs = uploaded?;
         packed?;
+        if let Some(e) = self.shared.refs_error.lock().expect("refs lock").take() {
+            return Err(ChunkStoreError::Internal(format!("chunk log: {e}")));
+        }
+        let refs = match self.shared.refs.lock().expect("refs lock").take() {
+            Some(log) => Some(
+                log.into_inner()
+                    .map_err(|e| ChunkStoreError::Internal(format!("chunk log: {e}")))?,
+            ),
+            None => None,
+        };
         let mut w = Written {
-            packs: packs.len() as u64,
+            packs: packs.iter().map(|p| p.pack).collect(),
+            refs,
             charged: self.shared.stored.lock().expect("stored lock").clone(),
             ..Written::default()
         };
@@ -329,9 +369,30 @@ impl Shared {
     /// Queues a chunk for packing unless the repository holds it; true
     /// when it was new.
     fn queue(&self, id: ChunkId, kind: BlobType, data: Bytes, source: usize) -> io::Result<bool> {
+        self.record(&id)?;
         if !self.known.lock().expect("known lock").insert(&id) {
             return Ok(false);
         }
+        self.send(id, kind, data, source)?;
+        Ok(true)
+    }
+
+    /// Notes that the snapshot uses this chunk (for the check at commit).
+    fn record(&self, id: &ChunkId) -> io::Result<()> {
+        if let Some(log) = self.refs.lock().expect("refs lock").as_mut() {
+            log.write_all(&id.0)?;
+        }
+        Ok(())
+    }
+
+    fn refs_failed(&self, e: io::Error) {
+        self.refs_error
+            .lock()
+            .expect("refs lock")
+            .get_or_insert_with(|| e.to_string());
+    }
+
+    fn send(&self, id: ChunkId, kind: BlobType, data: Bytes, source: usize) -> io::Result<()> {
         let tx = self.tx.lock().expect("tx lock").clone();
         let stopped = || io::Error::other(PackerStopped);
         tx.ok_or_else(stopped)?
@@ -341,8 +402,7 @@ impl Shared {
                 data,
                 source,
             })
-            .map_err(|_| stopped())?;
-        Ok(true)
+            .map_err(|_| stopped())
     }
 }
 
@@ -476,6 +536,15 @@ impl EntrySink for ChunkSink {
 
     fn unchanged(&mut self, e: &IndexEntry) -> Option<IndexEntry> {
         let line = self.parent.as_mut()?.find(&e.path)?;
+        // Its chunks must be where a writer may deduplicate (in packs that
+        // exist and are not marked, FORMAT.md 23.2); else it is read again.
+        let known = {
+            let k = self.shared.known.lock().expect("known lock");
+            line.chunks.iter().flatten().all(|id| k.contains(id))
+        };
+        if !known {
+            return None;
+        }
         let same = line.kind == EntryKind::File
             && line.stored
             && line.error.is_none()
@@ -486,7 +555,17 @@ impl EntrySink for ChunkSink {
             && line.ino == e.ino
             && line.ctime == e.ctime
             && line.ctime_nsec == e.ctime_nsec;
-        same.then(|| IndexEntry {
+        if !same {
+            return None;
+        }
+        for id in line.chunks.iter().flatten() {
+            // A log that cannot be written fails the snapshot at commit.
+            if let Err(err) = self.shared.record(id) {
+                // Reported by ChunkWriter::finish.
+                self.shared.refs_failed(err);
+            }
+        }
+        Some(IndexEntry {
             sha256: line.sha256,
             chunks: line.chunks,
             ..e.clone()

@@ -1110,6 +1110,7 @@ fn kind_letter(k: ObjectKind) -> &'static str {
         ObjectKind::Index => "I",
         ObjectKind::Manifest => "M",
         ObjectKind::ChunkIndex => "X",
+        ObjectKind::GcRecord => "G",
     }
 }
 

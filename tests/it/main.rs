@@ -54,6 +54,7 @@ mod damage;
 mod faults;
 mod format;
 mod format2;
+mod gc;
 mod hostile_restore;
 mod keys;
 mod mysql;

@@ -185,11 +185,21 @@ async fn check_chunks(
     let (repo2, src2, f2) = (repo.clone(), src.clone(), Arc::clone(&fetcher));
     let res = tokio::task::spawn_blocking(move || {
         let locations = f2.locations();
-        let mut packs = BTreeSet::new();
+        // Per chunk, the packs that hold it (more than one after a chunk
+        // was copied out of a marked pack, FORMAT.md 23.2): any one intact
+        // is enough.
+        let mut packs: BTreeSet<Vec<[u8; 32]>> = BTreeSet::new();
         let mut problems = Vec::new();
         let mut place = |file: Option<&str>, id: &ChunkId| match locations.locate(id) {
             Some((pack, _)) => {
-                packs.insert(*pack);
+                let mut all: Vec<[u8; 32]> = locations.locate_all(id).map(|(p, _)| *p).collect();
+                if all.len() == 1 {
+                    packs.insert(vec![*pack]);
+                } else {
+                    all.sort();
+                    all.dedup();
+                    packs.insert(all);
+                }
             }
             None => problems.push(match file {
                 Some(f) => format!("file {f}: chunk {id} is in no index (missing)"),
@@ -216,12 +226,26 @@ async fn check_chunks(
         Err(ReadError::Store(e)) => return Err(RepoError::Store(e)),
         Err(e) => problems.push(e.to_string()),
     }
-    for p in packs {
-        if let std::collections::hash_map::Entry::Vacant(slot) = verdicts.entry(p) {
-            slot.insert(check_pack(repo, &p).await?);
+    for alternatives in packs {
+        let mut first_problem = None;
+        for p in &alternatives {
+            if let std::collections::hash_map::Entry::Vacant(slot) = verdicts.entry(*p) {
+                slot.insert(check_pack(repo, p).await?);
+            }
+            match verdicts.get(p) {
+                Some(Some(problem)) => {
+                    first_problem.get_or_insert_with(|| problem.clone());
+                }
+                _ => {
+                    first_problem = None;
+                    break;
+                }
+            }
         }
-        if let Some(Some(problem)) = verdicts.get(&p) {
-            problems.push(problem.clone());
+        if let Some(problem) = first_problem
+            && !problems.contains(&problem)
+        {
+            problems.push(problem);
         }
     }
     Ok(problems)

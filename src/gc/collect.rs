@@ -204,7 +204,13 @@ pub async fn collect(
             store.delete(&format!("{GC_PREFIX}{}/watch", m.gc)).await?;
         }
     }
-    if !opts.dry_run && !deleted.is_empty() {
+    // Also when this prune deleted nothing: one killed mid-sweep may have
+    // deleted packs without replacing the index objects that name them.
+    let stale = locations
+        .packs()
+        .iter()
+        .any(|p| !existing.contains_key(p) || deleted.contains(p));
+    if !opts.dry_run && stale {
         report.index_objects_replaced = replace_indexes(repo, chunked).await?;
     }
 

@@ -30,6 +30,7 @@ pub mod ping;
 pub mod progress;
 pub mod prune;
 pub mod read;
+pub mod repair;
 pub mod repo;
 pub mod report;
 pub mod restore;
@@ -68,6 +69,8 @@ pub enum Error {
     #[error(transparent)]
     Copy(#[from] CopyError),
     #[error(transparent)]
+    Repair(#[from] repair::RepairError),
+    #[error(transparent)]
     Credential(#[from] credential::CredentialError),
     #[error(transparent)]
     Retention(#[from] retention::RetentionError),
@@ -94,6 +97,7 @@ impl Error {
             Error::Restore(r) => r.kind(),
             Error::Prune(p) => p.kind(),
             Error::Copy(t) => t.kind(),
+            Error::Repair(r) => r.kind(),
             Error::Hook(h) => h.kind(),
             Error::Credential(c) => c.kind(),
             Error::Retention(_) => ErrorKind::Usage,

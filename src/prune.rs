@@ -21,6 +21,10 @@
 //!   left-over), as restic refuses to prune a repository it cannot read
 //!   whole.
 //!
+//! Format 2 keeps no `data/<id>/`: its chunks are shared between
+//! snapshots, and [`crate::gc`] collects those no kept snapshot uses, in
+//! two phases (mark, then sweep in a later prune), also without locks.
+//!
 //! A filesystem repository has one more kind of left-over: the staging
 //! files object_store's `LocalFileSystem` writes an object to before it
 //! renames it into place (`data/<id>/<object>#<n>`, `snapshots/<id>#<n>`).

@@ -572,6 +572,48 @@ pub fn prune_text(out: &mut impl Write, rep: &crate::prune::PruneReport) -> io::
     )
 }
 
+// ------------------------------------------------------------------- repair
+
+/// `coffer repair index` as text (its document is
+/// [`crate::repair::RepairReport`]).
+pub fn repair_text(out: &mut impl Write, rep: &crate::repair::RepairReport) -> io::Result<()> {
+    for p in &rep.unreadable_packs {
+        writeln!(out, "DAMAGED {p}")?;
+    }
+    let (index, delete) = if rep.dry_run {
+        ("dry run, nothing written: would index", "would delete")
+    } else {
+        ("indexed", "deleted")
+    };
+    writeln!(
+        out,
+        "{index} {} of {} packs that no readable index object listed ({} chunks){}",
+        rep.reindexed_packs,
+        rep.packs,
+        rep.reindexed_chunks,
+        rep.index_object
+            .as_ref()
+            .map(|o| format!(" into {o}"))
+            .unwrap_or_default()
+    )?;
+    if !rep.damaged_index_objects.is_empty() {
+        writeln!(
+            out,
+            "{delete} {} damaged index objects: {}",
+            rep.damaged_index_objects.len(),
+            rep.damaged_index_objects.join(", ")
+        )?;
+    }
+    if !rep.unreadable_packs.is_empty() {
+        writeln!(
+            out,
+            "{} packs could not be read: their chunks stay missing; `coffer verify --all` names the snapshots that need them",
+            rep.unreadable_packs.len()
+        )?;
+    }
+    Ok(())
+}
+
 // -------------------------------------------------------------------- check
 
 /// `coffer check` as text (its document is [`crate::check::CheckReport`]):

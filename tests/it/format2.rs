@@ -667,3 +667,103 @@ fn a_pack_that_cannot_be_stored_commits_nothing_and_says_why() {
     );
     assert!(env.snapshot_ids().is_empty());
 }
+
+/// `coffer repair index` rebuilds a lost index object and replaces a
+/// damaged one from the packs' own tables; a dry run changes nothing; a
+/// damaged pack is named (exit 3) and its chunks stay missing; a format 1
+/// repository has nothing to repair (exit 2).
+#[test]
+fn repair_index_rebuilds_lost_and_damaged_index_objects_from_the_packs() {
+    let mut env = Env::init_format(Backend::Fs, 2);
+    let data = env.path("data");
+    write(&data.join("a.bin"), &pseudo_random(2 << 20, 101));
+    env.add_dir_source("media", &data, &[]);
+    let first = env.snapshot_ok();
+    write(&data.join("b.bin"), &pseudo_random(2 << 20, 102));
+    let second = env.snapshot_ok();
+    let mut indexes: Vec<String> = block_on(env.store().list("index/"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes.len(), 2, "{indexes:?}");
+    fs::remove_file(object_path(&env, &indexes[0])).unwrap();
+    let damaged = object_path(&env, &indexes[1]);
+    let mut b = fs::read(&damaged).unwrap();
+    let n = b.len();
+    b[n - 3] ^= 1;
+    fs::write(&damaged, &b).unwrap();
+    let o = env.cmd().args(["verify", "--all"]).output().unwrap();
+    assert_code(&o, 3, "verify with a lost and a damaged index object");
+
+    let o = env
+        .cmd()
+        .args(["repair", "index", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "repair index --dry-run");
+    assert!(
+        text(&o.stdout).contains("would index 2 of 2 packs"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(damaged.exists());
+    let o = env.cmd().args(["repair", "index"]).output().unwrap();
+    assert_code(&o, 0, "repair index");
+    let out = text(&o.stdout);
+    assert!(out.contains("indexed 2 of 2 packs"), "{out}");
+    assert!(out.contains("deleted 1 damaged index objects"), "{out}");
+    assert!(!damaged.exists());
+    env.verify_all_deep("after repair index");
+    for id in [&first, &second] {
+        let target = env.path(&format!("restored-{id}"));
+        env.cmd()
+            .args(["restore", id, "--target"])
+            .arg(&target)
+            .assert()
+            .success();
+    }
+    assert_same_tree(
+        &data,
+        &env.path(&format!("restored-{second}")).join("media"),
+    );
+    // Nothing more to do.
+    let o = env
+        .cmd()
+        .args(["repair", "index", "--json"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "repair index again");
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["reindexed_packs"], 0, "{doc}");
+
+    // A damaged pack that no index lists: named, exit 3.
+    let all = packs(&env);
+    let idx: Vec<String> = block_on(env.store().list("index/"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for i in &idx {
+        fs::remove_file(object_path(&env, i)).unwrap();
+    }
+    let p = object_path(&env, &all[0]);
+    let mut pb = fs::read(&p).unwrap();
+    pb[100] ^= 1;
+    fs::write(&p, &pb).unwrap();
+    let o = env.cmd().args(["repair", "index"]).output().unwrap();
+    assert_code(&o, 3, "repair index with a damaged pack");
+    let out = text(&o.stdout);
+    assert!(out.contains(&all[0]) && out.contains("damaged"), "{out}");
+    assert!(out.contains("indexed 1 of 2 packs"), "{out}");
+
+    let v1 = Env::init_format(Backend::Fs, 1);
+    let o = v1.cmd().args(["repair", "index"]).output().unwrap();
+    assert_code(&o, 2, "repair index on format 1");
+    assert!(
+        text(&o.stderr).contains("only format 2"),
+        "{}",
+        text(&o.stderr)
+    );
+}

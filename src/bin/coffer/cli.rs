@@ -61,8 +61,7 @@ pub struct Global {
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Repository format: 1 (one archive per source and snapshot) or 2
-    /// (content-defined chunks, deduplicated; being built: prune does not
-    /// handle it yet)
+    /// (content-defined chunks, deduplicated; its format is not frozen yet)
     #[arg(long, value_name = "N", default_value_t = coffer::repo::DEFAULT_FORMAT)]
     pub format: u32,
 }
@@ -101,6 +100,19 @@ pub enum Command {
     Man,
     /// Copy objects between two stores (path, file://, s3://, gs://, az://): what is missing or different at DST
     Copy(CopyArgs),
+    /// Repair a repository (format 2): `repair index` rebuilds lost or damaged index objects from the packs
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Index every pack that no readable index object lists (reading its own table), then delete the damaged index objects
+    Index {
+        /// Report what would be rebuilt, write and delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -262,7 +274,9 @@ pub struct PruneArgs {
     /// Keep every snapshot with this tag (repeatable)
     #[arg(long, value_name = "TAG")]
     pub keep_tag: Vec<String>,
-    /// Left-overs of interrupted snapshots younger than this stay [default: 24h]
+    /// Left-overs of interrupted snapshots younger than this stay; format 2:
+    /// packs marked unused are deleted no sooner than this after the mark
+    /// [default: 24h]
     #[arg(long, value_name = "DURATION")]
     pub grace: Option<String>,
     /// Report what would be removed, delete nothing

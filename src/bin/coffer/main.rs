@@ -180,5 +180,6 @@ async fn run(cli: Cli, rec: &mut RunRecord) -> Result<Outcome, Error> {
         Command::Prune(a) => cmd::prune::run(g, a).await,
         Command::Check(a) => cmd::check::run(g, a).await,
         Command::Copy(a) => cmd::copy::run(g, a).await,
+        Command::Repair(c) => cmd::repair::run(g, c).await,
     }
 }

@@ -9,6 +9,7 @@ pub mod generated;
 pub mod init;
 pub mod key;
 pub mod prune;
+pub mod repair;
 pub mod restore;
 pub mod show;
 pub mod snapshot;

@@ -767,3 +767,80 @@ fn repair_index_rebuilds_lost_and_damaged_index_objects_from_the_packs() {
         text(&o.stderr)
     );
 }
+
+fn open_repo(env: &Env) -> coffer::repo::Repository {
+    let cred = coffer::crypto::Credential::KeyFile {
+        path: env.key.display().to_string(),
+        key: coffer::crypto::read_key_file(&env.key).expect("key file"),
+    };
+    block_on(coffer::repo::open(&env.store(), &cred)).expect("open repo")
+}
+
+/// A flipped byte in a format 2 manifest: verify, restore and dump exit 3
+/// and name the snapshot; the other snapshot still restores.
+#[test]
+fn a_flipped_byte_in_a_format_2_manifest_is_named() {
+    let mut env = Env::init_format(Backend::Fs, 2);
+    let data = env.path("data");
+    write(&data.join("a.bin"), &pseudo_random(1 << 20, 111));
+    env.add_dir_source("media", &data, &[]);
+    let good = env.snapshot_ok();
+    let bad = env.snapshot_ok();
+    let m = object_path(&env, &format!("snapshots/{bad}"));
+    let mut b = fs::read(&m).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 1;
+    fs::write(&m, &b).unwrap();
+    let o = env.cmd().args(["verify", "--all"]).output().unwrap();
+    assert_code(&o, 3, "verify --all");
+    assert!(text(&o.stdout).contains(&bad) || text(&o.stderr).contains(&bad));
+    for args in [
+        vec!["restore", bad.as_str(), "--target", "r1"],
+        vec!["dump", bad.as_str(), "media"],
+    ] {
+        let o = env.cmd().args(&args).output().unwrap();
+        assert_code(&o, 3, &format!("{args:?}"));
+        assert!(text(&o.stderr).contains(&bad), "{}", text(&o.stderr));
+    }
+    assert!(!env.path("r1").exists());
+    env.cmd()
+        .args(["restore", &good, "--target", "r2"])
+        .assert()
+        .success();
+}
+
+/// A flipped byte in a source's file list (a list chunk in its pack):
+/// verify --deep, restore and dump exit 3 naming the snapshot and source,
+/// and nothing reaches the restore target.
+#[test]
+fn a_flipped_byte_in_a_file_list_is_named() {
+    let mut env = Env::init_format(Backend::Fs, 2);
+    let data = env.path("data");
+    write(&data.join("a.bin"), &pseudo_random(1 << 20, 121));
+    write(&data.join("notes.txt"), b"hello\n");
+    env.add_dir_source("media", &data, &[]);
+    let id = env.snapshot_ok();
+    let repo = open_repo(&env);
+    let m = block_on(repo.load_manifest(&id)).unwrap();
+    let list = m.sources[0].list.clone().unwrap();
+    let f = block_on(repo.fetcher()).unwrap();
+    let (pack, entry) = f.locations().locate(&list.chunks[0]).unwrap();
+    let path = object_path(&env, &coffer::chunks::pack::object_name(pack));
+    let mut b = fs::read(&path).unwrap();
+    b[entry.offset as usize + 5] ^= 1;
+    fs::write(&path, &b).unwrap();
+    let o = env.cmd().args(["verify", "--deep", &id]).output().unwrap();
+    assert_code(&o, 3, "verify --deep");
+    let out = text(&o.stdout) + &text(&o.stderr);
+    assert!(out.contains(&id) && out.contains("media"), "{out}");
+    let o = env
+        .cmd()
+        .args(["restore", &id, "--target", "r"])
+        .output()
+        .unwrap();
+    assert_code(&o, 3, "restore");
+    assert!(text(&o.stderr).contains("media"), "{}", text(&o.stderr));
+    assert!(!env.path("r/media/a.bin").exists());
+    let o = env.cmd().args(["dump", &id, "media"]).output().unwrap();
+    assert_code(&o, 3, "dump");
+}

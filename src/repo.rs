@@ -50,6 +50,10 @@ pub enum RepoError {
     )]
     UnsupportedVersion { url: String, version: u32 },
     #[error(
+        "repository {url} names its chunks with {algorithm:?}, which this coffer does not know (it knows \"blake3-keyed\"): it was written by a newer coffer; upgrade coffer to read it"
+    )]
+    UnknownChunkId { url: String, algorithm: String },
+    #[error(
         "wrong key: the {credential} does not open repository {url} (none of its key slots accepts it: {slots}; if this is the right key, the repository's config or key slots were altered); nothing was read"
     )]
     WrongKey {
@@ -134,6 +138,7 @@ impl RepoError {
             | RepoError::NotARepository(_) => ErrorKind::Usage,
             // Written by a newer coffer: nothing is damaged, upgrade to read it.
             RepoError::UnsupportedVersion { .. }
+            | RepoError::UnknownChunkId { .. }
             | RepoError::NewerManifest { .. }
             | RepoError::Credential(_)
             | RepoError::Internal(_)
@@ -152,7 +157,14 @@ struct RepoConfig {
     /// Format 2 only (docs/FORMAT.md section 16.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     chunker: Option<ChunkerParams>,
+    /// Format 2: how chunks are named (section 17.3); absent in
+    /// repositories made before it was recorded, which all use the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunk_id: Option<String>,
 }
+
+/// The chunk id algorithm of format 2 (docs/FORMAT.md 17.3).
+pub const CHUNK_ID_ALGORITHM: &str = "blake3-keyed";
 
 /// An opened (unlocked) repository.
 #[derive(Clone)]
@@ -209,6 +221,7 @@ pub async fn init(store: &Store, cred: &Credential, format: u32) -> Result<Repos
         id: id.clone(),
         created: Utc::now(),
         chunker: (format >= 2).then_some(chunks::cut::DEFAULT_PARAMS),
+        chunk_id: (format >= 2).then(|| CHUNK_ID_ALGORITHM.to_string()),
     };
     let cfg_bytes = serde_json::to_vec_pretty(&cfg).expect("config serialises");
     let config_sha256 = sha256(&cfg_bytes);
@@ -294,6 +307,21 @@ async fn read_config(store: &Store) -> Result<(RepoConfig, [u8; 32]), RepoError>
             url: store.url().to_string(),
             reason: e.to_string(),
         })?,
+    }
+    match (&cfg.chunk_id, cfg.version) {
+        (Some(_), 1) => {
+            return Err(RepoError::DamagedConfig {
+                url: store.url().to_string(),
+                reason: "a format 1 config has a `chunk_id`".into(),
+            });
+        }
+        (Some(a), _) if a != CHUNK_ID_ALGORITHM => {
+            return Err(RepoError::UnknownChunkId {
+                url: store.url().to_string(),
+                algorithm: a.clone(),
+            });
+        }
+        _ => {}
     }
     Ok((cfg, digest))
 }

@@ -844,3 +844,25 @@ fn a_flipped_byte_in_a_file_list_is_named() {
     let o = env.cmd().args(["dump", &id, "media"]).output().unwrap();
     assert_code(&o, 3, "dump");
 }
+
+/// A format 2 config records how chunks are named; a repository naming
+/// them some other way was written by a newer coffer and is refused
+/// before anything is read.
+#[test]
+fn a_format_2_config_records_its_chunk_id_algorithm() {
+    let env = Env::init_format(Backend::Fs, 2);
+    let path = object_path(&env, "config");
+    let cfg: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(cfg["chunk_id"], "blake3-keyed", "{cfg}");
+    let changed = fs::read_to_string(&path)
+        .unwrap()
+        .replace("blake3-keyed", "blake9-keyed");
+    fs::write(&path, changed).unwrap();
+    let o = env.cmd().args(["snapshots"]).output().unwrap();
+    assert_code(&o, 1, "snapshots of a repository with an unknown chunk id");
+    assert!(
+        text(&o.stderr).contains("\"blake9-keyed\", which this coffer does not know"),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -77,6 +77,10 @@ def read_config(repo):
         raise IntegrityError("unsupported-version", f"repository version {cfg['version']}")
     if (cfg["version"] == 2) != ("chunker" in cfg):
         raise IntegrityError("damaged-config", "a chunker belongs to format 2 only, and format 2 needs one")
+    if cfg["version"] == 1 and "chunk_id" in cfg:
+        raise IntegrityError("damaged-config", "a chunk_id belongs to format 2 only")
+    if cfg.get("chunk_id", "blake3-keyed") != "blake3-keyed":
+        raise IntegrityError("unsupported-version", "chunk ids of algorithm %r are not known" % cfg["chunk_id"])
     if not isinstance(cfg.get("id"), str):
         raise IntegrityError("damaged-config", "config has no repository id")
     return cfg, raw

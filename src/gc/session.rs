@@ -120,8 +120,21 @@ impl Session {
     pub async fn end(self) {
         self.beat.abort();
         let _ = self.beat.await;
+        // Every record of the session: a heartbeat stopped between its
+        // PUT and its bookkeeping may have left one more than it counted.
+        let prefix = format!("{SESSIONS_PREFIX}{}/", self.inner.record.session);
+        let mut names: Vec<String> = match self.inner.store.list(&prefix).await {
+            Ok(l) => l.into_iter().map(|(n, _)| n).collect(),
+            Err(_) => Vec::new(),
+        };
         let n = self.inner.state.lock().await.0;
-        let _ = self.inner.store.delete(&self.inner.object(n)).await;
+        let newest = self.inner.object(n);
+        if !names.contains(&newest) {
+            names.push(newest);
+        }
+        for name in names {
+            let _ = self.inner.store.delete(&name).await;
+        }
     }
 }
 

@@ -78,6 +78,9 @@ fn prune_marks_then_deletes_the_packs_no_snapshot_uses() {
     write(&data.join("b.bin"), &pseudo_random(1 << 20, 2));
     let kept = env.snapshot_ok();
     let before = pack_bytes(&env);
+    // A snapshot that ended left no session behind.
+    let sessions = block_on(env.store().list("sessions/")).unwrap();
+    assert!(sessions.is_empty(), "{sessions:?}");
 
     // The default grace period (24 h): marked now, swept no sooner.
     let c = prune(&env, &["--keep-last", "1"]);

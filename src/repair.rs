@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::chunks::index::IndexedPack;
 use crate::chunks::pack::{self, HEADER_LEN, PackReader};
-use crate::chunks::storage::{ChunkStoreError, INDEX_PREFIX, for_each_index_of, store_index};
+use crate::chunks::storage::{ChunkStoreError, for_each_index_of, index_names, store_index};
 use crate::gc::{GcError, existing_packs};
 use crate::outcome::{ErrorKind, Outcome};
 use crate::repo::Repository;
@@ -84,12 +84,7 @@ pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairRepo
     };
     // Index objects first, then packs: a pack a writer uploads after the
     // listing is indexed by that writer.
-    let names: Vec<String> = store
-        .list(INDEX_PREFIX)
-        .await?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let names = index_names(store).await?;
     let mut indexed = std::collections::HashSet::new();
     for name in names {
         let res = for_each_index_of(store, keys, repo_id, [name.clone()], |_, c| {

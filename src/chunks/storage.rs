@@ -316,6 +316,16 @@ pub async fn known_chunks(
     Ok(super::known::KnownChunks::from_ids(ids))
 }
 
+/// The names of the index objects the store holds now.
+pub async fn index_names(store: &Store) -> Result<Vec<String>, StoreError> {
+    Ok(store
+        .list(INDEX_PREFIX)
+        .await?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
 /// Reads and authenticates every index object, one at a time, handing each
 /// one's name and content to `f`. An index object listed but gone when read
 /// was replaced by a prune (section 23.4) with one stored before it was
@@ -329,13 +339,8 @@ pub async fn for_each_index(
 ) -> Result<(), ChunkStoreError> {
     let mut read = std::collections::HashSet::new();
     for _ in 0..16 {
-        let names: Vec<String> = store
-            .list(INDEX_PREFIX)
-            .await?
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| !read.contains(n))
-            .collect();
+        let mut names = index_names(store).await?;
+        names.retain(|n| !read.contains(n));
         let mut gone = false;
         for name in names {
             let res = for_each_index_of(store, keys, repo_id, [name.clone()], &mut f).await;

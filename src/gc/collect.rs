@@ -18,7 +18,7 @@ use crate::chunks::index::IndexedPack;
 use crate::chunks::known::KnownChunks;
 use crate::chunks::pack;
 use crate::chunks::storage::{
-    ChunkLocations, ChunkStoreError, Fetcher, INDEX_PREFIX, for_each_index_of,
+    ChunkLocations, ChunkStoreError, Fetcher, INDEX_PREFIX, for_each_index_of, index_names,
     store_index_superseding,
 };
 use crate::manifest::EntryKind;
@@ -316,12 +316,7 @@ async fn used_chunks(
 /// lacks was deleted.
 async fn replace_indexes(repo: &Repository, chunked: &Chunked) -> Result<u64, GcError> {
     let (store, keys, repo_id) = (&repo.store, &chunked.keys, repo.id.as_str());
-    let names: Vec<String> = store
-        .list(INDEX_PREFIX)
-        .await?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let names = index_names(store).await?;
     let existing = existing_packs(store).await?;
     let mut replaced = Vec::new();
     let mut keep: BTreeMap<[u8; 32], IndexedPack> = BTreeMap::new();

@@ -5,45 +5,6 @@
 use crate::common::*;
 
 use std::fs;
-use std::process::Output;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn assert_code(o: &Output, code: i32, what: &str) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "{what}: exit code\nstdout:\n{}\nstderr:\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-}
-
-/// Bytes of every pack in the repository: what its content costs.
-fn pack_bytes(env: &Env) -> u64 {
-    block_on(env.store().list("packs/"))
-        .expect("list packs")
-        .iter()
-        .map(|(_, n)| n)
-        .sum()
-}
-
-fn packs(env: &Env) -> Vec<String> {
-    let mut v: Vec<String> = block_on(env.store().list("packs/"))
-        .expect("list packs")
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    v.sort();
-    v
-}
-
-/// Path on disk of a stored object (filesystem backend).
-fn object_path(env: &Env, name: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(&env.url).join(name)
-}
 
 fn round_trip(b: Backend) {
     let mut env = Env::init_format(b, 2);

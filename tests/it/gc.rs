@@ -10,42 +10,10 @@ use crate::common::*;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Output};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use coffer::gc::LEASE_ENV;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn assert_code(o: &Output, code: i32, what: &str) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "{what}: exit code\nstdout:\n{}\nstderr:\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-}
-
-fn packs(env: &Env) -> Vec<String> {
-    let mut v: Vec<String> = block_on(env.store().list("packs/"))
-        .expect("list packs")
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    v.sort();
-    v
-}
-
-fn pack_bytes(env: &Env) -> u64 {
-    block_on(env.store().list("packs/"))
-        .expect("list packs")
-        .iter()
-        .map(|(_, n)| n)
-        .sum()
-}
 
 /// `prune --json` with `args`, which must exit 0; its `chunks` document.
 fn prune(env: &Env, args: &[&str]) -> serde_json::Value {

@@ -558,3 +558,44 @@ impl ArgvSpy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+/// A command's output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts a command's exit code, showing its output when it differs.
+pub fn assert_code(o: &std::process::Output, code: i32, what: &str) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: exit code\nstdout:\n{}\nstderr:\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+/// Bytes of every pack of a format 2 repository: what its content costs.
+pub fn pack_bytes(env: &Env) -> u64 {
+    block_on(env.store().list("packs/"))
+        .expect("list packs")
+        .iter()
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// The packs of a format 2 repository, by object name, sorted.
+pub fn packs(env: &Env) -> Vec<String> {
+    let mut v: Vec<String> = block_on(env.store().list("packs/"))
+        .expect("list packs")
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Path on disk of a stored object (filesystem backend).
+pub fn object_path(env: &Env, name: &str) -> PathBuf {
+    PathBuf::from(&env.url).join(name)
+}

@@ -12,6 +12,9 @@
 #   4. repository size after the three (du -sb)
 #   5. restore of the latest snapshot into an empty directory (checked
 #      against the copy in round 1: sha256 of every file)
+#   6. prune to the latest snapshot (coffer: two prunes with --grace 0s,
+#      mark then sweep; restic: forget --keep-last 1 --prune), and the
+#      repository's size after it
 # Each step is timed with GNU time (wall, user+sys CPU, peak RSS of the
 # largest process) after a sync; the page cache holds the corpus.
 #
@@ -58,8 +61,8 @@ timed() {
 		"$(python3 -c "print(round($user+$sys,2))")" "$rss" >>"$RUNS"
 }
 
-record_size() {
-	printf '%s\t%s\trepo_size\t\t\t\t%s\n' "$1" "$2" "$(du -sb "$3" | cut -f1)" >>"$RUNS"
+record_size() { # record_size TOOL ROUND REPO [STEP]
+	printf '%s\t%s\t%s\t\t\t\t%s\n' "$1" "$2" "${4:-repo_size}" "$(du -sb "$3" | cut -f1)" >>"$RUNS"
 }
 
 # The night's changes: every 100th file (name order) rewritten in place with
@@ -112,6 +115,10 @@ TOML
 		record_size coffer "$round" "$repo"
 		timed coffer "$round" 5_restore "$c restore latest --target $dst"
 		[ "$round" = 1 ] && check_restore "$src" "$dst/corpus"
+		# Forget all but the latest: coffer marks the unused packs, and a
+		# second prune deletes them (here at once: --grace 0s).
+		timed coffer "$round" 6_prune "$c prune --keep-last 1 --grace 0s && $c prune --keep-last 1 --grace 0s"
+		record_size coffer "$round" "$repo" repo_pruned
 		;;
 	restic)
 		export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$repo
@@ -124,6 +131,8 @@ TOML
 		record_size restic "$round" "$repo"
 		timed restic "$round" 5_restore "$r restore latest --target $dst"
 		[ "$round" = 1 ] && check_restore "$src" "$dst$src"
+		timed restic "$round" 6_prune "$r forget --keep-last 1 --prune"
+		record_size restic "$round" "$repo" repo_pruned
 		;;
 	esac
 	rm -rf "$src" "$repo" "$dst" "$WORK/cache-$1" "$WORK/coffer-key"
@@ -154,7 +163,8 @@ def med(tool, step, key):
     v = [float(r[key]) for r in rows if r["tool"] == tool and r["step"] == step and r[key]]
     return statistics.median(v) if v else None
 steps = [("1_first", "first snapshot"), ("2_unchanged", "second, unchanged"),
-         ("3_churned", "third, 1 % rewritten + 20 new"), ("5_restore", "restore latest")]
+         ("3_churned", "third, 1 % rewritten + 20 new"), ("5_restore", "restore latest"),
+         ("6_prune", "prune to the latest")]
 print("| step | coffer s | restic s | restic/coffer (speed) | coffer MiB/s | coffer peak RSS MiB | restic peak RSS MiB |")
 print("|---|---|---|---|---|---|---|")
 for step, name in steps:
@@ -165,6 +175,9 @@ for step, name in steps:
     print(f"| {name} | {c} | {r} | {speed} | {rate} | {cr and round(cr / 1024)} | {rr and round(rr / 1024)} |")
 c, r = med("coffer", "repo_size", "bytes"), med("restic", "repo_size", "bytes")
 print(f"| repository after three | {c and round(c / 2**20)} MiB | {r and round(r / 2**20)} MiB | coffer/restic size {c / r:.3f} | | | |")
+c, r = med("coffer", "repo_pruned", "bytes"), med("restic", "repo_pruned", "bytes")
+if c and r:
+    print(f"| repository after the prune | {round(c / 2**20)} MiB | {round(r / 2**20)} MiB | coffer/restic size {c / r:.3f} | | | |")
 PY
 cat "$OUT/summary.md"
 echo "results: $OUT"

@@ -1164,7 +1164,21 @@ pub fn verify_text(
                 err,
                 "error: damaged snapshot(s): {}; restore from an older snapshot or another copy of the repository",
                 bad.join(", ")
-            )
+            )?;
+            // Chunks in no index may all be there: only the index lost.
+            let unindexed = rep
+                .snapshots
+                .iter()
+                .flat_map(|s| &s.sources)
+                .flat_map(|s| &s.problems)
+                .any(|p| p.contains("is in no index"));
+            if unindexed {
+                writeln!(
+                    err,
+                    "hint: chunks in no index may still be in their packs: `coffer repair index` rebuilds lost or damaged index objects from the packs, then verify again"
+                )?;
+            }
+            Ok(())
         }
     }
 }

@@ -29,14 +29,18 @@ pub enum ChunkStoreError {
     Store(#[from] StoreError),
     #[error("pack {pack}: {source}")]
     Pack { pack: String, source: PackError },
-    #[error("index object {object}: {source}")]
+    #[error("index object {object}: {source} (`coffer repair index` replaces it from the packs)")]
     Index { object: String, source: IndexError },
-    #[error("index object {object} cannot be opened: {source}")]
+    #[error(
+        "index object {object} cannot be opened: {source} (`coffer repair index` replaces it from the packs)"
+    )]
     Sealed {
         object: String,
         source: std::io::Error,
     },
-    #[error("chunk {0} is in no index: it is missing from the repository")]
+    #[error(
+        "chunk {0} is in no index: it is missing from the repository (if index objects were lost or damaged, `coffer repair index` rebuilds them from the packs)"
+    )]
     Missing(ChunkId),
     #[error("pack {0} is missing from the repository")]
     MissingPack(String),

@@ -657,6 +657,20 @@ fn repair_index_rebuilds_lost_and_damaged_index_objects_from_the_packs() {
     fs::write(&damaged, &b).unwrap();
     let o = env.cmd().args(["verify", "--all"]).output().unwrap();
     assert_code(&o, 3, "verify with a lost and a damaged index object");
+    let said = text(&o.stdout) + &text(&o.stderr);
+    assert!(said.contains("`coffer repair index`"), "{said}");
+    // Only lost: verify names the chunks and says what rebuilds the index.
+    fs::remove_file(&damaged).unwrap();
+    let o = env.cmd().args(["verify", "--all"]).output().unwrap();
+    assert_code(&o, 3, "verify with both index objects lost");
+    assert!(
+        text(&o.stdout).contains("is in no index")
+            && text(&o.stderr).contains("`coffer repair index` rebuilds"),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    fs::write(&damaged, &b).unwrap();
 
     let o = env
         .cmd()

@@ -111,15 +111,17 @@ fn prune_marks_then_deletes_the_packs_no_snapshot_uses() {
 }
 
 /// A config whose second source waits, when `block` exists, until `go`
-/// exists, after creating `waiting`: a snapshot held between reading its
-/// first source and committing.
+/// exists (at most 2 minutes), after creating `waiting`: a snapshot held
+/// between reading its first source and committing.
 fn held_source(
     env: &mut Env,
     dir: &Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let (block, waiting, go) = (dir.join("block"), dir.join("waiting"), dir.join("go"));
     let script = format!(
-        "if [ -e {b} ]; then touch {w}; while [ ! -e {g} ]; do sleep 0.05; done; fi; echo held",
+        // At most 2 minutes: a test that fails before `go` leaves no
+        // snapshot waiting forever.
+        "if [ -e {b} ]; then touch {w}; i=0; while [ ! -e {g} ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done; fi; echo held",
         b = block.display(),
         w = waiting.display(),
         g = go.display()

@@ -288,25 +288,10 @@ async fn discard_objects(repo: &Repository, id: &str) {
 
 fn failed(src: &SourceConfig, started: Instant, error: String) -> SourceRecord {
     SourceRecord {
-        name: src.name.clone(),
-        kind: src.kind.as_str().to_string(),
         status: SourceStatus::Failed,
         error: Some(error),
-        files: 0,
-        bytes_read: 0,
-        bytes_stored: 0,
-        duration_ms: started.elapsed().as_millis() as u64,
         origin: None,
-        archive: None,
-        index: None,
-        list: None,
-        new_chunks: None,
-        new_bytes: None,
-        reused_files: None,
-        problems: Vec::new(),
-        skipped: Vec::new(),
-        vanished: Vec::new(),
-        details: Default::default(),
+        ..stored(src, started, Walked::default())
     }
 }
 

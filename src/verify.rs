@@ -190,21 +190,18 @@ async fn check_chunks(
         // is enough.
         let mut packs: BTreeSet<Vec<[u8; 32]>> = BTreeSet::new();
         let mut problems = Vec::new();
-        let mut place = |file: Option<&str>, id: &ChunkId| match locations.locate(id) {
-            Some((pack, _)) => {
-                let mut all: Vec<[u8; 32]> = locations.locate_all(id).map(|(p, _)| *p).collect();
-                if all.len() == 1 {
-                    packs.insert(vec![*pack]);
-                } else {
-                    all.sort();
-                    all.dedup();
-                    packs.insert(all);
-                }
+        let mut place = |file: Option<&str>, id: &ChunkId| {
+            let mut all: Vec<[u8; 32]> = locations.locate_all(id).map(|(p, _)| *p).collect();
+            if !all.is_empty() {
+                all.sort();
+                all.dedup();
+                packs.insert(all);
+                return;
             }
-            None => problems.push(match file {
+            problems.push(match file {
                 Some(f) => format!("file {f}: chunk {id} is in no index (missing)"),
                 None => format!("file list: chunk {id} is in no index (missing)"),
-            }),
+            });
         };
         for id in &src2.list.as_ref().expect("format 2").chunks {
             place(None, id);

@@ -303,23 +303,6 @@ impl ChunkLocations {
     }
 }
 
-/// What a writer deduplicates against: the id of every chunk in every
-/// index object, 12 bytes each ([`KnownChunks`]), never the whole index.
-pub async fn known_chunks(
-    store: &Store,
-    keys: &ChunkKeys,
-    repo_id: &str,
-) -> Result<super::known::KnownChunks, ChunkStoreError> {
-    let mut ids = Vec::new();
-    for_each_index(store, keys, repo_id, |_, c| {
-        for p in c.packs {
-            ids.extend(p.blobs.into_iter().map(|b| b.id));
-        }
-    })
-    .await?;
-    Ok(super::known::KnownChunks::from_ids(ids))
-}
-
 /// The names of the index objects the store holds now.
 pub async fn index_names(store: &Store) -> Result<Vec<String>, StoreError> {
     Ok(store

@@ -536,15 +536,6 @@ impl EntrySink for ChunkSink {
 
     fn unchanged(&mut self, e: &IndexEntry) -> Option<IndexEntry> {
         let line = self.parent.as_mut()?.find(&e.path)?;
-        // Its chunks must be where a writer may deduplicate (in packs that
-        // exist and are not marked, FORMAT.md 23.2); else it is read again.
-        let known = {
-            let k = self.shared.known.lock().expect("known lock");
-            line.chunks.iter().flatten().all(|id| k.contains(id))
-        };
-        if !known {
-            return None;
-        }
         let same = line.kind == EntryKind::File
             && line.stored
             && line.error.is_none()
@@ -556,6 +547,15 @@ impl EntrySink for ChunkSink {
             && line.ctime == e.ctime
             && line.ctime_nsec == e.ctime_nsec;
         if !same {
+            return None;
+        }
+        // Its chunks must be where a writer may deduplicate (in packs that
+        // exist and are not marked, FORMAT.md 23.2); else it is read again.
+        let known = {
+            let k = self.shared.known.lock().expect("known lock");
+            line.chunks.iter().flatten().all(|id| k.contains(id))
+        };
+        if !known {
             return None;
         }
         for id in line.chunks.iter().flatten() {

@@ -23,6 +23,7 @@ use crate::chunks::storage::{
 };
 use crate::manifest::EntryKind;
 use crate::repo::{Chunked, Repository};
+use crate::store::Store;
 
 /// What the garbage collection of one prune did (or would do, dry run).
 #[derive(Debug, Default, Serialize)]
@@ -77,6 +78,17 @@ pub async fn collect(
         }
     }
     let alive = sessions(store, keys, repo_id).await?;
+    if !opts.dry_run {
+        // A killed snapshot's records: its session expired and will never
+        // commit without a new heartbeat (which stores a new record), so
+        // they only take room.
+        let expired: Vec<String> = alive
+            .values()
+            .filter(|s| !s.alive(opts.now))
+            .flat_map(|s| s.records.iter().cloned())
+            .collect();
+        delete_all(store, expired).await?;
+    }
     let mut sweepable = Vec::new();
     for m in &marks.marks {
         let age = opts.now.signed_duration_since(m.stored);
@@ -182,6 +194,7 @@ pub async fn collect(
     // 23.4 steps 3 and 4: sweep.
     let mut deleted = HashSet::new();
     for m in marks.marks.iter().filter(|m| sweepable.contains(&m.gc)) {
+        let mut doomed = Vec::new();
         for p in &m.packs {
             let Some((size, _)) = existing.get(p) else {
                 continue;
@@ -190,14 +203,13 @@ pub async fn collect(
                 report.kept_packs += 1;
                 continue;
             }
-            if !opts.dry_run {
-                store.delete(&pack::object_name(p)).await?;
-            }
+            doomed.push(pack::object_name(p));
             deleted.insert(*p);
             report.deleted_packs += 1;
             report.deleted_bytes += size;
         }
         if !opts.dry_run {
+            delete_all(store, doomed).await?;
             // The packs before the mark: while the mark exists, another
             // sweep does not count these packs as copies.
             store.delete(&format!("{GC_PREFIX}{}/mark", m.gc)).await?;
@@ -264,6 +276,24 @@ pub async fn collect(
     }
     Ok(report)
 }
+
+/// Deletes `names`, a few at a time (a sweep may delete thousands of
+/// packs), and returns once every deletion has ended.
+async fn delete_all(store: &Store, names: Vec<String>) -> Result<(), GcError> {
+    use futures::StreamExt;
+    let results: Vec<_> = futures::stream::iter(names)
+        .map(|n| async move { store.delete(&n).await })
+        .buffer_unordered(DELETIONS)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+/// Deletions in flight at once.
+const DELETIONS: usize = 16;
 
 /// Every chunk the snapshots use: their lists' chunks and their files'.
 /// A list that cannot be read stops the collection (nothing is deleted on

@@ -46,7 +46,9 @@ pub enum GcError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Chunks(#[from] ChunkStoreError),
-    #[error("{object} cannot be read: {reason}")]
+    #[error(
+        "garbage collection record {object} cannot be read: {reason}; if it is a mark or a watch, deleting it by hand is safe (nothing of it is deleted, and the next prune marks its packs again), then rerun `coffer prune`"
+    )]
     Record { object: String, reason: String },
     #[error(
         "chunk {chunk} that this snapshot uses was deleted by a prune while the snapshot ran longer than its session lease ({lease}); nothing was committed, run the snapshot again"
@@ -273,10 +275,11 @@ impl Marks {
     }
 }
 
+/// Packs by id, with their size and store time.
+pub type Packs = BTreeMap<[u8; 32], (u64, DateTime<Utc>)>;
+
 /// Every pack the store holds, with its size and store time.
-pub async fn existing_packs(
-    store: &Store,
-) -> Result<BTreeMap<[u8; 32], (u64, DateTime<Utc>)>, GcError> {
+pub async fn existing_packs(store: &Store) -> Result<Packs, GcError> {
     let mut out = BTreeMap::new();
     for (name, size, modified) in store.list_with_times("packs/").await? {
         let Some(id) = name.rsplit('/').next().and_then(parse_pack) else {
@@ -295,6 +298,8 @@ pub struct SessionSeen {
     pub newest: DateTime<Utc>,
     pub lease: Duration,
     pub host: String,
+    /// Every record of the session, by object name.
+    pub records: Vec<String>,
 }
 
 impl SessionSeen {
@@ -312,6 +317,7 @@ pub async fn sessions(
     repo_id: &str,
 ) -> Result<BTreeMap<String, SessionSeen>, GcError> {
     let mut newest: BTreeMap<String, (u64, String, DateTime<Utc>)> = BTreeMap::new();
+    let mut records: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, _, modified) in store.list_with_times(SESSIONS_PREFIX).await? {
         let Some((sid, n)) = name
             .strip_prefix(SESSIONS_PREFIX)
@@ -320,6 +326,10 @@ pub async fn sessions(
             continue;
         };
         let Ok(n) = n.parse::<u64>() else { continue };
+        records
+            .entry(sid.to_string())
+            .or_default()
+            .push(name.clone());
         let e = newest
             .entry(sid.to_string())
             .or_insert((n, name.clone(), modified));
@@ -339,6 +349,21 @@ pub async fn sessions(
                 started: modified,
                 lease: f64::INFINITY,
             },
+            // A damaged record cannot say its lease: it counts as alive
+            // for the default one, then as expired (and is deleted), so it
+            // holds prunes back for an hour at most, never for good.
+            Err(GcError::Record { object, reason }) => {
+                tracing::warn!(
+                    "session record {object} cannot be read ({reason}); it counts as alive for {} after it was stored",
+                    humantime::format_duration(DEFAULT_LEASE)
+                );
+                SessionRecord {
+                    session: sid.clone(),
+                    host: "(unreadable record)".into(),
+                    started: modified,
+                    lease: DEFAULT_LEASE.as_secs_f64(),
+                }
+            }
             Err(e) => return Err(e),
         };
         let lease = if r.lease.is_finite() && r.lease >= 0.0 {
@@ -346,12 +371,14 @@ pub async fn sessions(
         } else {
             Duration::MAX
         };
+        let records = records.remove(&sid).unwrap_or_default();
         out.insert(
             sid,
             SessionSeen {
                 newest: modified,
                 lease,
                 host: r.host,
+                records,
             },
         );
     }

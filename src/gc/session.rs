@@ -12,7 +12,8 @@ use std::time::Instant;
 use chrono::Utc;
 
 use super::{
-    GcError, Marks, SESSIONS_PREFIX, SessionRecord, Timing, existing_packs, put_record, seal_record,
+    GcError, Marks, Packs, SESSIONS_PREFIX, SessionRecord, Timing, existing_packs, put_record,
+    seal_record,
 };
 use crate::chunks::ChunkId;
 use crate::chunks::known::KnownChunks;
@@ -248,7 +249,8 @@ pub async fn ready_to_commit(
         if copied || !all_safe {
             // Some pack this snapshot may use was marked or deleted since
             // it started: find, chunk by chunk, what is only there.
-            let copies = at_risk(repo, chunked, &marked, &existing, refs).await?;
+            let lease = session.timing.lease;
+            let copies = at_risk(repo, chunked, &marked, &existing, refs, lease).await?;
             if !copies.is_empty() {
                 tracing::info!(
                     "{} chunks of this snapshot are only in packs a prune marked; copying them",
@@ -274,8 +276,9 @@ async fn at_risk(
     repo: &Repository,
     chunked: &Chunked,
     marked: &HashSet<[u8; 32]>,
-    existing: &std::collections::BTreeMap<[u8; 32], (u64, chrono::DateTime<Utc>)>,
+    existing: &Packs,
     refs: &mut RefLog,
+    lease: std::time::Duration,
 ) -> Result<Vec<(ChunkId, [u8; 32], BlobEntry)>, GcError> {
     let mut safe = Vec::new();
     let mut only_marked: std::collections::HashMap<ChunkId, ([u8; 32], BlobEntry)> =
@@ -296,7 +299,7 @@ async fn at_risk(
     })
     .await?;
     let safe = KnownChunks::from_ids(safe);
-    let lease = humantime::format_duration(super::lease()).to_string();
+    let lease = humantime::format_duration(lease).to_string();
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let ids = read_refs(refs).map_err(|e| GcError::Internal(format!("chunk log: {e}")))?;

@@ -462,6 +462,9 @@ fn soak(backend: Backend, rounds: u64, lease: &str, min_copied: u64) {
         "no prune deleted a pack: the soak proved nothing"
     );
     one.verify_all_deep("after the last prunes");
+    // The records of killed snapshots went with their expired sessions.
+    let left = block_on(one.store().list("sessions/")).unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// Two snapshot loops and a prune loop on one repository, each process
